@@ -1,0 +1,50 @@
+"""Errors a user sees: one line that says what to do, and the exit status it maps to (SPEC §3)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    DONE = 0
+    FAILED = 1
+    USAGE = 2
+    WAITING = 3
+    DIFFERENCES = 4
+
+
+class PgshiftError(Exception):
+    """Base of every error meant for the user; `str()` is the one line printed."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+
+class PlanError(PgshiftError):
+    """The plan is invalid. `where` is `file:line:column` when known."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, message: str, where: str | None = None) -> None:
+        self.message = message
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class UsageError(PgshiftError):
+    exit_code = ExitCode.USAGE
+
+
+class MigrationFailed(PgshiftError):
+    exit_code = ExitCode.FAILED
+
+
+class LockHeld(PgshiftError):
+    exit_code = ExitCode.FAILED
+
+
+class GateWaiting(PgshiftError):
+    exit_code = ExitCode.WAITING
+
+
+class DifferencesFound(PgshiftError):
+    exit_code = ExitCode.DIFFERENCES

@@ -1,0 +1,271 @@
+"""The typed plan: what a plan file says, validated, with the defaults of SPEC §1.
+
+Only the shape is checked here (types, names, required keys, phase order). What needs the
+live database (does the table exist, does the expression compile) is checked by `plan.check`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from pgshift.plan.durations import parse_duration
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+PhaseKind = Literal[
+    "expand",
+    "dual_write",
+    "backfill",
+    "verify",
+    "shadow_read",
+    "gate",
+    "cutover",
+    "contract",
+    "sql",
+]
+PHASE_KINDS: tuple[str, ...] = PhaseKind.__args__  # type: ignore[attr-defined]
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors everywhere in a plan."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _batch_size(value: Any) -> Any:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("batch_size must be 'auto' or a positive whole number")
+    return value
+
+
+BatchSize = Annotated[int | Literal["auto"], BeforeValidator(_batch_size)]
+
+
+class Settings(Strict):
+    lock_timeout: Duration = timedelta(seconds=1)
+    lock_retries: int = Field(default=30, ge=1, le=1000)
+    statement_timeout: Duration = timedelta(0)
+    batch_size: BatchSize = "auto"
+    batch_time: Duration = timedelta(milliseconds=200)
+    batch_pause: Duration = timedelta(0)
+    max_replication_lag: Duration = timedelta(seconds=30)
+    throttle_query: str | None = None
+    on_failure: Literal["rollback", "pause"] = "rollback"
+
+    @field_validator("lock_timeout", "batch_time")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0")
+        return value
+
+
+class ColumnChange(Strict):
+    """One column of the `columns` target: an existing column to change or a new one to add."""
+
+    type: str | None = None
+    up: str | None = None
+    down: str | None = None
+    nullable: bool | None = None
+    default: str | None = None
+
+
+class NewTable(Strict):
+    name: str
+    create: str
+    columns: dict[str, str] = Field(default_factory=dict)
+    reverse: dict[str, str] = Field(default_factory=dict)
+
+
+class PhaseBase(Strict):
+    """One entry of `phases`. `name` is what `--until`, `--to` and gates are addressed by."""
+
+    kind: str
+
+    @property
+    def name(self) -> str:
+        named = getattr(self, "label", None)
+        return str(named) if named else self.kind
+
+
+class ExpandPhase(PhaseBase):
+    kind: Literal["expand"]
+
+
+class DualWritePhase(PhaseBase):
+    kind: Literal["dual_write"]
+
+
+class BackfillPhase(PhaseBase):
+    kind: Literal["backfill"]
+    batch_size: BatchSize | None = None
+    batch_time: Duration | None = None
+    batch_pause: Duration | None = None
+
+
+class VerifyPhase(PhaseBase):
+    kind: Literal["verify"]
+    chunk_size: int = Field(default=10_000, ge=1)
+
+
+class ShadowReadPhase(PhaseBase):
+    kind: Literal["shadow_read"]
+    queries: list[str] = Field(min_length=1)
+    max_mismatches: int = Field(default=0, ge=0)
+    params_query: str | None = None
+
+
+class GatePhase(PhaseBase):
+    kind: Literal["gate"]
+    label: str = Field(alias="name")
+    approval: bool = True
+    wait: Duration | None = None
+    require_verify: bool = False
+
+
+class CutoverPhase(PhaseBase):
+    kind: Literal["cutover"]
+
+
+class ContractPhase(PhaseBase):
+    kind: Literal["contract"]
+
+
+class SqlPhase(PhaseBase):
+    kind: Literal["sql"]
+    label: str | None = Field(default=None, alias="name")
+    up: str
+    down: str | None = None
+    irreversible: bool = False
+
+    @model_validator(mode="after")
+    def _down_required(self) -> SqlPhase:
+        if self.down is None and not self.irreversible:
+            raise ValueError("a sql phase needs `down`, or `irreversible: true` to accept none")
+        return self
+
+
+PhaseSpec = Annotated[
+    ExpandPhase
+    | DualWritePhase
+    | BackfillPhase
+    | VerifyPhase
+    | ShadowReadPhase
+    | GatePhase
+    | CutoverPhase
+    | ContractPhase
+    | SqlPhase,
+    Field(discriminator="kind"),
+]
+
+
+def _normalize_phase(entry: Any) -> Any:
+    """A bare kind (`expand`) or a one-key mapping (`{backfill: {batch_size: 10}}`) becomes
+    `{kind: ..., **options}`, so that error locations read phases.N.KIND.OPTION like the file."""
+    if isinstance(entry, str):
+        return {"kind": entry}
+    if isinstance(entry, dict) and len(entry) == 1:
+        ((kind, options),) = entry.items()
+        if options is None:
+            return {"kind": kind}
+        if isinstance(options, dict):
+            return {"kind": kind, **options}
+    raise ValueError("a phase is a kind (expand) or one kind with its options ({backfill: {...}})")
+
+
+class Plan(Strict):
+    version: Literal[1]
+    name: str
+    description: str | None = None
+    table: str
+    key: list[str] | None = Field(default=None, min_length=1)
+    columns: dict[str, ColumnChange] | None = None
+    new_table: NewTable | None = None
+    settings: Settings = Field(default_factory=Settings)
+    phases: list[PhaseSpec] = Field(min_length=1)
+
+    @field_validator("phases", mode="before")
+    @classmethod
+    def _phases(cls, value: Any) -> Any:
+        return [_normalize_phase(e) for e in value] if isinstance(value, list) else value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError(
+                "name must start with a lowercase letter and hold only a-z, 0-9 and _"
+                " (at most 48 characters)"
+            )
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, value: dict[str, ColumnChange] | None) -> dict[str, ColumnChange] | None:
+        if value is not None and not value:
+            raise ValueError("columns needs at least one column")
+        return value
+
+    @model_validator(mode="after")
+    def _target_and_order(self) -> Plan:
+        if (self.columns is None) == (self.new_table is None):
+            raise ValueError("a plan needs exactly one of `columns` or `new_table`")
+        check_phase_order(self.phases)
+        return self
+
+    @property
+    def target(self) -> Literal["columns", "new_table"]:
+        return "columns" if self.columns is not None else "new_table"
+
+    def phase_names(self) -> list[str]:
+        return [p.name for p in self.phases]
+
+
+# kinds that may appear at most once, in this relative order
+_ORDERED = ("expand", "dual_write", "backfill", "cutover", "contract")
+
+
+def check_phase_order(phases: list[PhaseSpec]) -> None:
+    """The order rules every plan must keep; raises ValueError naming the first broken one."""
+    seen: dict[str, int] = {}
+    names: set[str] = set()
+    for index, phase in enumerate(phases):
+        if phase.kind in _ORDERED:
+            if phase.kind in seen:
+                raise ValueError(f"phase {phase.kind!r} appears twice (entries {seen[phase.kind] + 1} and {index + 1})")
+            seen[phase.kind] = index
+        if phase.kind in ("gate", "sql") and phase.name in names and phase.name != phase.kind:
+            raise ValueError(f"two phases are named {phase.name!r}; give each a name of its own")
+        if phase.kind == "gate":
+            names.add(phase.name)
+        if phase.kind == "sql" and phase.name != "sql":
+            names.add(phase.name)
+    needs = {
+        "dual_write": ("expand",),
+        "backfill": ("expand", "dual_write"),
+        "verify": ("backfill",),
+        "shadow_read": ("backfill",),
+        "cutover": ("expand", "dual_write", "backfill"),
+        "contract": ("cutover",),
+    }
+    for index, phase in enumerate(phases):
+        for before in needs.get(phase.kind, ()):
+            if before not in seen or seen[before] > index:
+                raise ValueError(f"phase {phase.kind!r} (entry {index + 1}) must come after {before!r}")
+    if "contract" in seen and seen["contract"] != max(
+        i for i, p in enumerate(phases) if p.kind != "sql"
+    ):
+        raise ValueError("contract is the point of no return: only sql phases may follow it")
