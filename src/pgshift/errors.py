@@ -20,14 +20,22 @@ class PgshiftError(Exception):
 
 
 class PlanError(PgshiftError):
-    """The plan is invalid. `where` is `file:line:column` when known."""
+    """The plan is invalid. `where` is `file:line:column` when known; checks against the
+    database give `path` instead (e.g. ("columns", "balance", "up")), which the command line
+    turns into `where` through the plan's source map."""
 
     exit_code = ExitCode.USAGE
 
-    def __init__(self, message: str, where: str | None = None) -> None:
+    def __init__(
+        self, message: str, where: str | None = None, path: tuple[str | int, ...] | None = None
+    ) -> None:
         self.message = message
         self.where = where
+        self.path = path
         super().__init__(f"{where}: {message}" if where else message)
+
+    def located(self, where: str) -> PlanError:
+        return PlanError(self.message, where=where, path=self.path)
 
 
 class UsageError(PgshiftError):

@@ -37,6 +37,15 @@ PHASE_KINDS: tuple[str, ...] = PhaseKind.__args__  # type: ignore[attr-defined]
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 
+class PlanRuleError(ValueError):
+    """A rule broken across entries. `at` is the plan path to show it at (e.g. `("phases", 3)`),
+    because pydantic locates errors from a model validator only at the model itself."""
+
+    def __init__(self, message: str, at: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.at = at
+
+
 class Strict(BaseModel):
     """Unknown keys are errors everywhere in a plan."""
 
@@ -47,7 +56,7 @@ def _batch_size(value: Any) -> Any:
     if value == "auto":
         return value
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError("batch_size must be 'auto' or a positive whole number")
+        raise ValueError(f"batch_size must be 'auto' or a positive whole number, not {value!r}")
     return value
 
 
@@ -183,6 +192,14 @@ def _normalize_phase(entry: Any) -> Any:
             return {"kind": kind}
         if isinstance(options, dict):
             return {"kind": kind, **options}
+        raise ValueError(f"the options of phase {kind!r} are a mapping ({kind}: {{option: value}})")
+    if isinstance(entry, dict) and len(entry) > 1:
+        # the usual cause: options not indented under the kind
+        keys = ", ".join(str(k) for k in entry)
+        raise ValueError(
+            f"a phase entry holds one kind, found {len(entry)} keys ({keys});"
+            " indent the options under the kind"
+        )
     raise ValueError("a phase is a kind (expand) or one kind with its options ({backfill: {...}})")
 
 
@@ -200,7 +217,15 @@ class Plan(Strict):
     @field_validator("phases", mode="before")
     @classmethod
     def _phases(cls, value: Any) -> Any:
-        return [_normalize_phase(e) for e in value] if isinstance(value, list) else value
+        if not isinstance(value, list):
+            return value
+        normalized = []
+        for index, entry in enumerate(value):
+            try:
+                normalized.append(_normalize_phase(entry))
+            except ValueError as exc:
+                raise PlanRuleError(str(exc), ("phases", index)) from None
+        return normalized
 
     @field_validator("name")
     @classmethod
@@ -221,8 +246,12 @@ class Plan(Strict):
 
     @model_validator(mode="after")
     def _target_and_order(self) -> Plan:
-        if (self.columns is None) == (self.new_table is None):
-            raise ValueError("a plan needs exactly one of `columns` or `new_table`")
+        if self.columns is not None and self.new_table is not None:
+            raise PlanRuleError(
+                "a plan needs exactly one of `columns` or `new_table`, not both", ("new_table",)
+            )
+        if self.columns is None and self.new_table is None:
+            raise PlanRuleError("a plan needs one of `columns` (change in place) or `new_table`")
         check_phase_order(self.phases)
         return self
 
@@ -239,16 +268,23 @@ _ORDERED = ("expand", "dual_write", "backfill", "cutover", "contract")
 
 
 def check_phase_order(phases: list[PhaseSpec]) -> None:
-    """The order rules every plan must keep; raises ValueError naming the first broken one."""
+    """The order rules every plan must keep; raises PlanRuleError naming the first broken one."""
     seen: dict[str, int] = {}
     names: set[str] = set()
     for index, phase in enumerate(phases):
         if phase.kind in _ORDERED:
             if phase.kind in seen:
-                raise ValueError(f"phase {phase.kind!r} appears twice (entries {seen[phase.kind] + 1} and {index + 1})")
+                first = seen[phase.kind] + 1
+                raise PlanRuleError(
+                    f"phase {phase.kind!r} appears twice (entries {first} and {index + 1})",
+                    ("phases", index),
+                )
             seen[phase.kind] = index
         if phase.kind in ("gate", "sql") and phase.name in names and phase.name != phase.kind:
-            raise ValueError(f"two phases are named {phase.name!r}; give each a name of its own")
+            raise PlanRuleError(
+                f"two phases are named {phase.name!r}; give each a name of its own",
+                ("phases", index),
+            )
         if phase.kind == "gate":
             names.add(phase.name)
         if phase.kind == "sql" and phase.name != "sql":
@@ -264,8 +300,14 @@ def check_phase_order(phases: list[PhaseSpec]) -> None:
     for index, phase in enumerate(phases):
         for before in needs.get(phase.kind, ()):
             if before not in seen or seen[before] > index:
-                raise ValueError(f"phase {phase.kind!r} (entry {index + 1}) must come after {before!r}")
-    if "contract" in seen and seen["contract"] != max(
-        i for i, p in enumerate(phases) if p.kind != "sql"
-    ):
-        raise ValueError("contract is the point of no return: only sql phases may follow it")
+                raise PlanRuleError(
+                    f"phase {phase.kind!r} (entry {index + 1}) must come after {before!r}",
+                    ("phases", index),
+                )
+    if "contract" in seen:
+        for index in range(seen["contract"] + 1, len(phases)):
+            if phases[index].kind != "sql":
+                raise PlanRuleError(
+                    "contract is the point of no return: only sql phases may follow it",
+                    ("phases", index),
+                )

@@ -1,0 +1,246 @@
+"""The `migrate` command line (SPEC §3): parse, call, print, exit. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import psycopg
+
+from pgshift import __version__
+from pgshift.db import connect, redact
+from pgshift.engine.executor import Executor, RunResult, prepare
+from pgshift.engine.progress import Reporter
+from pgshift.engine.state import StateStore
+from pgshift.errors import ExitCode, PgshiftError, PlanError, UsageError
+from pgshift.log import configure
+from pgshift.plan.load import LoadedPlan, load_plan
+from pgshift.report.preview import preview_data, render_text
+from pgshift.report.report import migration_report, render_status
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Options:
+    def __init__(self, dsn: str | None, state_schema: str, verbose: int) -> None:
+        self.given_dsn = dsn
+        self.state_schema = state_schema
+        self.verbose = verbose
+
+    @property
+    def has_database(self) -> bool:
+        """A database was named: --dsn, $DATABASE_URL or libpq's PG* variables."""
+        return bool(self.given_dsn or any(k in os.environ for k in ("PGHOST", "PGDATABASE", "PGSERVICE")))
+
+    @property
+    def dsn(self) -> str:
+        return self.given_dsn or ""
+
+    def store(self, actor: str | None = None) -> StateStore:
+        return StateStore(self.state_schema, actor=actor or _actor())
+
+
+def _actor() -> str:
+    return os.environ.get("PGSHIFT_ACTOR") or os.environ.get("USER") or "pgshift"
+
+
+def fail(error: BaseException, verbose: int) -> NoReturn:
+    """One line on stderr, the matching exit status; the traceback only with -v."""
+    if isinstance(error, PgshiftError):
+        message, code = str(error), error.exit_code
+    elif isinstance(error, psycopg.OperationalError):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "connection failed"
+        message, code = f"cannot reach the database: {first}; check --dsn or $DATABASE_URL", ExitCode.FAILED
+    elif isinstance(error, psycopg.Error):
+        detail = error.diag.message_primary or str(error).splitlines()[0]
+        message, code = f"database error: {detail}", ExitCode.FAILED
+    else:
+        message, code = f"internal error: {type(error).__name__}: {error} (run with -v for details)", ExitCode.FAILED
+    if verbose:
+        traceback.print_exception(error, file=sys.stderr)
+    click.echo(f"error: {message}", err=True)
+    sys.exit(int(code))
+
+
+class Group(click.Group):
+    """Turns every error into one line and an exit status (SPEC §3)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted; state kept: run the same command again to continue", err=True)
+            sys.exit(130)
+        except Exception as error:
+            options = ctx.find_object(Options)
+            fail(error, options.verbose if options else 0)
+
+
+def _load(path: str) -> LoadedPlan:
+    return load_plan(path)
+
+
+def _located(error: PlanError, loaded: LoadedPlan) -> PlanError:
+    if error.where is None and error.path is not None:
+        return error.located(loaded.source.where(error.path))
+    return error
+
+
+def _with_plan_locations(loaded: LoadedPlan, action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except PlanError as error:
+        raise _located(error, loaded) from None
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--dsn", envvar="DATABASE_URL", help="Database to migrate (default: $DATABASE_URL, else libpq's PG* variables).")
+@click.option("--state-schema", default="pgshift", show_default=True, help="Schema holding pgshift's state.")
+@click.option("--log-format", type=click.Choice(["console", "json"]), default=None, help="Log lines on stderr (default: console on a terminal, else json).")
+@click.option("-v", "--verbose", count=True, help="More detail; -vv for debug.")
+@click.version_option(__version__, prog_name="pgshift")
+@click.pass_context
+def main(ctx: click.Context, dsn: str | None, state_schema: str, log_format: str | None, verbose: int) -> None:
+    """pgshift: zero-downtime migrations for PostgreSQL."""
+    configure(log_format, verbose)
+    ctx.obj = Options(dsn, state_schema, verbose)
+
+
+pass_options = click.make_pass_decorator(Options)
+
+
+@main.command("plan")
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@pass_options
+def plan_command(options: Options, plan_file: str, as_json: bool) -> None:
+    """Validate PLAN_FILE and show what each phase will run, with locks and rollback."""
+    loaded = _load(plan_file)
+    if not options.has_database:
+        message = f"plan {loaded.plan.name} is valid; pass --dsn to check it against the database and see its SQL"
+        click.echo(json.dumps({"migration": loaded.plan.name, "valid": True, "phases": None}) if as_json else message)
+        return
+    with connect(options.dsn, role="plan") as conn:
+        compiled, _ = _with_plan_locations(loaded, lambda: prepare(conn, loaded, options.store()))
+    data = preview_data(compiled)
+    click.echo(json.dumps(data, indent=2) if as_json else render_text(data))
+
+
+def _finish(result: RunResult) -> None:
+    click.echo(result.message)
+
+
+@main.command("apply")
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option("--until", help="Stop after this phase (a kind, or a gate or sql phase's name).")
+@click.option("--force", is_flag=True, help="Continue although the plan changed since the migration started.")
+@pass_options
+def apply_command(options: Options, plan_file: str, until: str | None, force: bool) -> None:
+    """Run PLAN_FILE from its last checkpoint."""
+    loaded = _load(plan_file)
+    executor = Executor(options.dsn, loaded, options.store(), Reporter(), force=force)
+    result = _with_plan_locations(loaded, lambda: executor.apply(until))
+    _finish(result)
+
+
+@main.command("rollback")
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option("--to", "to", help="Undo the phases after this one only.")
+@pass_options
+def rollback_command(options: Options, plan_file: str, to: str | None) -> None:
+    """Undo applied phases in reverse order, up to the point of no return."""
+    loaded = _load(plan_file)
+    executor = Executor(options.dsn, loaded, options.store(), Reporter())
+    result = _with_plan_locations(loaded, lambda: executor.rollback(to))
+    _finish(result)
+
+
+@main.command("status")
+@click.argument("plan_or_name", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@pass_options
+def status_command(options: Options, plan_or_name: str | None, as_json: bool) -> None:
+    """Every migration in the state schema, or one: phases, progress, rows/s, ETA, errors."""
+    store = options.store()
+    with connect(options.dsn, role="status") as conn:
+        if plan_or_name is None:
+            names = store.names(conn)
+        else:
+            names = [_migration_name(plan_or_name)]
+        reports = []
+        for name in names:
+            state = store.get(conn, name)
+            if state is None:
+                raise UsageError(f"no migration named {name} in state schema {options.state_schema}")
+            reports.append(migration_report(state))
+    if as_json:
+        click.echo(json.dumps(reports[0] if plan_or_name else reports, indent=2, default=str))
+    elif not reports:
+        click.echo(f"no migrations in state schema {options.state_schema}")
+    else:
+        click.echo("\n\n".join(render_status(r) for r in reports))
+
+
+def _migration_name(plan_or_name: str) -> str:
+    """A plan file's migration name, or the name itself."""
+    if plan_or_name.endswith((".yaml", ".yml")) or Path(plan_or_name).is_file():
+        return _load(plan_or_name).plan.name
+    return plan_or_name
+
+
+def _set_paused(options: Options, name: str, paused: bool) -> None:
+    store = options.store()
+    with connect(options.dsn, role="pause") as conn:
+        if not store.set_paused(conn, _migration_name(name), paused):
+            raise UsageError(f"no migration named {name} in state schema {options.state_schema}")
+    verb = "paused: backfill and verify stop after the current batch" if paused else "resumed"
+    click.echo(f"{_migration_name(name)} {verb}")
+
+
+@main.command("pause")
+@click.argument("name")
+@pass_options
+def pause_command(options: Options, name: str) -> None:
+    """Stop backfill and verify of NAME between batches (from any shell)."""
+    _set_paused(options, name, True)
+
+
+@main.command("resume")
+@click.argument("name")
+@pass_options
+def resume_command(options: Options, name: str) -> None:
+    """Let a paused backfill or verify of NAME continue."""
+    _set_paused(options, name, False)
+
+
+@main.command("demo")
+@click.option("--rows", default=200_000, show_default=True, help="Rows in the demo table.")
+@click.option("--connections", default=4, show_default=True, help="Simulated application connections.")
+@click.option("--rate", default=50.0, show_default=True, help="Writes per second per connection.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the embedded PostgreSQL keeps its data.")
+@pass_options
+def demo_command(options: Options, rows: int, connections: int, rate: float, data_dir: str | None) -> None:
+    """The whole flow on an embedded PostgreSQL with live simulated traffic."""
+    from pgshift.demo.run import run_demo
+
+    code = run_demo(
+        dsn=options.given_dsn,
+        rows=rows,
+        connections=connections,
+        rate=rate,
+        data_dir=Path(data_dir) if data_dir else None,
+        echo=click.echo,
+    )
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,82 @@
+"""plan + live table -> phases of concrete steps. The one place that decides what will run:
+`migrate plan`, `migrate runbook` and the executor all use its output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pgshift.catalog import Table
+from pgshift.errors import PlanError
+from pgshift.phases.backfill import compile_backfill
+from pgshift.phases.base import CompileContext, Phase, PhaseCompiler
+from pgshift.phases.columns_shape import build_shape
+from pgshift.phases.contract import compile_contract
+from pgshift.phases.cutover import compile_cutover
+from pgshift.phases.dual_write import compile_dual_write
+from pgshift.phases.expand import compile_expand
+from pgshift.phases.sql import compile_sql
+from pgshift.plan.model import Plan
+
+COMPILERS: dict[str, PhaseCompiler] = {
+    "expand": compile_expand,
+    "dual_write": compile_dual_write,
+    "backfill": compile_backfill,
+    "cutover": compile_cutover,
+    "contract": compile_contract,
+    "sql": compile_sql,
+}
+
+
+@dataclass(frozen=True)
+class CompiledPlan:
+    plan: Plan
+    table: Table
+    key: tuple[str, ...]
+    phases: tuple[Phase, ...]
+    context: CompileContext
+
+    def phase(self, name: str) -> Phase:
+        for phase in self.phases:
+            if phase.name == name or phase.kind == name:
+                return phase
+        raise PlanError(f"no phase named {name!r} in plan {self.plan.name}; phases: {self.names()}")
+
+    def names(self) -> str:
+        return ", ".join(p.name for p in self.phases)
+
+
+def compile_plan(plan: Plan, table: Table, key: tuple[str, ...], state_schema: str) -> CompiledPlan:
+    if plan.new_table is not None:
+        raise PlanError(
+            "`new_table` migrations are not available in this version of pgshift yet;"
+            " use `columns` for an in-place change",
+            path=("new_table",),
+        )
+    ctx = CompileContext(plan=plan, table=table, state_schema=state_schema)
+    ctx = CompileContext(
+        plan=plan,
+        table=table,
+        state_schema=state_schema,
+        shape=build_shape(plan, table, ctx.view_schema, key),
+    )
+    phases = []
+    for index, spec in enumerate(plan.phases):
+        compiler = COMPILERS.get(spec.kind)
+        if compiler is None:
+            raise PlanError(
+                f"phase kind {spec.kind!r} is not available in this version of pgshift yet;"
+                " remove it from the plan",
+                path=("phases", index),
+            )
+        phases.append(_compiled(compiler, ctx, index, spec))
+    return CompiledPlan(plan=plan, table=table, key=key, phases=tuple(phases), context=ctx)
+
+
+def _compiled(compiler: PhaseCompiler, ctx: CompileContext, index: int, spec: Any) -> Phase:
+    try:
+        return compiler(ctx, index, spec)
+    except PlanError as error:
+        if error.path is None and error.where is None:
+            raise PlanError(error.message, path=("phases", index)) from error
+        raise

@@ -1,0 +1,150 @@
+"""Run a BackfillStep: keyset batches, each committed together with its checkpoint.
+
+Batch size adapts to `batch_time` when `batch_size: auto`: each batch is sized from the last
+one's rows per second, never more than doubling or halving at once, so a sudden slow batch
+(a checkpoint, a vacuum) shrinks the next one instead of compounding.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from pgshift.engine.failpoints import failpoint
+from pgshift.engine.locks import set_timeouts, with_lock_retries
+from pgshift.engine.progress import BatchReport, Reporter
+from pgshift.engine.state import StateStore
+from pgshift.engine.throttle import Throttle
+from pgshift.phases.base import BackfillStep
+from pgshift.plan.model import Settings
+
+AUTO_START = 1_000
+AUTO_MIN = 10
+AUTO_MAX = 500_000
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    size: int | None  # fixed size, or None for auto
+    batch_time: timedelta
+    pause: timedelta
+
+    @classmethod
+    def of(cls, settings: Settings, options: dict[str, Any]) -> BatchPolicy:
+        size = options.get("batch_size", settings.batch_size)
+        return cls(
+            size=None if size == "auto" else int(size),
+            batch_time=options.get("batch_time") or settings.batch_time,
+            pause=options.get("batch_pause") or settings.batch_pause,
+        )
+
+    def next_size(self, size: int, rows: int, seconds: float) -> int:
+        if self.size is not None:
+            return self.size
+        if seconds <= 0:
+            return size * 2
+        # rows actually written per second (a range thinned by deletes is cheaper, and says so)
+        wanted = max(rows, 1) * self.batch_time.total_seconds() / seconds
+        return int(min(max(wanted, size / 2, AUTO_MIN), size * 2, AUTO_MAX))
+
+
+@dataclass
+class BackfillOutcome:
+    rows: int
+    batches: int
+    seconds: float
+    slowest_batch_seconds: float
+
+
+def run_backfill(
+    conn: psycopg.Connection[Any],
+    step: BackfillStep,
+    *,
+    store: StateStore,
+    migration: str,
+    phase_idx: int,
+    phase_name: str,
+    steps_done: int,
+    checkpoint: Any,
+    rows_done: int,
+    rows_total: int | None,
+    settings: Settings,
+    policy: BatchPolicy,
+    throttle: Throttle,
+    reporter: Reporter,
+) -> BackfillOutcome:
+    last: list[str] | None = checkpoint.get("last") if isinstance(checkpoint, dict) else None
+    size = policy.size or int(checkpoint.get("size", AUTO_START) if isinstance(checkpoint, dict) else AUTO_START)
+    started = time.monotonic()
+    done_here = 0
+    batches = 0
+    slowest = 0.0
+    reporter.backfill_started(phase_name, rows_done, rows_total)
+    try:
+        while True:
+            throttle.wait()
+            t0 = time.monotonic()
+
+            def one_batch(size: int = size, last: list[str] | None = last) -> tuple[list[str] | None, int]:
+                with conn.transaction():
+                    set_timeouts(conn, settings.lock_timeout, None, local=True)
+                    for name, value in step.session_settings:
+                        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+                    if last is None:
+                        row = conn.execute(step.first_bounds, (size - 1,)).fetchone()
+                    else:
+                        row = conn.execute(step.bounds, (*last, size - 1)).fetchone()
+                    upper = list(row) if row else None
+                    params = [*(last or []), *(upper or [])]
+                    cur = conn.execute(step.batch(last is not None, upper is not None), params)
+                    count = max(cur.rowcount, 0)
+                    finished = upper is None
+                    store.checkpoint(
+                        conn,
+                        migration,
+                        phase_idx,
+                        {"last": upper if upper is not None else last, "size": size, "finished": finished},
+                        count,
+                        steps_done + 1 if finished else None,
+                    )
+                return upper, count
+
+            upper, count = with_lock_retries(
+                one_batch,
+                attempts=settings.lock_retries,
+                what=f"{phase_name} batch",
+                lock_timeout=settings.lock_timeout,
+            )
+            seconds = time.monotonic() - t0
+            slowest = max(slowest, seconds)
+            batches += 1
+            done_here += count
+            rows_done += count
+            failpoint(f"{phase_name}:batch:{batches}")
+            elapsed = time.monotonic() - started
+            reporter.batch(
+                phase_name,
+                BatchReport(
+                    rows_done=rows_done,
+                    rows_total=rows_total,
+                    batch_rows=count,
+                    batch_seconds=seconds,
+                    batch_size=size,
+                    rows_per_second=done_here / elapsed if elapsed > 0 else 0.0,
+                ),
+            )
+            if upper is None:
+                break
+            last = upper
+            size = policy.next_size(size, count, seconds)
+            if policy.pause > timedelta(0):
+                time.sleep(policy.pause.total_seconds())
+    finally:
+        reporter.backfill_finished()
+    return BackfillOutcome(
+        rows=done_here, batches=batches, seconds=time.monotonic() - started, slowest_batch_seconds=slowest
+    )

@@ -1,0 +1,286 @@
+"""The state machine: apply phases in order from the last checkpoint, roll them back in reverse.
+
+Each step records its completion (in its own transaction when it has one), each backfill batch
+its checkpoint, so `apply` after a crash at any instant continues where the database says the
+work stands: skipped steps are re-checked by their `done_if`, never blindly repeated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import structlog
+
+from pgshift.catalog import load_table, table_from_snapshot, table_to_snapshot
+from pgshift.compile import CompiledPlan, compile_plan
+from pgshift.db import connect
+from pgshift.engine.backfill_runner import BatchPolicy, run_backfill
+from pgshift.engine.failpoints import failpoint
+from pgshift.engine.locks import migration_lock
+from pgshift.engine.progress import Reporter
+from pgshift.engine.state import MigrationState, StateStore
+from pgshift.engine.steps import run_sql_step
+from pgshift.engine.throttle import Throttle
+from pgshift.errors import MigrationFailed, PgshiftError, UsageError
+from pgshift.phases.base import BackfillStep, Phase
+from pgshift.plan.check import check_plan, resolve_key
+from pgshift.plan.load import LoadedPlan
+
+log = structlog.get_logger("pgshift.executor")
+
+
+@dataclass
+class RunResult:
+    migration: str
+    status: str
+    message: str
+    stopped_after: str | None = None
+    phases_run: list[str] = field(default_factory=list)
+
+
+def prepare(
+    conn: psycopg.Connection[Any], loaded: LoadedPlan, store: StateStore
+) -> tuple[CompiledPlan, MigrationState | None]:
+    """Compile the plan against the table as the migration knows it: the live catalog before
+    anything is applied, the stored snapshot once it has started (cutover renames columns, and
+    the plan must keep meaning what it meant)."""
+    plan = loaded.plan
+    state = store.get(conn, plan.name)
+    if state is not None and state.started and state.snapshot:
+        table = table_from_snapshot(state.snapshot)
+        key = resolve_key(plan, table)
+    else:
+        table = load_table(conn, plan.table)
+        key = check_plan(conn, plan, table)
+    return compile_plan(plan, table, key, store.schema), state
+
+
+def one_line(error: BaseException) -> str:
+    if isinstance(error, psycopg.Error) and error.diag.message_primary:
+        sqlstate = f" ({error.sqlstate})" if error.sqlstate else ""
+        return f"{error.diag.message_primary}{sqlstate}"
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+class Executor:
+    def __init__(
+        self,
+        dsn: str,
+        loaded: LoadedPlan,
+        store: StateStore,
+        reporter: Reporter | None = None,
+        force: bool = False,
+    ) -> None:
+        self.dsn = dsn
+        self.loaded = loaded
+        self.plan = loaded.plan
+        self.name = loaded.plan.name
+        self.store = store
+        self.reporter = reporter or Reporter(bar=False)
+        self.force = force
+
+    # ---------------------------------------------------------------- apply
+
+    def apply(self, until: str | None = None) -> RunResult:
+        with migration_lock(self.dsn, self.name, "apply"), connect(self.dsn, role=f"apply {self.name}") as conn:
+            self.store.ensure_schema(conn)
+            compiled, state = prepare(conn, self.loaded, self.store)
+            if until is not None:
+                compiled.phase(until)  # an unknown name is a usage error before anything runs
+            state = self._record(conn, compiled, state)
+            if state.status == "done":
+                return RunResult(self.name, "done", f"migration {self.name} is already done")
+            self.store.set_status(conn, self.name, "running")
+            self.store.event(conn, self.name, "apply started", detail={"until": until})
+            run: list[str] = []
+            for phase in compiled.phases:
+                phase_state = state.phase(phase.index)
+                if phase_state.status != "done":
+                    self._run_phase(conn, compiled, phase, state)
+                    run.append(phase.name)
+                if until is not None and until in (phase.name, phase.kind):
+                    self.store.set_status(conn, self.name, "paused")
+                    self.store.event(conn, self.name, "stopped", phase=phase.name, detail={"until": until})
+                    return RunResult(
+                        self.name, "paused", f"stopped after {phase.name} (--until)", phase.name, run
+                    )
+            self.store.set_status(conn, self.name, "done")
+            self.store.event(conn, self.name, "done")
+            return RunResult(self.name, "done", f"migration {self.name} done", None, run)
+
+    def _record(
+        self, conn: psycopg.Connection[Any], compiled: CompiledPlan, state: MigrationState | None
+    ) -> MigrationState:
+        """The migration's state row, created (or re-created after a full rollback) as needed;
+        a plan changed since the migration started is refused unless forced."""
+        if state is None or not state.started:
+            self.store.create(
+                conn,
+                self.name,
+                self.loaded.sha256,
+                compiled.table.display,
+                [(p.kind, p.name) for p in compiled.phases],
+                table_to_snapshot(compiled.table),
+                compiled.table.row_estimate if compiled.table.row_estimate >= 0 else None,
+            )
+        elif state.plan_hash != self.loaded.sha256:
+            if not self.force:
+                raise UsageError(
+                    f"plan {self.name} changed since this migration started; roll it back and"
+                    " apply the new plan, or pass --force to continue with the changed plan"
+                )
+            if [(p.kind, p.name) for p in state.phases] != [(p.kind, p.name) for p in compiled.phases]:
+                raise UsageError(
+                    f"plan {self.name} changed its phases since the migration started; --force"
+                    " accepts changed settings and expressions, not different phases"
+                )
+            conn.execute(
+                self.store._q("UPDATE {s}.migrations SET plan_hash = %s WHERE name = %s"),
+                (self.loaded.sha256, self.name),
+            )
+            self.store.event(conn, self.name, "plan changed (--force)", detail={"plan_hash": self.loaded.sha256})
+        fresh = self.store.get(conn, self.name)
+        assert fresh is not None
+        return fresh
+
+    def _run_phase(
+        self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase, state: MigrationState
+    ) -> None:
+        phase_state = state.phase(phase.index)
+        self.store.set_phase(conn, self.name, phase.index, "running")
+        self.store.event(conn, self.name, "phase started", phase=phase.name)
+        self.reporter.event("phase started", migration=self.name, phase=phase.name)
+        try:
+            for number in range(phase_state.steps_done, len(phase.forward)):
+                step = phase.forward[number]
+                label = f"{phase.name}:{number}"
+                failpoint(f"{label}:before")
+                self.reporter.event("step", phase=phase.name, step=step.description)
+                if isinstance(step, BackfillStep):
+                    fresh = self.store.get(conn, self.name)
+                    assert fresh is not None
+                    ps = fresh.phase(phase.index)
+                    outcome = run_backfill(
+                        conn,
+                        step,
+                        store=self.store,
+                        migration=self.name,
+                        phase_idx=phase.index,
+                        phase_name=phase.name,
+                        steps_done=number,
+                        checkpoint=ps.checkpoint,
+                        rows_done=ps.rows_done,
+                        rows_total=ps.rows_total,
+                        settings=self.plan.settings,
+                        policy=BatchPolicy.of(self.plan.settings, phase.options),
+                        throttle=Throttle(conn, self.store, self.name, self.plan.settings),
+                        reporter=self.reporter,
+                    )
+                    self.reporter.event(
+                        "backfill finished",
+                        phase=phase.name,
+                        rows=outcome.rows,
+                        batches=outcome.batches,
+                        seconds=round(outcome.seconds, 2),
+                        slowest_batch_ms=round(outcome.slowest_batch_seconds * 1000),
+                    )
+                else:
+                    skipped = run_sql_step(
+                        conn,
+                        step,
+                        self.plan.settings,
+                        lambda c, n=number + 1: self.store.step_done(c, self.name, phase.index, n),
+                        label,
+                    )
+                    if skipped:
+                        self.reporter.event("step already done", phase=phase.name, step=step.description)
+                failpoint(f"{label}:after")
+        except KeyboardInterrupt:
+            self.store.set_phase(conn, self.name, phase.index, "failed", error="interrupted")
+            self.store.set_status(conn, self.name, "paused", "interrupted")
+            self.store.event(conn, self.name, "interrupted", phase=phase.name)
+            raise
+        except Exception as error:
+            self._fail(conn, compiled, phase, error)
+        self.store.set_phase(conn, self.name, phase.index, "done")
+        self.store.event(conn, self.name, "phase done", phase=phase.name)
+        self.reporter.event("phase done", migration=self.name, phase=phase.name)
+
+    def _fail(
+        self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase, error: Exception
+    ) -> None:
+        message = one_line(error)
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        self.store.set_phase(conn, self.name, phase.index, "failed", error=message)
+        self.store.event(conn, self.name, "phase failed", phase=phase.name, detail={"error": message})
+        log.error("phase failed", migration=self.name, phase=phase.name, error=message)
+        if self.plan.settings.on_failure == "rollback":
+            state = self.store.get(conn, self.name)
+            assert state is not None
+            try:
+                self._rollback_phases(conn, compiled, state, target=-1)
+            except PgshiftError as rollback_error:
+                self.store.set_status(conn, self.name, "failed", message)
+                raise MigrationFailed(
+                    f"{phase.name} failed: {message}; the automatic rollback stopped too:"
+                    f" {rollback_error}; fix it and run `migrate rollback`"
+                ) from error
+            self.store.set_status(conn, self.name, "rolled_back", message)
+            raise MigrationFailed(
+                f"{phase.name} failed: {message}; every applied phase was rolled back"
+            ) from error
+        self.store.set_status(conn, self.name, "failed", message)
+        raise MigrationFailed(
+            f"{phase.name} failed: {message}; state kept (on_failure: pause): fix the cause and run"
+            " `migrate apply` again to continue, or `migrate rollback`"
+        ) from error
+
+    # ---------------------------------------------------------------- rollback
+
+    def rollback(self, to: str | None = None) -> RunResult:
+        with migration_lock(self.dsn, self.name, "rollback"), connect(
+            self.dsn, role=f"rollback {self.name}"
+        ) as conn:
+            self.store.ensure_schema(conn)
+            compiled, state = prepare(conn, self.loaded, self.store)
+            if state is None:
+                raise UsageError(f"migration {self.name} has never been applied here; nothing to roll back")
+            target = -1 if to is None else compiled.phase(to).index
+            self.store.event(conn, self.name, "rollback started", detail={"to": to})
+            undone = self._rollback_phases(conn, compiled, state, target)
+            status = "rolled_back" if target == -1 else "paused"
+            self.store.set_status(conn, self.name, status)
+            self.store.event(conn, self.name, "rollback done", detail={"to": to})
+            where = "every phase" if to is None else f"back to just after {to}"
+            return RunResult(self.name, status, f"rolled back {where}", to, undone)
+
+    def _rollback_phases(
+        self, conn: psycopg.Connection[Any], compiled: CompiledPlan, state: MigrationState, target: int
+    ) -> list[str]:
+        todo = [
+            p
+            for p in reversed(compiled.phases)
+            if p.index > target and state.phase(p.index).status not in ("pending", "rolled_back")
+        ]
+        for phase in todo:
+            if not phase.reversible and state.phase(phase.index).status == "done":
+                raise MigrationFailed(
+                    f"{phase.name} has run: it is the point of no return, so phases before it"
+                    " cannot be rolled back; write a new migration to change the table back"
+                )
+        for phase in todo:
+            ps = state.phase(phase.index)
+            if phase.kind == "sql" and ps.status != "done" and ps.steps_done == 0:
+                # its one transactional step never committed: nothing of it to undo
+                self.store.set_phase(conn, self.name, phase.index, "rolled_back", reset=True)
+                continue
+            self.reporter.event("rolling back", migration=self.name, phase=phase.name)
+            for number, step in enumerate(phase.rollback):
+                run_sql_step(conn, step, self.plan.settings, lambda c: None, f"{phase.name}:rollback:{number}")
+            self.store.set_phase(conn, self.name, phase.index, "rolled_back", reset=True)
+            self.store.event(conn, self.name, "phase rolled back", phase=phase.name)
+        return [p.name for p in todo]

@@ -1,0 +1,125 @@
+"""Lock discipline (SPEC §5, DESIGN "Locks").
+
+Every lock-taking statement runs under a short lock_timeout, so a waiting ACCESS EXCLUSIVE
+request never queues the application's reads behind it for long; on lock timeout or deadlock
+(55P03, 40P01) the whole transaction is retried with exponential backoff and jitter, capped at
+30 s. One migration is run by one pgshift at a time: a session-level advisory lock, held for the
+whole command on a connection of its own, released by the server if the process dies.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import psycopg
+import structlog
+from psycopg import errors as pgerrors
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from pgshift.db import connect
+from pgshift.engine.state import LOCK_CLASS
+from pgshift.errors import LockHeld, MigrationFailed
+from pgshift.plan.durations import format_duration, to_ms
+
+log = structlog.get_logger("pgshift.locks")
+T = TypeVar("T")
+RETRYABLE = (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected)
+
+
+def set_timeouts(
+    conn: psycopg.Connection[Any], lock_timeout: timedelta, statement_timeout: timedelta | None, local: bool
+) -> None:
+    conn.execute(
+        "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
+        (f"{to_ms(lock_timeout)}ms", local, f"{to_ms(statement_timeout or timedelta(0))}ms", local),
+    )
+
+
+def with_lock_retries(
+    action: Callable[[], T],
+    *,
+    attempts: int,
+    what: str,
+    lock_timeout: timedelta,
+    before_retry: Callable[[], None] | None = None,
+) -> T:
+    """Run `action` (one whole transaction) until it gets its locks, at most `attempts` times."""
+
+    def note(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "lock not granted, retrying",
+            step=what,
+            attempt=state.attempt_number,
+            of=attempts,
+            sqlstate=getattr(error, "sqlstate", None),
+            wait_s=round(state.next_action.sleep, 2) if state.next_action else None,
+        )
+        if before_retry is not None:
+            before_retry()
+
+    try:
+        for attempt in Retrying(
+            retry=retry_if_exception_type(RETRYABLE),
+            stop=stop_after_attempt(attempts),
+            wait=wait_random_exponential(multiplier=0.2, max=30),
+            before_sleep=note,
+            reraise=True,
+        ):
+            with attempt:
+                return action()
+    except RETRYABLE as error:
+        raise MigrationFailed(
+            f"{what}: could not get its lock within lock_timeout={format_duration(lock_timeout)}"
+            f" in {attempts} attempts ({error.sqlstate}); find the blocking session in"
+            " pg_stat_activity, or raise lock_retries"
+        ) from error
+    raise AssertionError("unreachable")
+
+
+def advisory_key(name: str) -> int:
+    """The second advisory key of a migration, as the signed int4 PostgreSQL takes."""
+    value = zlib.crc32(name.encode())
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+@contextmanager
+def migration_lock(dsn: str, name: str, role: str) -> Iterator[psycopg.Connection[Any]]:
+    """Hold the migration's advisory lock for the duration; a second holder exits 1 naming the
+    first one."""
+    conn = connect(dsn, role=f"{role} {name}")
+    try:
+        key = advisory_key(name)
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, key)).fetchone()
+        if not row or not row[0]:
+            holder = conn.execute(
+                """
+                SELECT a.pid, a.application_name, a.backend_start::text FROM pg_locks l
+                  JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s
+                   AND l.objsubid = 2 AND l.granted AND l.database = (SELECT oid FROM pg_database
+                   WHERE datname = current_database())
+                """,
+                (LOCK_CLASS, key & 0xFFFFFFFF),
+            ).fetchone()
+            who = (
+                f"{holder[1] or 'a session'} (backend pid {holder[0]}, since {holder[2]})"
+                if holder
+                else "another session"
+            )
+            raise LockHeld(
+                f"migration {name} is being run by {who}; wait for it to finish or stop it first"
+            )
+        yield conn
+    finally:
+        conn.close()

@@ -1,0 +1,329 @@
+"""The state schema (SPEC §10): migrations, their phases with checkpoints, and an append-only
+event log. It lives in the migrated database so a checkpoint can commit in the same
+transaction as the work it describes. The schema carries its own version; `ensure_schema`
+upgrades an older one in place."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from pgshift.errors import PgshiftError
+
+SCHEMA_VERSION = 1
+
+# Each entry upgrades the state schema from the previous version; never edit a released one.
+_UPGRADES: dict[int, str] = {
+    1: """
+    CREATE TABLE IF NOT EXISTS {s}.migrations (
+        name text PRIMARY KEY,
+        plan_hash text NOT NULL,
+        table_name text NOT NULL,
+        status text NOT NULL DEFAULT 'pending',
+        snapshot jsonb,
+        paused boolean NOT NULL DEFAULT false,
+        throttle_reason text,
+        last_error text,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE IF NOT EXISTS {s}.phases (
+        migration text NOT NULL REFERENCES {s}.migrations ON DELETE CASCADE,
+        idx int NOT NULL,
+        kind text NOT NULL,
+        name text NOT NULL,
+        status text NOT NULL DEFAULT 'pending',
+        steps_done int NOT NULL DEFAULT 0,
+        checkpoint jsonb,
+        rows_done bigint NOT NULL DEFAULT 0,
+        rows_total bigint,
+        batches bigint NOT NULL DEFAULT 0,
+        started_at timestamptz,
+        finished_at timestamptz,
+        error text,
+        PRIMARY KEY (migration, idx)
+    );
+    CREATE TABLE IF NOT EXISTS {s}.events (
+        id bigserial PRIMARY KEY,
+        migration text NOT NULL,
+        at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        actor text NOT NULL,
+        phase text,
+        event text NOT NULL,
+        detail jsonb
+    );
+    CREATE INDEX IF NOT EXISTS events_migration_idx ON {s}.events (migration, id);
+    """,
+}
+
+
+@dataclass
+class PhaseState:
+    idx: int
+    kind: str
+    name: str
+    status: str  # pending | running | done | failed | rolled_back
+    steps_done: int
+    checkpoint: Any
+    rows_done: int
+    rows_total: int | None
+    batches: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+
+
+@dataclass
+class MigrationState:
+    name: str
+    plan_hash: str
+    table_name: str
+    status: str  # pending | running | waiting | paused | failed | rolled_back | done
+    snapshot: Any
+    paused: bool
+    throttle_reason: str | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    phases: list[PhaseState]
+
+    def phase(self, idx: int) -> PhaseState:
+        return self.phases[idx]
+
+    @property
+    def started(self) -> bool:
+        """Whether anything of it is applied (so the table no longer looks as before)."""
+        return any(p.status in ("running", "done", "failed") for p in self.phases)
+
+
+class StateStore:
+    def __init__(self, schema: str = "pgshift", actor: str = "pgshift") -> None:
+        self.schema = schema
+        self.actor = actor
+
+    def _q(self, text: str) -> sql.Composed:
+        return sql.SQL(text).format(s=sql.Identifier(self.schema))
+
+    def exists(self, conn: psycopg.Connection[Any]) -> bool:
+        row = conn.execute(
+            "SELECT to_regclass(format('%%I.migrations', %s::text)) IS NOT NULL", (self.schema,)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
+        """Create or upgrade the state schema; a transaction-level advisory lock makes two
+        pgshift processes starting at once take turns."""
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_CLASS,))
+            conn.execute(self._q("CREATE SCHEMA IF NOT EXISTS {s}"))
+            conn.execute(
+                self._q(
+                    "CREATE TABLE IF NOT EXISTS {s}.schema_version"
+                    " (version int NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+            )
+            row = conn.execute(self._q("SELECT max(version) FROM {s}.schema_version")).fetchone()
+            current = (row[0] if row else None) or 0
+            if current > SCHEMA_VERSION:
+                raise PgshiftError(
+                    f"the state schema {self.schema} is version {current}, newer than this"
+                    f" pgshift knows ({SCHEMA_VERSION}); upgrade pgshift"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                conn.execute(self._q(_UPGRADES[version]))
+                conn.execute(
+                    self._q("INSERT INTO {s}.schema_version (version) VALUES (%s)"), (version,)
+                )
+
+    def get(self, conn: psycopg.Connection[Any], name: str) -> MigrationState | None:
+        if not self.exists(conn):
+            return None
+        with conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(self._q("SELECT * FROM {s}.migrations WHERE name = %s"), (name,)).fetchone()
+            if row is None:
+                return None
+            phases = cur.execute(
+                self._q(
+                    "SELECT idx, kind, name, status, steps_done, checkpoint, rows_done, rows_total,"
+                    " batches, started_at, finished_at, error FROM {s}.phases"
+                    " WHERE migration = %s ORDER BY idx"
+                ),
+                (name,),
+            ).fetchall()
+        return MigrationState(phases=[PhaseState(**p) for p in phases], **row)
+
+    def names(self, conn: psycopg.Connection[Any]) -> list[str]:
+        if not self.exists(conn):
+            return []
+        return [r[0] for r in conn.execute(self._q("SELECT name FROM {s}.migrations ORDER BY created_at"))]
+
+    def create(
+        self,
+        conn: psycopg.Connection[Any],
+        name: str,
+        plan_hash: str,
+        table_name: str,
+        phases: list[tuple[str, str]],
+        snapshot: Any,
+        rows_total: int | None,
+    ) -> None:
+        """(Re)start a migration's record: used first time, and after a full rollback when
+        the plan may have changed. Keeps the event log."""
+        with conn.transaction():
+            conn.execute(self._q("DELETE FROM {s}.migrations WHERE name = %s"), (name,))
+            conn.execute(
+                self._q(
+                    "INSERT INTO {s}.migrations (name, plan_hash, table_name, snapshot)"
+                    " VALUES (%s, %s, %s, %s)"
+                ),
+                (name, plan_hash, table_name, Jsonb(snapshot)),
+            )
+            for idx, (kind, phase_name) in enumerate(phases):
+                conn.execute(
+                    self._q(
+                        "INSERT INTO {s}.phases (migration, idx, kind, name, rows_total)"
+                        " VALUES (%s, %s, %s, %s, %s)"
+                    ),
+                    (name, idx, kind, phase_name, rows_total if kind == "backfill" else None),
+                )
+            self.event(conn, name, "created", detail={"plan_hash": plan_hash})
+
+    def event(
+        self,
+        conn: psycopg.Connection[Any],
+        name: str,
+        event: str,
+        phase: str | None = None,
+        detail: dict[str, Any] | None = None,
+        actor: str | None = None,
+    ) -> None:
+        conn.execute(
+            self._q(
+                "INSERT INTO {s}.events (migration, actor, phase, event, detail) VALUES (%s, %s, %s, %s, %s)"
+            ),
+            (name, actor or self.actor, phase, event, Jsonb(detail) if detail is not None else None),
+        )
+
+    def set_status(
+        self, conn: psycopg.Connection[Any], name: str, status: str, error: str | None = None
+    ) -> None:
+        conn.execute(
+            self._q(
+                "UPDATE {s}.migrations SET status = %s, last_error = %s, updated_at = now()"
+                " WHERE name = %s"
+            ),
+            (status, error, name),
+        )
+
+    def set_phase(
+        self,
+        conn: psycopg.Connection[Any],
+        name: str,
+        idx: int,
+        status: str,
+        *,
+        steps_done: int | None = None,
+        error: str | None = None,
+        reset: bool = False,
+    ) -> None:
+        """Move a phase to `status`; `reset` clears its progress (after its rollback)."""
+        conn.execute(
+            self._q(
+                """
+                UPDATE {s}.phases SET status = %(status)s,
+                    steps_done = CASE WHEN %(reset)s THEN 0 ELSE coalesce(%(steps)s, steps_done) END,
+                    checkpoint = CASE WHEN %(reset)s THEN NULL ELSE checkpoint END,
+                    rows_done = CASE WHEN %(reset)s THEN 0 ELSE rows_done END,
+                    batches = CASE WHEN %(reset)s THEN 0 ELSE batches END,
+                    started_at = CASE WHEN %(status)s = 'running' AND started_at IS NULL
+                                      THEN clock_timestamp() ELSE started_at END,
+                    finished_at = CASE WHEN %(status)s IN ('done', 'failed', 'rolled_back')
+                                       THEN clock_timestamp()
+                                       WHEN %(status)s = 'running' THEN NULL ELSE finished_at END,
+                    error = %(error)s
+                WHERE migration = %(name)s AND idx = %(idx)s
+                """
+            ),
+            {"status": status, "reset": reset, "steps": steps_done, "error": error, "name": name, "idx": idx},
+        )
+        if status == "running" and reset:
+            conn.execute(
+                self._q("UPDATE {s}.phases SET started_at = clock_timestamp() WHERE migration = %s AND idx = %s"),
+                (name, idx),
+            )
+
+    def step_done(self, conn: psycopg.Connection[Any], name: str, idx: int, steps_done: int) -> None:
+        conn.execute(
+            self._q("UPDATE {s}.phases SET steps_done = %s WHERE migration = %s AND idx = %s"),
+            (steps_done, name, idx),
+        )
+
+    def checkpoint(
+        self,
+        conn: psycopg.Connection[Any],
+        name: str,
+        idx: int,
+        checkpoint: Any,
+        rows: int,
+        steps_done: int | None,
+    ) -> None:
+        """Called inside the batch's transaction: the batch and its checkpoint commit together.
+        `steps_done` is set with the last batch, so a finished backfill is never run again."""
+        conn.execute(
+            self._q(
+                """
+                UPDATE {s}.phases SET checkpoint = %s, rows_done = rows_done + %s,
+                    batches = batches + 1, steps_done = coalesce(%s, steps_done)
+                WHERE migration = %s AND idx = %s
+                """
+            ),
+            (Jsonb(checkpoint), rows, steps_done, name, idx),
+        )
+
+    def set_paused(self, conn: psycopg.Connection[Any], name: str, paused: bool) -> bool:
+        if not self.exists(conn):
+            return False
+        cur = conn.execute(
+            self._q("UPDATE {s}.migrations SET paused = %s, updated_at = now() WHERE name = %s"),
+            (paused, name),
+        )
+        if cur.rowcount:
+            self.event(conn, name, "paused" if paused else "resumed")
+        return cur.rowcount > 0
+
+    def is_paused(self, conn: psycopg.Connection[Any], name: str) -> bool:
+        row = conn.execute(self._q("SELECT paused FROM {s}.migrations WHERE name = %s"), (name,)).fetchone()
+        return bool(row and row[0])
+
+    def set_throttle(self, conn: psycopg.Connection[Any], name: str, reason: str | None) -> None:
+        conn.execute(
+            self._q("UPDATE {s}.migrations SET throttle_reason = %s WHERE name = %s"), (reason, name)
+        )
+
+    def events(self, conn: psycopg.Connection[Any], name: str) -> list[dict[str, Any]]:
+        with conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(
+                self._q("SELECT at, actor, phase, event, detail FROM {s}.events WHERE migration = %s ORDER BY id"),
+                (name,),
+            ).fetchall()
+
+
+LOCK_CLASS = 0x70677368  # "pgsh": the first key of every pgshift advisory lock
+
+
+def snapshot_json(value: Any) -> Any:
+    """Dataclasses (and tuples, frozensets) as plain JSON values."""
+    return json.loads(json.dumps(value, default=_default))
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, frozenset | set):
+        return sorted(value)
+    raise TypeError(f"cannot store {type(value).__name__} in the state")

@@ -1,0 +1,81 @@
+"""backfill: fill the new shape for the rows that existed before dual-write, in key order.
+
+Keyset batches: the batch's upper key is found with a bounded index walk from the previous
+batch's last key, then one UPDATE covers exactly that key range. The batch and its checkpoint
+commit in one transaction (engine/backfill_runner.py), so a crash never loses or repeats a row.
+Rows written by the application meanwhile are already right: the dual-write trigger fills them,
+and the batch's UPDATE waits for, then re-reads, any row a writer holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+
+from pgshift.catalog import Table
+from pgshift.phases.base import BackfillStep, CompileContext, Phase
+from pgshift.phases.columns_shape import ColumnsShape
+from pgshift.phases.dual_write import BACKFILL_SETTING
+
+
+def key_range(table: Table, key: tuple[str, ...]) -> dict[str, sql.Composable]:
+    """The key-walking pieces every batched pass over a table shares (backfill, and later
+    verify): row comparisons on the whole key, so composite keys page correctly."""
+    cols = sql.SQL(", ").join(sql.Identifier(k) for k in key)
+    typed = sql.SQL(", ").join(
+        sql.SQL("{}::{}").format(sql.Placeholder(), sql.SQL(table.columns[k].type)) for k in key
+    )
+    as_text = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in key)
+    return {
+        "cols": sql.SQL("({})").format(cols),
+        "order": cols,
+        "params": sql.SQL("({})").format(typed),
+        "as_text": as_text,
+    }
+
+
+def bounds_queries(table: Table, key: tuple[str, ...]) -> tuple[sql.Composable, sql.Composable]:
+    """(after a key, from the start): the key `size` rows ahead, as text, or no row at the end."""
+    k = key_range(table, key)
+    after = sql.SQL(
+        "SELECT {as_text} FROM {t} WHERE {cols} > {params} ORDER BY {order} OFFSET {n} LIMIT 1"
+    ).format(t=table.qualified, n=sql.Placeholder(), **k)
+    first = sql.SQL("SELECT {as_text} FROM {t} ORDER BY {order} OFFSET {n} LIMIT 1").format(
+        t=table.qualified, n=sql.Placeholder(), **k
+    )
+    return after, first
+
+
+def compile_backfill(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    shape: ColumnsShape = ctx.shape
+    table = ctx.table
+    k = key_range(table, shape.key)
+    update = sql.SQL("UPDATE {} SET {}").format(
+        table.qualified,
+        sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(c.shadow), sql.SQL(c.up)) for c in shape.columns
+        ),
+    )
+    after, first = bounds_queries(table, shape.key)
+    step = BackfillStep(
+        description="fill the shadow columns from `up`, one key range per batch",
+        table=table.qualified,
+        key=shape.key,
+        statement=lambda condition: sql.SQL("{} WHERE {}").format(update, condition),
+        key_columns=k["cols"],
+        key_params=k["params"],
+        bounds=after,
+        first_bounds=first,
+        session_settings=((BACKFILL_SETTING, "on"),),
+    )
+    rows = table.row_estimate
+    return Phase(
+        index=index,
+        kind="backfill",
+        name="backfill",
+        forward=(step,),
+        rollback=(),
+        summary=f"update ~{max(rows, 0):,} rows in key order, in batches",
+        options={k: v for k, v in spec.model_dump().items() if k != "kind" and v is not None},
+    )

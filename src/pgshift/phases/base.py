@@ -1,0 +1,123 @@
+"""The compiled form of a plan: phases of concrete steps, each with its rollback.
+
+`migrate plan`, `migrate runbook` and the executor all read these objects, so what the preview
+shows is exactly what runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+from psycopg import sql
+
+from pgshift.catalog import Table
+from pgshift.plan.model import Plan
+
+# PostgreSQL's table lock levels, weakest first; "none" for steps that lock no table.
+LockLevel = Literal[
+    "none",
+    "ACCESS SHARE",
+    "ROW SHARE",
+    "ROW EXCLUSIVE",
+    "SHARE UPDATE EXCLUSIVE",
+    "SHARE",
+    "SHARE ROW EXCLUSIVE",
+    "EXCLUSIVE",
+    "ACCESS EXCLUSIVE",
+]
+
+# Which lock levels block the application's reads or writes while held or queued.
+BLOCKS_WRITES = {"SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"}
+BLOCKS_READS = {"ACCESS EXCLUSIVE"}
+
+
+@dataclass(frozen=True)
+class SqlStep:
+    """Statements run together: in one transaction under lock_timeout (retried on lock timeout
+    and deadlock), or one by one outside a transaction when `transactional` is false (the
+    CONCURRENTLY forms). `done_if` is a query returning one boolean: true means the step's effect
+    is already in place (a crash after commit), and the statements are skipped."""
+
+    description: str
+    statements: tuple[sql.Composable, ...]
+    lock: LockLevel
+    scans: bool = False
+    rewrites: bool = False
+    transactional: bool = True
+    done_if: sql.Composable | None = None
+    # (schema, index) built CONCURRENTLY here: an INVALID leftover is dropped before a retry
+    builds_index: tuple[str, str] | None = None
+    hold: str = "milliseconds"  # expected time the lock is held, for plan and runbook
+
+
+@dataclass(frozen=True)
+class BackfillStep:
+    """Fill the new shape for rows that existed before dual-write, batch by batch in key order.
+    The runner finds each batch's upper key with `bounds`, then runs `statement` over the key
+    range (previous last key, upper key]."""
+
+    def batch(self, lower: bool, upper: bool) -> sql.Composable:
+        """The batch statement for a range open or closed at either end."""
+        parts = []
+        if lower:
+            parts.append(sql.SQL("{} > {}").format(self.key_columns, self.key_params))
+        if upper:
+            parts.append(sql.SQL("{} <= {}").format(self.key_columns, self.key_params))
+        return self.statement(sql.SQL(" AND ").join(parts) if parts else sql.SQL("true"))
+
+
+    description: str
+    table: sql.Identifier
+    key: tuple[str, ...]
+    statement: Callable[[sql.Composable], sql.Composable]  # the batch, given its key condition
+    key_columns: sql.Composable  # (k1, k2)
+    key_params: sql.Composable  # (%s::type1, %s::type2)
+    bounds: sql.Composable  # parameters: last key..., offset -> the batch's upper key as text
+    first_bounds: sql.Composable  # parameters: offset -> the first batch's upper key as text
+    session_settings: tuple[tuple[str, str], ...] = ()
+    lock: LockLevel = "ROW EXCLUSIVE"
+    scans: bool = True
+    rewrites: bool = False
+    hold: str = "one batch (batch_time)"
+
+
+Step = SqlStep | BackfillStep
+
+
+@dataclass(frozen=True)
+class Phase:
+    index: int
+    kind: str
+    name: str
+    forward: tuple[Step, ...]
+    rollback: tuple[SqlStep, ...]
+    reversible: bool = True
+    summary: str = ""
+    estimate_seconds: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class PhaseCompiler(Protocol):
+    """What every module of `pgshift.phases` provides for its kind."""
+
+    def __call__(self, ctx: CompileContext, index: int, spec: Any) -> Phase: ...
+
+
+@dataclass(frozen=True)
+class CompileContext:
+    plan: Plan
+    table: Table
+    state_schema: str
+    # set by the columns target: the derived names and expressions every phase shares
+    shape: Any = None
+
+    @property
+    def view_schema(self) -> str:
+        return f"pgshift_{self.plan.name}"
+
+
+def exists_query(query: str, *params: Any) -> sql.Composable:
+    """`SELECT EXISTS (query)` with literal parameters, for `done_if` checks."""
+    return sql.SQL("SELECT EXISTS (" + query + ")").format(*(sql.Literal(p) for p in params))

@@ -1,0 +1,240 @@
+"""The `columns` target worked out against the live table: for each column its shadow column,
+types, `up`/`down` expressions, final nullability and default; the indexes that must be rebuilt
+on shadow columns; and the refusals for what pgshift cannot carry over safely.
+
+Every phase module of the `columns` target reads this one object, so names never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from pgshift.catalog import Index, Table
+from pgshift.db import derived_name, prefixed_name
+from pgshift.errors import PlanError
+from pgshift.plan.model import ColumnChange, Plan
+
+SHADOW_PREFIX = "_pgshift_"
+OLD_SUFFIX = "_pgshift_old"
+
+
+@dataclass(frozen=True)
+class ShadowColumn:
+    name: str  # the column's name in the new shape (its live name after cutover)
+    shadow: str  # the column that holds the new shape until cutover
+    old: str | None  # the old column's name after cutover; None for a new column
+    type: str
+    old_type: str | None
+    up: str  # SQL over the live row -> new value
+    down: str | None  # SQL over the new row -> old value (None for a new column)
+    not_null: bool  # the new column ends NOT NULL
+    default: str | None  # SQL default the new column takes at cutover
+    old_default: str | None  # the old column's default, dropped at cutover and put back on rollback
+    sequence: tuple[str, str] | None  # sequence owned by the old column, handed to the new one
+    sequence_type: str | None
+    check_name: str  # the CHECK (shadow IS NOT NULL) NOT VALID constraint, when not_null
+
+    @property
+    def is_new(self) -> bool:
+        return self.old is None
+
+
+@dataclass(frozen=True)
+class RebuiltIndex:
+    """An index over a changed column, rebuilt on the shadow columns."""
+
+    original: Index
+    shadow: str  # name of the copy on the shadow columns
+    old: str  # name the original takes at cutover
+    definition: sql.Composable  # CREATE INDEX CONCURRENTLY IF NOT EXISTS ... for the copy
+    spare: sql.Composable | None  # for a constraint's index: a copy on the old columns
+
+    @property
+    def constraint(self) -> str | None:
+        return self.original.constraint
+
+
+@dataclass(frozen=True)
+class ColumnsShape:
+    columns: tuple[ShadowColumn, ...]
+    indexes: tuple[RebuiltIndex, ...]
+    key: tuple[str, ...]
+    function: sql.Identifier  # the dual-write trigger function
+    trigger: str
+
+    def changed(self) -> tuple[ShadowColumn, ...]:
+        return tuple(c for c in self.columns if not c.is_new)
+
+
+def build_shape(plan: Plan, table: Table, view_schema: str, key: tuple[str, ...]) -> ColumnsShape:
+    assert plan.columns is not None
+    columns = tuple(_column(name, spec, table) for name, spec in plan.columns.items())
+    changed = {c.name: c for c in columns if not c.is_new}
+    _refuse_unsafe(table, changed)
+    indexes = tuple(
+        _rebuilt(index, table, changed)
+        for index in table.indexes
+        if index.columns & changed.keys()
+    )
+    return ColumnsShape(
+        columns=columns,
+        indexes=indexes,
+        key=key,
+        function=sql.Identifier(view_schema, "sync_" + plan.name),
+        # BEFORE triggers fire in name order: ours last, so it sees the values other triggers set
+        trigger=derived_name("zz_pgshift_", plan.name),
+    )
+
+
+def _column(name: str, spec: ColumnChange, table: Table) -> ShadowColumn:
+    shadow = prefixed_name(SHADOW_PREFIX, name)
+    old = table.columns.get(name)
+    if shadow in table.columns and old is None:
+        raise PlanError(f"column {name!r}: {shadow!r} already exists; it is pgshift's, or rename it")
+    if old is None:
+        if spec.type is None:
+            raise PlanError(f"column {name!r} does not exist yet: give it a `type` to add it")
+        if spec.up is None:
+            raise PlanError(f"column {name!r} does not exist yet: give it `up`, the SQL that fills it")
+        if spec.down is not None:
+            raise PlanError(f"column {name!r} is new: `down` has no old column to fill; remove it")
+        return ShadowColumn(
+            name=name,
+            shadow=shadow,
+            old=None,
+            type=spec.type,
+            old_type=None,
+            up=spec.up,
+            down=None,
+            not_null=spec.nullable is False,
+            default=spec.default,
+            old_default=None,
+            sequence=None,
+            sequence_type=None,
+            check_name=derived_name(name, "_pgshift_nn"),
+        )
+    if old.identity:
+        raise PlanError(
+            f"column {name!r} is an identity column, which cannot move to a shadow column in place;"
+            " use a `new_table` migration, or turn it into a sequence default first"
+        )
+    if old.generated:
+        raise PlanError(f"column {name!r} is a generated column; change its expression with a sql phase")
+    new_type = spec.type or old.type
+    quoted = sql.Identifier(name).as_string()
+    return ShadowColumn(
+        name=name,
+        shadow=shadow,
+        old=derived_name(name, OLD_SUFFIX),
+        type=new_type,
+        old_type=old.type,
+        up=spec.up or f"CAST({quoted} AS {new_type})",
+        down=spec.down or f"CAST({quoted} AS {old.type})",
+        not_null=(not spec.nullable) if spec.nullable is not None else old.not_null,
+        default=spec.default if spec.default is not None else old.default,
+        old_default=old.default,
+        sequence=old.owned_sequence if old.default and "nextval(" in old.default else None,
+        sequence_type=old.sequence_type,
+        check_name=derived_name(name, "_pgshift_nn"),
+    )
+
+
+def _refuse_unsafe(table: Table, changed: dict[str, ShadowColumn]) -> None:
+    """What a rename-based cutover would silently get wrong is refused here, with what to do."""
+    for dep in table.dependents:
+        hit = set(dep.columns) & changed.keys()
+        if dep.kind == "view" and hit:
+            raise PlanError(
+                f"view {dep.name} reads column(s) {', '.join(sorted(hit))}: cutover would leave it"
+                " reading the old column; drop it before and recreate it after with sql phases"
+            )
+        if dep.kind == "foreign key" and hit:
+            raise PlanError(
+                f"foreign key {dep.name} references {', '.join(sorted(hit))}: an in-place change"
+                " cannot move it; use a `new_table` migration"
+            )
+    for con in table.constraints:
+        hit = set(con.columns) & changed.keys()
+        if not hit:
+            continue
+        if con.type == "f":
+            raise PlanError(
+                f"foreign key {con.name} uses {', '.join(sorted(hit))}: drop it before the"
+                " migration and add it back NOT VALID after, with sql phases"
+            )
+        if con.type == "c":
+            raise PlanError(
+                f"check constraint {con.name} uses {', '.join(sorted(hit))}: drop it before the"
+                " migration and add it back NOT VALID after, with sql phases"
+            )
+        if con.type == "x":
+            raise PlanError(f"exclusion constraint {con.name} uses a changed column; not supported")
+    for index in table.indexes:
+        hit = index.columns & changed.keys()
+        if not hit:
+            continue
+        if index.expression_columns & changed.keys():
+            raise PlanError(
+                f"index {index.name} uses {', '.join(sorted(hit))} in an expression or predicate;"
+                " drop it before the migration and rebuild it after, with sql phases"
+            )
+        if index.nondefault_opclass:
+            raise PlanError(
+                f"index {index.name} uses a non-default operator class on a changed column;"
+                " rebuild it after the migration with a sql phase"
+            )
+        if not index.valid:
+            raise PlanError(f"index {index.name} is INVALID; drop or REINDEX it first")
+
+
+def _rebuilt(index: Index, table: Table, changed: dict[str, ShadowColumn]) -> RebuiltIndex:
+    def target(column: str) -> str:
+        return changed[column].shadow if column in changed else column
+
+    def definition(name: str, columns: dict[str, str]) -> sql.Composable:
+        parts = [
+            sql.SQL("{}{}{}").format(
+                sql.Identifier(columns.get(p.column, p.column) if p.column else ""),
+                sql.SQL(" DESC" if p.descending else ""),
+                sql.SQL(
+                    " NULLS FIRST"
+                    if p.nulls_first and not p.descending
+                    else " NULLS LAST"
+                    if p.descending and not p.nulls_first
+                    else ""
+                ),
+            )
+            for p in index.parts
+        ]
+        include = (
+            sql.SQL(" INCLUDE ({})").format(
+                sql.SQL(", ").join(sql.Identifier(columns.get(c, c)) for c in index.include)
+            )
+            if index.include
+            else sql.SQL("")
+        )
+        where = sql.SQL(" WHERE {}").format(sql.SQL(index.predicate)) if index.predicate else sql.SQL("")
+        return sql.SQL(
+            "CREATE {unique}INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} USING {method}"
+            " ({parts}){include}{where}"
+        ).format(
+            unique=sql.SQL("UNIQUE " if index.unique else ""),
+            name=sql.Identifier(name),
+            table=table.qualified,
+            method=sql.Identifier(index.method),
+            parts=sql.SQL(", ").join(parts),
+            include=include,
+            where=where,
+        )
+
+    shadow_map = {c: target(c) for c in index.columns}
+    old_name = derived_name(index.name, OLD_SUFFIX)
+    return RebuiltIndex(
+        original=index,
+        shadow=prefixed_name(SHADOW_PREFIX, index.name),
+        old=old_name,
+        definition=definition(prefixed_name(SHADOW_PREFIX, index.name), shadow_map),
+        spare=definition(old_name, {}) if index.constraint else None,
+    )

@@ -1,0 +1,66 @@
+"""contract: drop the old shape and the trigger. The point of no return: it has no rollback.
+
+The old indexes go first, CONCURRENTLY. The trigger and the old columns then go together in one
+short transaction: dropped apart, an insert between the two would leave a NOT NULL old column
+empty (or the trigger would write to a column that is gone).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+
+from pgshift.phases.base import CompileContext, Phase, SqlStep
+from pgshift.phases.columns_shape import ColumnsShape
+
+
+def compile_contract(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    shape: ColumnsShape = ctx.shape
+    table = ctx.table
+    steps: list[SqlStep] = [
+        SqlStep(
+            description=f"drop the old index {ix.old}",
+            statements=(
+                sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                    sql.Identifier(table.schema, ix.old)
+                ),
+            ),
+            lock="SHARE UPDATE EXCLUSIVE",
+            transactional=False,
+        )
+        for ix in shape.indexes
+    ]
+    statements: list[sql.Composable] = [
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+            sql.Identifier(shape.trigger), table.qualified
+        ),
+        sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(ctx.view_schema)),
+    ]
+    old = [c.old for c in shape.changed() if c.old]
+    if old:
+        statements.append(
+            sql.SQL("ALTER TABLE {} {}").format(
+                table.qualified,
+                sql.SQL(", ").join(
+                    sql.SQL("DROP COLUMN IF EXISTS {}").format(sql.Identifier(c)) for c in old
+                ),
+            )
+        )
+    steps.append(
+        SqlStep(
+            description="drop the sync trigger, the view schema and the old columns together",
+            statements=tuple(statements),
+            lock="ACCESS EXCLUSIVE",
+            hold="milliseconds (catalog changes only)",
+        )
+    )
+    return Phase(
+        index=index,
+        kind="contract",
+        name="contract",
+        forward=tuple(steps),
+        rollback=(),
+        reversible=False,
+        summary="drop the old columns and the trigger: the point of no return",
+    )

@@ -1,0 +1,304 @@
+"""cutover: the new shape takes the live names in one short ACCESS EXCLUSIVE transaction.
+
+Everything slow happens before that transaction, under weak locks: NOT NULL is proven by a
+CHECK ... NOT VALID that is then VALIDATEd (so SET NOT NULL inside the swap needs no scan),
+spare unique indexes on the old columns are built CONCURRENTLY (so a constraint's old index,
+which DROP CONSTRAINT destroys, exists again for rollback), and the shadow columns get
+statistics. The swap itself only renames, moves constraints onto ready indexes, moves defaults
+and sequence ownership, and turns the trigger around so the old columns follow the new ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+
+from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query
+from pgshift.phases.columns_shape import ColumnsShape, RebuiltIndex, ShadowColumn
+from pgshift.phases.dual_write import forward_body, function_ddl, reverse_body
+
+INTEGER_TYPES = ("smallint", "integer", "bigint")
+CONSTRAINT_KINDS = {"p": "PRIMARY KEY", "u": "UNIQUE"}
+
+
+def _alter(ctx: CompileContext, action: sql.Composable) -> sql.Composable:
+    return sql.SQL("ALTER TABLE {} {}").format(ctx.table.qualified, action)
+
+
+def _index(ctx: CompileContext, name: str) -> sql.Identifier:
+    return sql.Identifier(ctx.table.schema, name)
+
+
+def _column_exists(ctx: CompileContext, column: str, present: bool) -> sql.Composable:
+    query = (
+        "SELECT 1 WHERE {} = EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {}::regclass"
+        " AND attname = {} AND NOT attisdropped)"
+    )
+    return exists_query(query, present, ctx.table.regclass, column)
+
+
+def swapped_query(ctx: CompileContext) -> sql.Composable:
+    """True once the swap committed: the first shadow column no longer exists by that name."""
+    shape: ColumnsShape = ctx.shape
+    return _column_exists(ctx, shape.columns[0].shadow, False)
+
+
+def _sequence_moves(col: ShadowColumn) -> bool:
+    return col.sequence is not None
+
+
+def _sequence_widens(col: ShadowColumn) -> bool:
+    return (
+        col.sequence is not None
+        and col.type in INTEGER_TYPES
+        and col.sequence_type in INTEGER_TYPES
+        and INTEGER_TYPES.index(col.type) > INTEGER_TYPES.index(col.sequence_type)
+    )
+
+
+def swap_statements(ctx: CompileContext) -> tuple[sql.Composable, ...]:
+    shape: ColumnsShape = ctx.shape
+    out: list[sql.Composable] = []
+    for ix in shape.indexes:
+        if ix.constraint:
+            out.append(_alter(ctx, sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(ix.constraint))))
+        else:
+            out.append(_rename_index(ctx, ix.original.name, ix.old))
+        out.append(_rename_index(ctx, ix.shadow, ix.original.name))
+        if ix.constraint:
+            out.append(_add_constraint(ctx, ix, ix.original.name))
+    for col in shape.columns:
+        if not col.is_new:
+            assert col.old is not None
+            if col.old_default is not None:
+                out.append(_alter(ctx, sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(col.name))))
+            out.append(_rename_column(ctx, col.name, col.old))
+        out.append(_rename_column(ctx, col.shadow, col.name))
+        if col.not_null:
+            out.append(_alter(ctx, sql.SQL("ALTER COLUMN {} SET NOT NULL").format(sql.Identifier(col.name))))
+            out.append(_alter(ctx, sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(sql.Identifier(col.check_name))))
+        if col.default is not None:
+            out.append(
+                _alter(
+                    ctx,
+                    sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(
+                        sql.Identifier(col.name), sql.SQL(col.default)
+                    ),
+                )
+            )
+        if _sequence_widens(col):
+            out.append(sql.SQL("ALTER SEQUENCE {} AS {}").format(sql.Identifier(*(col.sequence or ())), sql.SQL(col.type)))
+        if _sequence_moves(col):
+            out.append(
+                sql.SQL("ALTER SEQUENCE {} OWNED BY {}").format(
+                    sql.Identifier(*(col.sequence or ())),
+                    sql.Identifier(ctx.table.schema, ctx.table.name, col.name),
+                )
+            )
+    out.append(function_ddl(shape, reverse_body(shape)))
+    return tuple(out)
+
+
+def unswap_statements(ctx: CompileContext) -> tuple[sql.Composable, ...]:
+    """The exact inverse of `swap_statements`, in reverse order."""
+    shape: ColumnsShape = ctx.shape
+    out: list[sql.Composable] = [function_ddl(shape, forward_body(shape))]
+    for col in reversed(shape.columns):
+        if _sequence_moves(col):
+            assert col.old is not None
+            out.append(
+                sql.SQL("ALTER SEQUENCE {} OWNED BY {}").format(
+                    sql.Identifier(*(col.sequence or ())),
+                    sql.Identifier(ctx.table.schema, ctx.table.name, col.old),
+                )
+            )
+        if _sequence_widens(col):
+            out.append(
+                sql.SQL("ALTER SEQUENCE {} AS {}").format(
+                    sql.Identifier(*(col.sequence or ())), sql.SQL(col.sequence_type or "")
+                )
+            )
+        if col.default is not None:
+            out.append(_alter(ctx, sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(col.name))))
+        if col.not_null:
+            out.append(_alter(ctx, sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(col.name))))
+        out.append(_rename_column(ctx, col.name, col.shadow))
+        if not col.is_new:
+            assert col.old is not None
+            out.append(_rename_column(ctx, col.old, col.name))
+            if col.old_default is not None:
+                out.append(
+                    _alter(
+                        ctx,
+                        sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(
+                            sql.Identifier(col.name), sql.SQL(col.old_default)
+                        ),
+                    )
+                )
+    for ix in reversed(shape.indexes):
+        if ix.constraint:
+            # the constraint's index on the new column goes with it; expand's copy is rebuilt
+            # by the next cutover if the migration is applied again
+            out.append(_alter(ctx, sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(ix.constraint))))
+            out.append(_rename_index(ctx, ix.old, ix.original.name))
+            out.append(_add_constraint(ctx, ix, ix.original.name))
+        else:
+            out.append(_rename_index(ctx, ix.original.name, ix.shadow))
+            out.append(_rename_index(ctx, ix.old, ix.original.name))
+    return tuple(out)
+
+
+def _rename_index(ctx: CompileContext, old: str, new: str) -> sql.Composable:
+    return sql.SQL("ALTER INDEX {} RENAME TO {}").format(_index(ctx, old), sql.Identifier(new))
+
+
+def _rename_column(ctx: CompileContext, old: str, new: str) -> sql.Composable:
+    return _alter(ctx, sql.SQL("RENAME COLUMN {} TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+
+
+def _add_constraint(ctx: CompileContext, ix: RebuiltIndex, index_name: str) -> sql.Composable:
+    assert ix.constraint is not None and ix.original.constraint_type is not None
+    return _alter(
+        ctx,
+        sql.SQL("ADD CONSTRAINT {} {} USING INDEX {}").format(
+            sql.Identifier(ix.constraint),
+            sql.SQL(CONSTRAINT_KINDS[ix.original.constraint_type]),
+            sql.Identifier(index_name),
+        ),
+    )
+
+
+def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    shape: ColumnsShape = ctx.shape
+    table = ctx.table
+    not_null = [c for c in shape.columns if c.not_null]
+    forward: list[SqlStep] = []
+    if not_null:
+        forward.append(
+            SqlStep(
+                description="prove NOT NULL without a long lock: CHECK (... IS NOT NULL) NOT VALID",
+                statements=tuple(
+                    _alter(
+                        ctx,
+                        sql.SQL("ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(
+                            sql.Identifier(c.check_name), sql.Identifier(c.shadow)
+                        ),
+                    )
+                    for c in not_null
+                ),
+                lock="ACCESS EXCLUSIVE",
+                done_if=exists_query(
+                    "SELECT 1 FROM pg_constraint WHERE conrelid = {}::regclass AND conname = {}",
+                    table.regclass,
+                    not_null[0].check_name,
+                ),
+            )
+        )
+        forward.append(
+            SqlStep(
+                description="validate the NOT NULL checks (scans; writes continue)",
+                statements=tuple(
+                    _alter(ctx, sql.SQL("VALIDATE CONSTRAINT {}").format(sql.Identifier(c.check_name)))
+                    for c in not_null
+                ),
+                lock="SHARE UPDATE EXCLUSIVE",
+                scans=True,
+                done_if=swapped_query(ctx),
+                hold="one scan of the table (writes continue)",
+            )
+        )
+    for ix in shape.indexes:
+        if ix.constraint and ix.spare is not None:
+            forward.append(
+                SqlStep(
+                    description=f"keep a unique index on the old column(s) for rollback ({ix.old})",
+                    statements=(ix.spare,),
+                    lock="SHARE UPDATE EXCLUSIVE",
+                    scans=True,
+                    transactional=False,
+                    builds_index=(table.schema, ix.old),
+                    done_if=swapped_query(ctx),
+                    hold="the index build (writes continue)",
+                )
+            )
+            forward.append(
+                SqlStep(
+                    description=f"make sure {ix.shadow} exists (a rollback of cutover drops it)",
+                    statements=(ix.definition,),
+                    lock="SHARE UPDATE EXCLUSIVE",
+                    scans=True,
+                    transactional=False,
+                    builds_index=(table.schema, ix.shadow),
+                    done_if=swapped_query(ctx),
+                    hold="nothing when expand's index exists; else the index build",
+                )
+            )
+    forward.append(
+        SqlStep(
+            description="collect statistics for the new columns",
+            statements=(
+                sql.SQL("ANALYZE {} ({})").format(
+                    table.qualified, sql.SQL(", ").join(sql.Identifier(c.shadow) for c in shape.columns)
+                ),
+            ),
+            lock="SHARE UPDATE EXCLUSIVE",
+            scans=True,
+            done_if=swapped_query(ctx),
+            hold="a sample of the table (writes continue)",
+        )
+    )
+    forward.append(
+        SqlStep(
+            description="swap: the new columns take the live names; the trigger now fills the old ones",
+            statements=swap_statements(ctx),
+            lock="ACCESS EXCLUSIVE",
+            done_if=swapped_query(ctx),
+            hold="milliseconds (catalog changes only)",
+        )
+    )
+    rollback = [
+        SqlStep(
+            description="swap back: the old columns take the live names again",
+            statements=unswap_statements(ctx),
+            lock="ACCESS EXCLUSIVE",
+            done_if=_column_exists(ctx, shape.columns[0].shadow, True),
+            hold="milliseconds (catalog changes only)",
+        )
+    ]
+    if not_null:
+        rollback.append(
+            SqlStep(
+                description="drop the NOT NULL checks",
+                statements=(
+                    _alter(
+                        ctx,
+                        sql.SQL(", ").join(
+                            sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(sql.Identifier(c.check_name))
+                            for c in not_null
+                        ),
+                    ),
+                ),
+                lock="ACCESS EXCLUSIVE",
+            )
+        )
+    for ix in shape.indexes:
+        if ix.constraint:
+            rollback.append(
+                SqlStep(
+                    description=f"drop the spare index {ix.old} if cutover stopped before the swap",
+                    statements=(
+                        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(_index(ctx, ix.old)),
+                    ),
+                    lock="SHARE UPDATE EXCLUSIVE",
+                    transactional=False,
+                )
+            )
+    return Phase(
+        index=index,
+        kind="cutover",
+        name="cutover",
+        forward=tuple(forward),
+        rollback=tuple(rollback),
+        summary="new columns take the live names in one short transaction; old ones stay in step",
+    )

@@ -1,0 +1,131 @@
+"""expand: add the new shape beside the old one, without blocking the application.
+
+`columns`: shadow columns (no default, so the ALTER is catalog-only), their indexes built
+CONCURRENTLY, and the view schema `pgshift_<name>` whose view shows the new shape.
+Rollback drops all of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+
+from pgshift.phases.base import CompileContext, Phase, SqlStep
+from pgshift.phases.columns_shape import ColumnsShape
+
+
+def compile_expand(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    shape: ColumnsShape = ctx.shape
+    table = ctx.table
+    forward: list[SqlStep] = [
+        SqlStep(
+            description="add shadow columns (catalog only: no default, no rewrite)",
+            statements=(
+                sql.SQL("ALTER TABLE {} {}").format(
+                    table.qualified,
+                    sql.SQL(", ").join(
+                        sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(
+                            sql.Identifier(c.shadow), sql.SQL(c.type)
+                        )
+                        for c in shape.columns
+                    ),
+                ),
+            ),
+            lock="ACCESS EXCLUSIVE",
+        )
+    ]
+    for rebuilt in shape.indexes:
+        forward.append(
+            SqlStep(
+                description=f"build {rebuilt.original.name} again on the shadow columns",
+                statements=(rebuilt.definition,),
+                lock="SHARE UPDATE EXCLUSIVE",
+                scans=True,
+                transactional=False,
+                builds_index=(table.schema, rebuilt.shadow),
+                hold="the index build (writes continue)",
+            )
+        )
+    forward.append(
+        SqlStep(
+            description=f"create the view schema {ctx.view_schema} showing the new shape",
+            statements=(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ctx.view_schema)),
+                sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(
+                    sql.Identifier(ctx.view_schema, table.name),
+                    sql.SQL(", ").join(_new_shape_columns(ctx)),
+                    table.qualified,
+                ),
+            ),
+            lock="ACCESS SHARE",
+        )
+    )
+    rollback: list[SqlStep] = [
+        SqlStep(
+            description=f"drop the view schema {ctx.view_schema}",
+            statements=(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(ctx.view_schema)),
+            ),
+            lock="ACCESS SHARE",
+        )
+    ]
+    for rebuilt in shape.indexes:
+        rollback.append(
+            SqlStep(
+                description=f"drop the index copy {rebuilt.shadow}",
+                statements=(
+                    sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                        sql.Identifier(table.schema, rebuilt.shadow)
+                    ),
+                ),
+                lock="SHARE UPDATE EXCLUSIVE",
+                transactional=False,
+            )
+        )
+    rollback.append(
+        SqlStep(
+            description="drop the shadow columns",
+            statements=(
+                sql.SQL("ALTER TABLE {} {}").format(
+                    table.qualified,
+                    sql.SQL(", ").join(
+                        sql.SQL("DROP COLUMN IF EXISTS {}").format(sql.Identifier(c.shadow))
+                        for c in shape.columns
+                    ),
+                ),
+            ),
+            lock="ACCESS EXCLUSIVE",
+        )
+    )
+    return Phase(
+        index=index,
+        kind="expand",
+        name="expand",
+        forward=tuple(forward),
+        rollback=tuple(rollback),
+        summary=f"add {len(shape.columns)} shadow column(s), rebuild {len(shape.indexes)} index(es)"
+        f" concurrently, create view schema {ctx.view_schema}",
+    )
+
+
+def _new_shape_columns(ctx: CompileContext) -> list[sql.Composable]:
+    """Every live column in order, changed ones replaced by their shadow, then new columns."""
+    shape: ColumnsShape = ctx.shape
+    by_name = {c.name: c for c in shape.columns}
+    shadows = {c.shadow for c in shape.columns}
+    out: list[sql.Composable] = []
+    for name in ctx.table.columns:
+        if name in shadows:
+            continue
+        col = by_name.get(name)
+        if col is None:
+            out.append(sql.Identifier(name))
+        else:
+            out.append(sql.SQL("{} AS {}").format(sql.Identifier(col.shadow), sql.Identifier(name)))
+    out += [
+        sql.SQL("{} AS {}").format(sql.Identifier(c.shadow), sql.Identifier(c.name))
+        for c in shape.columns
+        if c.is_new
+    ]
+    return out

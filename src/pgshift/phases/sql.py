@@ -1,0 +1,91 @@
+"""sql: the plan's own statements, `up` forward and `down` back.
+
+Each runs under lock_timeout with retries; statements that cannot run inside a transaction
+block (the CONCURRENTLY forms, VACUUM) run one by one on their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pglast
+from psycopg import sql
+
+from pgshift.errors import PlanError
+from pgshift.phases.base import CompileContext, LockLevel, Phase, SqlStep
+
+
+def split_statements(text: str) -> list[str]:
+    """The statements of a SQL text, parsed (so a syntax error is caught at plan time)."""
+    try:
+        return [s.strip() for s in pglast.split(text, with_parser=True) if s.strip()]
+    except pglast.parser.ParseError as error:
+        raise PlanError(f"SQL does not parse: {error}") from error
+
+
+def _outside_transaction(statement: str) -> bool:
+    node = pglast.parse_sql(statement)[0].stmt
+    name = type(node).__name__
+    if name in ("IndexStmt", "DropStmt"):
+        return bool(getattr(node, "concurrent", False))
+    if name == "ReindexStmt":
+        return any(getattr(p, "defname", "") == "concurrently" for p in (node.params or ()))
+    return name in ("VacuumStmt", "CreatedbStmt", "DropdbStmt", "AlterSystemStmt")
+
+
+def _lock(statements: list[str]) -> LockLevel:
+    """The strongest table lock these statements take, as far as their kind tells."""
+    levels: list[LockLevel] = []
+    for statement in statements:
+        node = pglast.parse_sql(statement)[0].stmt
+        name = type(node).__name__
+        if name in ("SelectStmt", "ExplainStmt", "VariableSetStmt"):
+            levels.append("ACCESS SHARE")
+        elif name in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
+            levels.append("ROW EXCLUSIVE")
+        elif name in ("IndexStmt", "ReindexStmt") and _outside_transaction(statement):
+            levels.append("SHARE UPDATE EXCLUSIVE")
+        elif name == "IndexStmt":
+            levels.append("SHARE")
+        elif name in ("CreateStmt", "ViewStmt", "CreateFunctionStmt", "CreateSchemaStmt"):
+            levels.append("none")
+        else:
+            levels.append("ACCESS EXCLUSIVE")
+    order: list[LockLevel] = [
+        "none",
+        "ACCESS SHARE",
+        "ROW SHARE",
+        "ROW EXCLUSIVE",
+        "SHARE UPDATE EXCLUSIVE",
+        "SHARE",
+        "SHARE ROW EXCLUSIVE",
+        "EXCLUSIVE",
+        "ACCESS EXCLUSIVE",
+    ]
+    return max(levels, key=order.index) if levels else "none"
+
+
+def sql_step(text: str, description: str) -> SqlStep:
+    statements = split_statements(text)
+    if not statements:
+        raise PlanError(f"{description}: no SQL statement given")
+    return SqlStep(
+        description=description,
+        statements=tuple(sql.SQL(s) for s in statements),
+        lock=_lock(statements),
+        transactional=not any(_outside_transaction(s) for s in statements),
+    )
+
+
+def compile_sql(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    forward = sql_step(spec.up, f"{spec.name}: up")
+    rollback = () if spec.down is None else (sql_step(spec.down, f"{spec.name}: down"),)
+    return Phase(
+        index=index,
+        kind="sql",
+        name=spec.name,
+        forward=(forward,),
+        rollback=rollback,
+        reversible=spec.down is not None,
+        summary=f"{len(forward.statements)} statement(s) of the plan's own SQL",
+    )

@@ -1,0 +1,126 @@
+"""Check a plan against the live database before anything runs: the key, the columns, the types
+and every SQL expression, each tried in a transaction that is always rolled back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pglast
+import psycopg
+from psycopg import sql
+
+from pgshift.catalog import Table
+from pgshift.errors import PlanError
+from pgshift.plan.model import Plan
+
+
+def resolve_key(plan: Plan, table: Table) -> tuple[str, ...]:
+    """The key backfill and verify walk: the plan's, else the primary key. Unique and NOT NULL."""
+    if plan.key is None:
+        if table.primary_key is None:
+            raise PlanError(
+                f"{table.display} has no primary key: name a unique, NOT NULL `key`",
+                path=("table",),
+            )
+        return table.primary_key
+    key = tuple(plan.key)
+    missing = [k for k in key if k not in table.columns]
+    if missing:
+        raise PlanError(f"key column {missing[0]!r} is not a column of {table.display}", path=("key",))
+    if not table.has_unique_not_null(key):
+        raise PlanError(
+            f"key ({', '.join(key)}) of {table.display} must be unique and NOT NULL:"
+            " add a unique index and NOT NULL, or use the primary key",
+            path=("key",),
+        )
+    return key
+
+
+def parse_expression(text: str, path: tuple[str | int, ...]) -> None:
+    """One SQL expression, nothing more: a second statement can never ride along."""
+    try:
+        statements = pglast.parse_sql(f"SELECT ({text})")
+    except pglast.parser.ParseError as error:
+        raise PlanError(f"not a SQL expression: {error}", path=path) from error
+    node = statements[0].stmt if len(statements) == 1 else None
+    if node is None or type(node).__name__ != "SelectStmt" or len(node.targetList or ()) != 1:
+        raise PlanError("must be one SQL expression, not a statement", path=path)
+    if node.fromClause or node.whereClause:
+        raise PlanError("must be one SQL expression, not a statement", path=path)
+
+
+def parse_type(text: str, path: tuple[str | int, ...]) -> None:
+    try:
+        statements = pglast.parse_sql(f"SELECT NULL::{text}")
+    except pglast.parser.ParseError as error:
+        raise PlanError(f"{text!r} is not a type: {error}", path=path) from error
+    target = statements[0].stmt.targetList if len(statements) == 1 else None
+    if not target or len(target) != 1 or type(target[0].val).__name__ != "TypeCast":
+        raise PlanError(f"{text!r} is not a type", path=path)
+
+
+def _try(conn: psycopg.Connection[Any], query: sql.Composable, path: tuple[str | int, ...], what: str) -> None:
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute(query)
+    except psycopg.Error as error:
+        detail = error.diag.message_primary or str(error).splitlines()[0]
+        raise PlanError(f"{what} does not work on this table: {detail}", path=path) from error
+
+
+def check_columns(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> None:
+    assert plan.columns is not None
+    new_shape: list[sql.Composable] = []
+    for name in table.columns:
+        spec = plan.columns.get(name)
+        if spec is not None and spec.type:
+            new_shape.append(sql.SQL("NULL::{} AS {}").format(sql.SQL(spec.type), sql.Identifier(name)))
+        else:
+            new_shape.append(sql.Identifier(name))
+    for name, spec in plan.columns.items():
+        if name not in table.columns and spec.type:
+            new_shape.append(sql.SQL("NULL::{} AS {}").format(sql.SQL(spec.type), sql.Identifier(name)))
+    for name, spec in plan.columns.items():
+        base: tuple[str | int, ...] = ("columns", name)
+        old = table.columns.get(name)
+        new_type = spec.type or (old.type if old else None)
+        if spec.type is not None:
+            parse_type(spec.type, (*base, "type"))
+            _try(conn, sql.SQL("SELECT NULL::{}").format(sql.SQL(spec.type)), (*base, "type"), "type")
+        for field in ("up", "down", "default"):
+            text = getattr(spec, field)
+            if text is not None:
+                parse_expression(text, (*base, field))
+        if spec.up is not None and new_type:
+            _try(
+                conn,
+                sql.SQL("SELECT ({})::{} FROM {} LIMIT 0").format(
+                    sql.SQL(spec.up), sql.SQL(new_type), table.qualified
+                ),
+                (*base, "up"),
+                f"up of {name!r}",
+            )
+        if spec.down is not None and old is not None:
+            _try(
+                conn,
+                sql.SQL("SELECT ({})::{} FROM (SELECT {} FROM {} LIMIT 0) AS r").format(
+                    sql.SQL(spec.down), sql.SQL(old.type), sql.SQL(", ").join(new_shape), table.qualified
+                ),
+                (*base, "down"),
+                f"down of {name!r}",
+            )
+        if spec.default is not None and new_type:
+            _try(
+                conn,
+                sql.SQL("SELECT ({})::{}").format(sql.SQL(spec.default), sql.SQL(new_type)),
+                (*base, "default"),
+                f"default of {name!r}",
+            )
+
+
+def check_plan(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> tuple[str, ...]:
+    """Raise PlanError (with the plan path at fault) on the first problem; return the key."""
+    key = resolve_key(plan, table)
+    if plan.columns is not None:
+        check_columns(conn, plan, table)
+    return key

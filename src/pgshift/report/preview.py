@@ -1,0 +1,148 @@
+"""What `migrate plan` shows: every phase's steps with their SQL, lock level, whether they scan
+or rewrite the table, an estimated duration, and the rollback. Built from the compiled phases,
+the same objects the executor runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pgshift.compile import CompiledPlan
+from pgshift.phases.base import BLOCKS_READS, BLOCKS_WRITES, BackfillStep, Phase, SqlStep, Step
+
+# Rough speeds for estimates before anything was measured on this server.
+BACKFILL_ROWS_PER_SECOND = 50_000
+SCAN_BYTES_PER_SECOND = 200 * 1024 * 1024
+INDEX_BUILD_BYTES_PER_SECOND = 60 * 1024 * 1024
+
+
+def step_sql(step: Step) -> list[str]:
+    if isinstance(step, BackfillStep):
+        return [
+            "-- each batch, in one transaction with its checkpoint:",
+            step.bounds.as_string() + ";",
+            step.batch(True, True).as_string() + ";",
+        ]
+    return [s.as_string() + ";" for s in step.statements]
+
+
+def step_estimate(step: Step, compiled: CompiledPlan, rows_per_second: float | None = None) -> float:
+    table = compiled.table
+    if isinstance(step, BackfillStep):
+        rows = max(table.row_estimate, 0)
+        return rows / (rows_per_second or BACKFILL_ROWS_PER_SECOND)
+    if isinstance(step, SqlStep) and step.builds_index is not None:
+        return table.table_bytes / INDEX_BUILD_BYTES_PER_SECOND
+    if step.scans:
+        return table.table_bytes / SCAN_BYTES_PER_SECOND
+    return 0.0
+
+
+def step_data(step: Step, compiled: CompiledPlan, rows_per_second: float | None = None) -> dict[str, Any]:
+    return {
+        "description": step.description,
+        "lock": step.lock,
+        "blocks_reads": step.lock in BLOCKS_READS,
+        "blocks_writes": step.lock in BLOCKS_WRITES,
+        "lock_held": step.hold,
+        "scans": step.scans,
+        "rewrites": step.rewrites,
+        "in_transaction": isinstance(step, BackfillStep) or step.transactional,
+        "estimated_seconds": round(step_estimate(step, compiled, rows_per_second), 1),
+        "sql": step_sql(step),
+    }
+
+
+def phase_data(phase: Phase, compiled: CompiledPlan, rows_per_second: float | None = None) -> dict[str, Any]:
+    forward = [step_data(s, compiled, rows_per_second) for s in phase.forward]
+    return {
+        "index": phase.index,
+        "kind": phase.kind,
+        "name": phase.name,
+        "summary": phase.summary,
+        "reversible": phase.reversible,
+        "estimated_seconds": round(sum(s["estimated_seconds"] for s in forward), 1),
+        "steps": forward,
+        "rollback": [step_data(s, compiled) for s in phase.rollback],
+    }
+
+
+def preview_data(compiled: CompiledPlan, rows_per_second: float | None = None) -> dict[str, Any]:
+    table = compiled.table
+    return {
+        "migration": compiled.plan.name,
+        "description": compiled.plan.description,
+        "table": table.display,
+        "key": list(compiled.key),
+        "rows_estimate": table.row_estimate if table.row_estimate >= 0 else None,
+        "table_bytes": table.table_bytes,
+        "total_bytes": table.total_bytes,
+        "phases": [phase_data(p, compiled, rows_per_second) for p in compiled.phases],
+        "warnings": warnings(compiled),
+    }
+
+
+def warnings(compiled: CompiledPlan) -> list[str]:
+    table = compiled.table
+    out = []
+    if table.triggers:
+        out.append(
+            f"{table.display} has trigger(s) {', '.join(table.triggers)}: the backfill's UPDATEs"
+            " fire them for every row (an updated_at trigger will touch every row)"
+        )
+    return out
+
+
+def human_seconds(seconds: float) -> str:
+    if seconds < 1:
+        return "< 1s"
+    if seconds < 120:
+        return f"~{seconds:.0f}s"
+    if seconds < 7200:
+        return f"~{seconds / 60:.0f}m"
+    return f"~{seconds / 3600:.1f}h"
+
+
+def render_text(data: dict[str, Any]) -> str:
+    rows = data["rows_estimate"]
+    lines = [
+        f"migration {data['migration']} on {data['table']} (key: {', '.join(data['key'])};"
+        f" ~{rows:,} rows, {data['table_bytes'] / 1048576:,.1f} MiB)"
+        if rows is not None
+        else f"migration {data['migration']} on {data['table']} (key: {', '.join(data['key'])})",
+    ]
+    if data.get("description"):
+        lines.append(data["description"])
+    for warning in data["warnings"]:
+        lines.append(f"warning: {warning}")
+    for phase in data["phases"]:
+        lines.append("")
+        title = f"{phase['index'] + 1}. {phase['name']}"
+        if phase["name"] != phase["kind"]:
+            title += f" ({phase['kind']})"
+        lines.append(f"{title} — {phase['summary']}  [{human_seconds(phase['estimated_seconds'])}]")
+        for step in phase["steps"]:
+            lines += _step_lines(step, "   ")
+        if phase["rollback"]:
+            lines.append("   rollback:")
+            for step in phase["rollback"]:
+                lines += _step_lines(step, "     ")
+        elif not phase["reversible"]:
+            lines.append("   rollback: none — this is the point of no return")
+        else:
+            lines.append("   rollback: nothing to undo")
+    return "\n".join(lines)
+
+
+def _step_lines(step: dict[str, Any], indent: str) -> list[str]:
+    flags = [f"lock {step['lock']}" if step["lock"] != "none" else "no table lock"]
+    if step["lock"] != "none":
+        flags.append(f"held {step['lock_held']}")
+    if step["rewrites"]:
+        flags.append("REWRITES the table")
+    elif step["scans"]:
+        flags.append("scans the table")
+    if not step["in_transaction"]:
+        flags.append("outside a transaction")
+    out = [f"{indent}- {step['description']}  ({'; '.join(flags)})"]
+    out += [f"{indent}    {line}" for sql_text in step["sql"] for line in sql_text.splitlines()]
+    return out
