@@ -103,6 +103,7 @@ def run_backfill(
                     cur = conn.execute(step.batch(last is not None, upper is not None), params)
                     count = max(cur.rowcount, 0)
                     finished = upper is None
+                    failpoint(f"{phase_name}:batch:{batches + 1}:in-transaction")
                     store.checkpoint(
                         conn,
                         migration,

@@ -36,8 +36,13 @@ def key_range(table: Table, key: tuple[str, ...]) -> dict[str, sql.Composable]:
 
 
 def bounds_queries(table: Table, key: tuple[str, ...]) -> tuple[sql.Composable, sql.Composable]:
-    """(after a key, from the start): the key `size` rows ahead, as text, or no row at the end."""
+    """(after a key, from the start): the key `size` rows ahead, as text, or no row at the end.
+
+    ORDER BY names the key columns qualified: a bare `id` would mean the output column
+    `id::text` (also named `id`), a sort by text over every later row instead of an index walk.
+    """
     k = key_range(table, key)
+    k["order"] = sql.SQL(", ").join(sql.Identifier(table.schema, table.name, c) for c in key)
     after = sql.SQL(
         "SELECT {as_text} FROM {t} WHERE {cols} > {params} ORDER BY {order} OFFSET {n} LIMIT 1"
     ).format(t=table.qualified, n=sql.Placeholder(), **k)

@@ -101,9 +101,20 @@ def swap_statements(ctx: CompileContext) -> tuple[sql.Composable, ...]:
 
 
 def unswap_statements(ctx: CompileContext) -> tuple[sql.Composable, ...]:
-    """The exact inverse of `swap_statements`, in reverse order."""
+    """The inverse of `swap_statements`. Constraints move back first: a column cannot lose
+    NOT NULL while a primary key still stands on it."""
     shape: ColumnsShape = ctx.shape
     out: list[sql.Composable] = [function_ddl(shape, forward_body(shape))]
+    for ix in reversed(shape.indexes):
+        if ix.constraint:
+            # the constraint's index on the new column goes with it; expand's copy is rebuilt
+            # by the next cutover if the migration is applied again
+            out.append(_alter(ctx, sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(ix.constraint))))
+            out.append(_rename_index(ctx, ix.old, ix.original.name))
+            out.append(_add_constraint(ctx, ix, ix.original.name))
+        else:
+            out.append(_rename_index(ctx, ix.original.name, ix.shadow))
+            out.append(_rename_index(ctx, ix.old, ix.original.name))
     for col in reversed(shape.columns):
         if _sequence_moves(col):
             assert col.old is not None
@@ -136,16 +147,6 @@ def unswap_statements(ctx: CompileContext) -> tuple[sql.Composable, ...]:
                         ),
                     )
                 )
-    for ix in reversed(shape.indexes):
-        if ix.constraint:
-            # the constraint's index on the new column goes with it; expand's copy is rebuilt
-            # by the next cutover if the migration is applied again
-            out.append(_alter(ctx, sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(ix.constraint))))
-            out.append(_rename_index(ctx, ix.old, ix.original.name))
-            out.append(_add_constraint(ctx, ix, ix.original.name))
-        else:
-            out.append(_rename_index(ctx, ix.original.name, ix.shadow))
-            out.append(_rename_index(ctx, ix.old, ix.original.name))
     return tuple(out)
 
 
