@@ -133,10 +133,13 @@ def resolve_table(conn: psycopg.Connection[Any], name: str) -> tuple[str, str, i
 def load_table(conn: psycopg.Connection[Any], name: str) -> Table:
     found = resolve_table(conn, name)
     if found is None:
-        raise PlanError(f"table {name!r} does not exist in this database; check `table` and --dsn")
+        raise PlanError(
+            f"table {name!r} does not exist in this database; check `table` and --dsn",
+            path=("table",),
+        )
     schema, relname, oid, kind = found
     if kind not in ("r", "p"):
-        raise PlanError(f"{schema}.{relname} is not a table (relkind {kind!r})")
+        raise PlanError(f"{schema}.{relname} is not a table (relkind {kind!r})", path=("table",))
     with conn.cursor(row_factory=dict_row) as cur:
         columns = _columns(cur, oid)
         indexes = _indexes(cur, oid)
@@ -328,7 +331,8 @@ def _dependents(
     found: list[Dependent] = []
     views = cur.execute(
         """
-        SELECT DISTINCT v.oid::regclass::text AS name,
+        SELECT DISTINCT (SELECT nspname FROM pg_namespace WHERE oid = v.relnamespace)
+                        || '.' || v.relname AS name,
                coalesce(array_agg(DISTINCT a.attname) FILTER (WHERE a.attname IS NOT NULL), '{}')
                  AS columns
           FROM pg_depend d

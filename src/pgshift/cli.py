@@ -90,7 +90,9 @@ def _load(path: str) -> LoadedPlan:
 
 def _located(error: PlanError, loaded: LoadedPlan) -> PlanError:
     if error.where is None and error.path is not None:
-        return error.located(loaded.source.where(error.path))
+        # an error about a whole column entry points at its name, not at its first option
+        whole_entry = len(error.path) == 2 and error.path[0] == "columns"
+        return error.located(loaded.source.where(error.path, at_key=whole_entry))
     return error
 
 

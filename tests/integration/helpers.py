@@ -88,3 +88,11 @@ def write_plan(folder: Path, text: str, name: str = "plan.yaml") -> str:
     path = folder / name
     path.write_text(text)
     return str(path)
+
+
+def error_line(result: Result) -> str:
+    """The one `error:` line a failed command prints (log lines may share stderr)."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]

@@ -261,7 +261,7 @@ def _summary(outcome: _Outcome, rows: int, reporter: _DemoReporter, echo: Echo) 
     echo(f"table       {TABLE} (from the catalog, after the migration)")
     nullability = "NOT NULL" if facts.not_null else "nullable"
     echo(f"  {COLUMN:<12} {facts.column_type or 'missing'} {nullability}")
-    if facts.column_type != TARGET_TYPE:
+    if outcome.migration_status == "done" and facts.column_type != TARGET_TYPE:
         problems.append(f"{TABLE}.{COLUMN} is {facts.column_type or 'missing'}, not {TARGET_TYPE}")
     echo(f"  indexes      {', '.join(facts.indexes) or 'none'} on {COLUMN}")
     echo(f"  leftovers    {', '.join(facts.leftovers) or 'none'} (shadow columns, triggers)")
@@ -310,7 +310,8 @@ def run_demo(
     data_dir: Path | None = None,
     echo: Echo = print,
 ) -> int:
-    """Run the demo; the exit status: 0 when the migration finished and no write failed.
+    """Run the demo; the exit status: 0 when the migration finished, no write failed and the
+    table is as it should be (column type, no NULLs, row count), 1 otherwise.
 
     Ctrl-C stops the traffic and the embedded server before returning 130.
     """
@@ -358,13 +359,18 @@ def _run(
 
     loaded = _bundled_plan()
     pace = f"{rate:g} writes/s each" if rate else "as fast as they can"
-    echo(f"traffic     {connections} connections, {pace}: inserts, updates, deletes, key updates")
+    plural = "s" if connections > 1 else ""
+    echo(
+        f"traffic     {connections} connection{plural}, {pace}:"
+        " inserts, updates, deletes, key updates"
+    )
     traffic = Traffic(demo_dsn, table=TABLE, connections=connections, rate=rate, mix=TRAFFIC_MIX)
     traffic.start()
     cleanup.callback(traffic.stop)  # stops before the server: callbacks run last in, first out
 
     echo("")
-    echo(f"migrating   {loaded.plan.name}: {loaded.plan.description or ''}".rstrip(": "))
+    about = f": {loaded.plan.description}" if loaded.plan.description else ""
+    echo(f"migrating   {loaded.plan.name}{about}")
     reporter = _DemoReporter(echo=echo, traffic=traffic)
     store = StateStore(STATE_SCHEMA, actor="pgshift demo")
     status, error = "done", None

@@ -99,8 +99,12 @@ def run_backfill(
                     else:
                         row = conn.execute(step.bounds, (*last, size - 1)).fetchone()
                     upper = list(row) if row else None
-                    params = [*(last or []), *(upper or [])]
-                    cur = conn.execute(step.batch(last is not None, upper is not None), params)
+                    cur = conn.execute(
+                        step.batch(
+                            step.key_value(last) if last is not None else None,
+                            step.key_value(upper) if upper is not None else None,
+                        )
+                    )
                     count = max(cur.rowcount, 0)
                     finished = upper is None
                     failpoint(f"{phase_name}:batch:{batches + 1}:in-transaction")

@@ -70,6 +70,7 @@ def compile_backfill(ctx: CompileContext, index: int, spec: Any) -> Phase:
         statement=lambda condition: sql.SQL("{} WHERE {}").format(update, condition),
         key_columns=k["cols"],
         key_params=k["params"],
+        key_types=tuple(table.columns[c].type for c in shape.key),
         bounds=after,
         first_bounds=first,
         session_settings=((BACKFILL_SETTING, "on"),),

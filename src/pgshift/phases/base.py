@@ -58,22 +58,33 @@ class BackfillStep:
     The runner finds each batch's upper key with `bounds`, then runs `statement` over the key
     range (previous last key, upper key]."""
 
-    def batch(self, lower: bool, upper: bool) -> sql.Composable:
-        """The batch statement for a range open or closed at either end."""
+    def batch(self, lower: sql.Composable | None, upper: sql.Composable | None) -> sql.Composable:
+        """The batch statement over the key range (lower, upper], either end open (None)."""
         parts = []
-        if lower:
-            parts.append(sql.SQL("{} > {}").format(self.key_columns, self.key_params))
-        if upper:
-            parts.append(sql.SQL("{} <= {}").format(self.key_columns, self.key_params))
+        if lower is not None:
+            parts.append(sql.SQL("{} > {}").format(self.key_columns, lower))
+        if upper is not None:
+            parts.append(sql.SQL("{} <= {}").format(self.key_columns, upper))
         return self.statement(sql.SQL(" AND ").join(parts) if parts else sql.SQL("true"))
 
+    def key_value(self, values: list[str]) -> sql.Composable:
+        """A key as typed literals, `('42'::integer)`. Batches carry their bounds as literals,
+        not parameters: the plan's expressions in the statement may hold a `%` (modulo) that
+        parameter parsing would take for a placeholder."""
+        return sql.SQL("({})").format(
+            sql.SQL(", ").join(
+                sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(t))
+                for v, t in zip(values, self.key_types, strict=True)
+            )
+        )
 
     description: str
     table: sql.Identifier
     key: tuple[str, ...]
     statement: Callable[[sql.Composable], sql.Composable]  # the batch, given its key condition
     key_columns: sql.Composable  # (k1, k2)
-    key_params: sql.Composable  # (%s::type1, %s::type2)
+    key_params: sql.Composable  # (%s::type1, %s::type2), for the bounds queries
+    key_types: tuple[str, ...]
     bounds: sql.Composable  # parameters: last key..., offset -> the batch's upper key as text
     first_bounds: sql.Composable  # parameters: offset -> the first batch's upper key as text
     session_settings: tuple[tuple[str, str], ...] = ()

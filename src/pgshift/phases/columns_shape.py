@@ -74,9 +74,7 @@ def build_shape(plan: Plan, table: Table, view_schema: str, key: tuple[str, ...]
     changed = {c.name: c for c in columns if not c.is_new}
     _refuse_unsafe(table, changed)
     indexes = tuple(
-        _rebuilt(index, table, changed)
-        for index in table.indexes
-        if index.columns & changed.keys()
+        _rebuilt(index, table, changed) for index in table.indexes if index.columns & changed.keys()
     )
     return ColumnsShape(
         columns=columns,
@@ -92,14 +90,26 @@ def _column(name: str, spec: ColumnChange, table: Table) -> ShadowColumn:
     shadow = prefixed_name(SHADOW_PREFIX, name)
     old = table.columns.get(name)
     if shadow in table.columns and old is None:
-        raise PlanError(f"column {name!r}: {shadow!r} already exists; it is pgshift's, or rename it")
+        raise PlanError(
+            f"column {name!r}: {shadow!r} already exists; it is pgshift's, or rename it",
+            path=("columns", name),
+        )
     if old is None:
         if spec.type is None:
-            raise PlanError(f"column {name!r} does not exist yet: give it a `type` to add it")
+            raise PlanError(
+                f"column {name!r} does not exist yet: give it a `type` to add it",
+                path=("columns", name),
+            )
         if spec.up is None:
-            raise PlanError(f"column {name!r} does not exist yet: give it `up`, the SQL that fills it")
+            raise PlanError(
+                f"column {name!r} does not exist yet: give it `up`, the SQL that fills it",
+                path=("columns", name),
+            )
         if spec.down is not None:
-            raise PlanError(f"column {name!r} is new: `down` has no old column to fill; remove it")
+            raise PlanError(
+                f"column {name!r} is new: `down` has no old column to fill; remove it",
+                path=("columns", name),
+            )
         return ShadowColumn(
             name=name,
             shadow=shadow,
@@ -118,10 +128,14 @@ def _column(name: str, spec: ColumnChange, table: Table) -> ShadowColumn:
     if old.identity:
         raise PlanError(
             f"column {name!r} is an identity column, which cannot move to a shadow column in place;"
-            " use a `new_table` migration, or turn it into a sequence default first"
+            " use a `new_table` migration, or turn it into a sequence default first",
+            path=("columns", name),
         )
     if old.generated:
-        raise PlanError(f"column {name!r} is a generated column; change its expression with a sql phase")
+        raise PlanError(
+            f"column {name!r} is a generated column; change its expression with a sql phase",
+            path=("columns", name),
+        )
     new_type = spec.type or old.type
     quoted = sql.Identifier(name).as_string()
     return ShadowColumn(
@@ -141,52 +155,62 @@ def _column(name: str, spec: ColumnChange, table: Table) -> ShadowColumn:
     )
 
 
+def _at(columns: set[str] | frozenset[str], message: str) -> PlanError:
+    return PlanError(message, path=("columns", sorted(columns)[0]))
+
+
 def _refuse_unsafe(table: Table, changed: dict[str, ShadowColumn]) -> None:
     """What a rename-based cutover would silently get wrong is refused here, with what to do."""
     for dep in table.dependents:
         hit = set(dep.columns) & changed.keys()
         if dep.kind == "view" and hit:
-            raise PlanError(
+            raise _at(
+                hit,
                 f"view {dep.name} reads column(s) {', '.join(sorted(hit))}: cutover would leave it"
-                " reading the old column; drop it before and recreate it after with sql phases"
+                " reading the old column; drop it before and recreate it after with sql phases",
             )
         if dep.kind == "foreign key" and hit:
-            raise PlanError(
+            raise _at(
+                hit,
                 f"foreign key {dep.name} references {', '.join(sorted(hit))}: an in-place change"
-                " cannot move it; use a `new_table` migration"
+                " cannot move it; use a `new_table` migration",
             )
     for con in table.constraints:
         hit = set(con.columns) & changed.keys()
         if not hit:
             continue
         if con.type == "f":
-            raise PlanError(
+            raise _at(
+                hit,
                 f"foreign key {con.name} uses {', '.join(sorted(hit))}: drop it before the"
-                " migration and add it back NOT VALID after, with sql phases"
+                " migration and add it back NOT VALID after, with sql phases",
             )
         if con.type == "c":
-            raise PlanError(
+            raise _at(
+                hit,
                 f"check constraint {con.name} uses {', '.join(sorted(hit))}: drop it before the"
-                " migration and add it back NOT VALID after, with sql phases"
+                " migration and add it back NOT VALID after, with sql phases",
             )
         if con.type == "x":
-            raise PlanError(f"exclusion constraint {con.name} uses a changed column; not supported")
+            raise _at(hit, f"exclusion constraint {con.name} uses a changed column; not supported")
     for index in table.indexes:
         hit = index.columns & changed.keys()
         if not hit:
             continue
         if index.expression_columns & changed.keys():
-            raise PlanError(
+            raise _at(
+                hit,
                 f"index {index.name} uses {', '.join(sorted(hit))} in an expression or predicate;"
-                " drop it before the migration and rebuild it after, with sql phases"
+                " drop it before the migration and rebuild it after, with sql phases",
             )
         if index.nondefault_opclass:
-            raise PlanError(
+            raise _at(
+                hit,
                 f"index {index.name} uses a non-default operator class on a changed column;"
-                " rebuild it after the migration with a sql phase"
+                " rebuild it after the migration with a sql phase",
             )
         if not index.valid:
-            raise PlanError(f"index {index.name} is INVALID; drop or REINDEX it first")
+            raise _at(hit, f"index {index.name} is INVALID; drop or REINDEX it first")
 
 
 def _rebuilt(index: Index, table: Table, changed: dict[str, ShadowColumn]) -> RebuiltIndex:
@@ -215,7 +239,11 @@ def _rebuilt(index: Index, table: Table, changed: dict[str, ShadowColumn]) -> Re
             if index.include
             else sql.SQL("")
         )
-        where = sql.SQL(" WHERE {}").format(sql.SQL(index.predicate)) if index.predicate else sql.SQL("")
+        where = (
+            sql.SQL(" WHERE {}").format(sql.SQL(index.predicate))
+            if index.predicate
+            else sql.SQL("")
+        )
         return sql.SQL(
             "CREATE {unique}INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} USING {method}"
             " ({parts}){include}{where}"

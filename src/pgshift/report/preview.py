@@ -20,7 +20,7 @@ def step_sql(step: Step) -> list[str]:
         return [
             "-- each batch, in one transaction with its checkpoint:",
             step.bounds.as_string() + ";",
-            step.batch(True, True).as_string() + ";",
+            step.batch(step.key_params, step.key_params).as_string() + ";",
         ]
     return [s.as_string() + ";" for s in step.statements]
 

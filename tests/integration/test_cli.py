@@ -1,0 +1,238 @@
+"""Exit codes, one-line errors with file:line for plans the database refuses, plan changes,
+the migration lock, pause/resume from another shell, and on_failure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgshift.demo.seed import create_accounts
+from tests.integration.helpers import cli, definition, error_line, rows, write_plan
+
+BASE = """version: 1
+name: cli_test
+table: {table}
+{key}columns:
+  {column}:
+{spec}
+phases: [expand, dual_write, backfill, cutover, contract]
+"""
+
+
+def plan_text(
+    *,
+    table: str = "public.accounts",
+    key: str = "",
+    column: str = "balance",
+    spec: str = "    type: bigint",
+) -> str:
+    return BASE.format(table=table, key=key, column=column, spec=spec)
+
+
+@pytest.fixture
+def accounts(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    create_accounts(conn, 500)
+    return conn
+
+
+BAD_AGAINST_DATABASE = [
+    ("missing table", {"table": "public.nope"}, 3, "does not exist"),
+    ("missing key column", {"key": "key: [nope]\n"}, 4, "not a column"),
+    ("key not unique", {"key": "key: [email]\n"}, 4, "unique and NOT NULL"),
+    ("bad up syntax", {"spec": "    type: bigint\n    up: balance +"}, 7, "not a SQL expression"),
+    ("up names no column", {"spec": "    type: bigint\n    up: nope::bigint"}, 7, "does not work"),
+    ("two statements in up", {"spec": "    type: bigint\n    up: 1; DROP TABLE accounts"}, 7, "expression"),
+    ("unknown type", {"spec": "    type: bigintt"}, 6, "type"),
+    ("type with injection", {"spec": "    type: bigint; DROP TABLE accounts"}, 6, "not a type"),
+    ("bad down", {"spec": "    type: bigint\n    down: nope"}, 7, "down"),
+    ("new column without up", {"column": "score", "spec": "    type: int"}, 5, "give it `up`"),
+    ("new column without type", {"column": "score", "spec": "    up: '1'"}, 5, "give it a `type`"),
+]
+
+
+@pytest.mark.parametrize(("case", "parts", "line", "fragment"), BAD_AGAINST_DATABASE)
+def test_plans_the_database_refuses_exit_2_with_file_line(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path, case: str,
+    parts: dict[str, str], line: int, fragment: str,
+) -> None:
+    path = write_plan(tmp_path, plan_text(**parts))
+    for command in ("plan", "apply"):
+        result = cli(dsn, command, path)
+        assert result.exit_code == 2, (case, result.output)
+        message = result.stderr.strip()
+        assert len(message.splitlines()) == 1, message
+        assert f"{path}:{line}:" in message, (case, message)
+        assert fragment in message, (case, message)
+        assert "Traceback" not in result.output
+
+
+def test_view_on_changed_column_is_refused(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    accounts.execute("CREATE VIEW rich AS SELECT id, balance FROM accounts WHERE balance > 10")
+    result = cli(dsn, "plan", write_plan(tmp_path, plan_text()))
+    assert result.exit_code == 2
+    assert "view public.rich reads column(s) balance" in result.stderr
+
+
+def test_identity_column_is_refused(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    conn.execute("CREATE TABLE t (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int)")
+    result = cli(dsn, "plan", write_plan(tmp_path, plan_text(table="t", column="id")))
+    assert result.exit_code == 2
+    assert "identity column" in result.stderr
+
+
+def test_phase_kind_not_built_is_refused_not_skipped(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    text = plan_text().replace("backfill, cutover", "backfill, shadow_read_placeholder, cutover")
+    text = text.replace("shadow_read_placeholder", "{shadow_read: {queries: [SELECT 1]}}")
+    result = cli(dsn, "apply", write_plan(tmp_path, text))
+    assert result.exit_code == 2
+    assert "shadow_read" in result.stderr and "not available" in result.stderr
+    assert accounts.execute("SELECT to_regnamespace('pgshift_cli_test')").fetchone() == (None,)
+
+
+def test_plan_without_database_validates_only(tmp_path: Path) -> None:
+    path = write_plan(tmp_path, plan_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "pgshift.cli", "plan", path],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "is valid" in result.stdout
+
+
+def test_plan_json_lists_every_phase_with_sql_and_locks(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    result = cli(dsn, "plan", write_plan(tmp_path, plan_text()), "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert [p["kind"] for p in data["phases"]] == [
+        "expand", "dual_write", "backfill", "cutover", "contract"
+    ]
+    swap = data["phases"][3]["steps"][-1]
+    assert swap["lock"] == "ACCESS EXCLUSIVE" and swap["blocks_reads"]
+    assert any("RENAME COLUMN" in s for s in swap["sql"])
+    assert data["phases"][4]["reversible"] is False
+    assert data["rows_estimate"] == 500
+
+
+def test_changed_plan_is_refused_unless_forced(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    path = write_plan(tmp_path, plan_text())
+    assert cli(dsn, "apply", path, "--until", "dual_write").exit_code == 0
+    write_plan(tmp_path, plan_text(spec="    type: bigint\n    up: balance::bigint + 0"))
+    result = cli(dsn, "apply", path)
+    assert result.exit_code == 2
+    assert "changed since this migration started" in result.stderr
+    assert cli(dsn, "apply", path, "--force").exit_code == 0
+
+
+def test_on_failure_rollback_restores_the_table(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    before, before_rows = definition(accounts), rows(accounts)
+    # every 50th row gets NULL, which the NOT NULL check of cutover refuses
+    spec = "    type: bigint\n    up: nullif(balance::bigint * (id % 50), 0)\n    nullable: false"
+    result = cli(dsn, "apply", write_plan(tmp_path, plan_text(spec=spec)))
+    assert result.exit_code == 1
+    message = error_line(result)
+    assert "cutover failed" in message and "rolled back" in message
+    assert definition(accounts) == before
+    assert rows(accounts) == before_rows
+    status = json.loads(cli(dsn, "status", "cli_test", "--json").stdout)
+    assert status["status"] == "rolled_back" and "violated" in status["last_error"]
+
+
+def test_on_failure_pause_keeps_state(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    before = definition(accounts)
+    spec = "    type: bigint\n    up: nullif(balance::bigint * (id % 50), 0)\n    nullable: false"
+    text = plan_text(spec=spec).replace("phases:", "settings: {on_failure: pause}\nphases:")
+    path = write_plan(tmp_path, text)
+    result = cli(dsn, "apply", path)
+    assert result.exit_code == 1
+    assert "state kept" in result.stderr
+    status = json.loads(cli(dsn, "status", path, "--json").stdout)
+    assert status["status"] == "failed"
+    assert [p["status"] for p in status["phases"]] == ["done", "done", "done", "failed", "pending"]
+    assert cli(dsn, "rollback", path).exit_code == 0
+    assert definition(accounts) == before
+
+
+def test_lock_pause_and_resume_from_another_shell(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    text = plan_text().replace("backfill,", "{backfill: {batch_size: 10, batch_pause: 50ms}},")
+    path = write_plan(tmp_path, text)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pgshift.cli", "--dsn", dsn, "--log-format", "json", "apply", path],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for(lambda: _backfill_rows(accounts) > 0)
+        second = cli(dsn, "apply", path)
+        assert second.exit_code == 1
+        assert "is being run by pgshift apply cli_test" in second.stderr
+
+        assert cli(dsn, "pause", "cli_test").exit_code == 0
+        _wait_for(lambda: _status(dsn)["waiting_for"] is not None)
+        assert "paused" in _status(dsn)["waiting_for"]
+        held = _backfill_rows(accounts)
+        time.sleep(0.6)
+        assert _backfill_rows(accounts) == held  # no batch runs while paused
+
+        assert cli(dsn, "resume", "cli_test").exit_code == 0
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err[-2000:]
+    finally:
+        process.kill()
+    assert _status(dsn)["status"] == "done"
+    events = [r[0] for r in accounts.execute("SELECT event FROM pgshift.events ORDER BY id")]
+    assert "paused" in events and "resumed" in events
+
+
+def _status(dsn: str) -> dict[str, Any]:
+    return json.loads(cli(dsn, "status", "cli_test", "--json").stdout)  # type: ignore[no-any-return]
+
+
+def _backfill_rows(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(
+        "SELECT rows_done FROM pgshift.phases WHERE migration = 'cli_test' AND kind = 'backfill'"
+    ).fetchone() if conn.execute("SELECT to_regclass('pgshift.phases')").fetchone() != (None,) else None
+    return int(row[0]) if row else 0
+
+
+def _wait_for(condition: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_status_without_migrations_and_unknown_name(dsn: str, accounts: psycopg.Connection[Any]) -> None:
+    result = cli(dsn, "status")
+    assert result.exit_code == 0 and "no migrations" in result.stdout
+    result = cli(dsn, "pause", "nothing_here")
+    assert result.exit_code == 2 and "no migration named nothing_here" in result.stderr
+
+
+def test_unreachable_database_is_one_line_without_password(tmp_path: Path) -> None:
+    path = write_plan(tmp_path, plan_text())
+    result = cli("postgresql://someone:s3cret@127.0.0.1:1/none?connect_timeout=2", "apply", path)
+    assert result.exit_code == 1
+    assert "cannot reach the database" in error_line(result)
+    assert "s3cret" not in result.output
