@@ -114,7 +114,9 @@ class Run:
 def fresh_table(conn: psycopg.Connection[Any], rows: int) -> None:
     """A new `accounts` of `rows` rows with nothing of an earlier run left, settled."""
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(STATE_SCHEMA)))
-    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(f"pgshift_{NAME}")))
+    conn.execute(
+        sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(f"pgshift_{NAME}"))
+    )
     create_accounts(conn, rows, replace=True)
     conn.execute("ALTER TABLE accounts SET (autovacuum_enabled = off)")
 

@@ -396,7 +396,9 @@ def table_to_snapshot(table: Table) -> dict[str, Any]:
 
 def table_from_snapshot(data: dict[str, Any]) -> Table:
     columns = {
-        name: Column(**{**c, "owned_sequence": tuple(c["owned_sequence"]) if c["owned_sequence"] else None})
+        name: Column(
+            **{**c, "owned_sequence": tuple(c["owned_sequence"]) if c["owned_sequence"] else None}
+        )
         for name, c in data["columns"].items()
     }
     indexes = tuple(

@@ -14,7 +14,7 @@ import click
 import psycopg
 
 from pgshift import __version__
-from pgshift.db import connect, redact
+from pgshift.db import connect
 from pgshift.engine.executor import Executor, RunResult, prepare
 from pgshift.engine.progress import Reporter
 from pgshift.engine.state import StateStore
@@ -36,7 +36,9 @@ class Options:
     @property
     def has_database(self) -> bool:
         """A database was named: --dsn, $DATABASE_URL or libpq's PG* variables."""
-        return bool(self.given_dsn or any(k in os.environ for k in ("PGHOST", "PGDATABASE", "PGSERVICE")))
+        return bool(
+            self.given_dsn or any(k in os.environ for k in ("PGHOST", "PGDATABASE", "PGSERVICE"))
+        )
 
     @property
     def dsn(self) -> str:
@@ -56,12 +58,18 @@ def fail(error: BaseException, verbose: int) -> NoReturn:
         message, code = str(error), error.exit_code
     elif isinstance(error, psycopg.OperationalError):
         first = str(error).strip().splitlines()[0] if str(error).strip() else "connection failed"
-        message, code = f"cannot reach the database: {first}; check --dsn or $DATABASE_URL", ExitCode.FAILED
+        message, code = (
+            f"cannot reach the database: {first}; check --dsn or $DATABASE_URL",
+            ExitCode.FAILED,
+        )
     elif isinstance(error, psycopg.Error):
         detail = error.diag.message_primary or str(error).splitlines()[0]
         message, code = f"database error: {detail}", ExitCode.FAILED
     else:
-        message, code = f"internal error: {type(error).__name__}: {error} (run with -v for details)", ExitCode.FAILED
+        message, code = (
+            f"internal error: {type(error).__name__}: {error} (run with -v for details)",
+            ExitCode.FAILED,
+        )
     if verbose:
         traceback.print_exception(error, file=sys.stderr)
     click.echo(f"error: {message}", err=True)
@@ -104,13 +112,26 @@ def _with_plan_locations(loaded: LoadedPlan, action: Callable[[], Any]) -> Any:
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--dsn", envvar="DATABASE_URL", help="Database to migrate (default: $DATABASE_URL, else libpq's PG* variables).")
-@click.option("--state-schema", default="pgshift", show_default=True, help="Schema holding pgshift's state.")
-@click.option("--log-format", type=click.Choice(["console", "json"]), default=None, help="Log lines on stderr (default: console on a terminal, else json).")
+@click.option(
+    "--dsn",
+    envvar="DATABASE_URL",
+    help="Database to migrate (default: $DATABASE_URL, else libpq's PG* variables).",
+)
+@click.option(
+    "--state-schema", default="pgshift", show_default=True, help="Schema holding pgshift's state."
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["console", "json"]),
+    default=None,
+    help="Log lines on stderr (default: console on a terminal, else json).",
+)
 @click.option("-v", "--verbose", count=True, help="More detail; -vv for debug.")
 @click.version_option(__version__, prog_name="pgshift")
 @click.pass_context
-def main(ctx: click.Context, dsn: str | None, state_schema: str, log_format: str | None, verbose: int) -> None:
+def main(
+    ctx: click.Context, dsn: str | None, state_schema: str, log_format: str | None, verbose: int
+) -> None:
     """pgshift: zero-downtime migrations for PostgreSQL."""
     configure(log_format, verbose)
     ctx.obj = Options(dsn, state_schema, verbose)
@@ -128,7 +149,11 @@ def plan_command(options: Options, plan_file: str, as_json: bool) -> None:
     loaded = _load(plan_file)
     if not options.has_database:
         message = f"plan {loaded.plan.name} is valid; pass --dsn to check it against the database and see its SQL"
-        click.echo(json.dumps({"migration": loaded.plan.name, "valid": True, "phases": None}) if as_json else message)
+        click.echo(
+            json.dumps({"migration": loaded.plan.name, "valid": True, "phases": None})
+            if as_json
+            else message
+        )
         return
     with connect(options.dsn, role="plan") as conn:
         compiled, _ = _with_plan_locations(loaded, lambda: prepare(conn, loaded, options.store()))
@@ -143,7 +168,9 @@ def _finish(result: RunResult) -> None:
 @main.command("apply")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--until", help="Stop after this phase (a kind, or a gate or sql phase's name).")
-@click.option("--force", is_flag=True, help="Continue although the plan changed since the migration started.")
+@click.option(
+    "--force", is_flag=True, help="Continue although the plan changed since the migration started."
+)
 @pass_options
 def apply_command(options: Options, plan_file: str, until: str | None, force: bool) -> None:
     """Run PLAN_FILE from its last checkpoint."""
@@ -173,15 +200,14 @@ def status_command(options: Options, plan_or_name: str | None, as_json: bool) ->
     """Every migration in the state schema, or one: phases, progress, rows/s, ETA, errors."""
     store = options.store()
     with connect(options.dsn, role="status") as conn:
-        if plan_or_name is None:
-            names = store.names(conn)
-        else:
-            names = [_migration_name(plan_or_name)]
+        names = store.names(conn) if plan_or_name is None else [_migration_name(plan_or_name)]
         reports = []
         for name in names:
             state = store.get(conn, name)
             if state is None:
-                raise UsageError(f"no migration named {name} in state schema {options.state_schema}")
+                raise UsageError(
+                    f"no migration named {name} in state schema {options.state_schema}"
+                )
             reports.append(migration_report(state))
     if as_json:
         click.echo(json.dumps(reports[0] if plan_or_name else reports, indent=2, default=str))
@@ -225,11 +251,19 @@ def resume_command(options: Options, name: str) -> None:
 
 @main.command("demo")
 @click.option("--rows", default=200_000, show_default=True, help="Rows in the demo table.")
-@click.option("--connections", default=4, show_default=True, help="Simulated application connections.")
+@click.option(
+    "--connections", default=4, show_default=True, help="Simulated application connections."
+)
 @click.option("--rate", default=50.0, show_default=True, help="Writes per second per connection.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the embedded PostgreSQL keeps its data.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Where the embedded PostgreSQL keeps its data.",
+)
 @pass_options
-def demo_command(options: Options, rows: int, connections: int, rate: float, data_dir: str | None) -> None:
+def demo_command(
+    options: Options, rows: int, connections: int, rate: float, data_dir: str | None
+) -> None:
     """The whole flow on an embedded PostgreSQL with live simulated traffic."""
     from pgshift.demo.run import run_demo
 

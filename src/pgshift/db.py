@@ -18,6 +18,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+# What psycopg's execute() takes among composed statements.
+Query = sql.SQL | sql.Composed
+
 MAX_IDENTIFIER = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names silently
 
 # Rendering settings pinned on every connection pgshift opens, so values (and their hashes)
@@ -39,7 +42,7 @@ def redact(dsn: str) -> str:
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
     if "password" in params:
         params["password"] = "***"
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 def application_name(role: str) -> str:

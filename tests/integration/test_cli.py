@@ -48,7 +48,12 @@ BAD_AGAINST_DATABASE = [
     ("key not unique", {"key": "key: [email]\n"}, 4, "unique and NOT NULL"),
     ("bad up syntax", {"spec": "    type: bigint\n    up: balance +"}, 7, "not a SQL expression"),
     ("up names no column", {"spec": "    type: bigint\n    up: nope::bigint"}, 7, "does not work"),
-    ("two statements in up", {"spec": "    type: bigint\n    up: 1; DROP TABLE accounts"}, 7, "expression"),
+    (
+        "two statements in up",
+        {"spec": "    type: bigint\n    up: 1; DROP TABLE accounts"},
+        7,
+        "expression",
+    ),
     ("unknown type", {"spec": "    type: bigintt"}, 6, "type"),
     ("type with injection", {"spec": "    type: bigint; DROP TABLE accounts"}, 6, "not a type"),
     ("bad down", {"spec": "    type: bigint\n    down: nope"}, 7, "down"),
@@ -59,8 +64,13 @@ BAD_AGAINST_DATABASE = [
 
 @pytest.mark.parametrize(("case", "parts", "line", "fragment"), BAD_AGAINST_DATABASE)
 def test_plans_the_database_refuses_exit_2_with_file_line(
-    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path, case: str,
-    parts: dict[str, str], line: int, fragment: str,
+    dsn: str,
+    accounts: psycopg.Connection[Any],
+    tmp_path: Path,
+    case: str,
+    parts: dict[str, str],
+    line: int,
+    fragment: str,
 ) -> None:
     path = write_plan(tmp_path, plan_text(**parts))
     for command in ("plan", "apply"):
@@ -106,7 +116,9 @@ def test_plan_without_database_validates_only(tmp_path: Path) -> None:
     path = write_plan(tmp_path, plan_text())
     result = subprocess.run(
         [sys.executable, "-m", "pgshift.cli", "plan", path],
-        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr
     assert "is valid" in result.stdout
@@ -119,7 +131,11 @@ def test_plan_json_lists_every_phase_with_sql_and_locks(
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert [p["kind"] for p in data["phases"]] == [
-        "expand", "dual_write", "backfill", "cutover", "contract"
+        "expand",
+        "dual_write",
+        "backfill",
+        "cutover",
+        "contract",
     ]
     swap = data["phases"][3]["steps"][-1]
     assert swap["lock"] == "ACCESS EXCLUSIVE" and swap["blocks_reads"]
@@ -180,7 +196,9 @@ def test_lock_pause_and_resume_from_another_shell(
     path = write_plan(tmp_path, text)
     process = subprocess.Popen(
         [sys.executable, "-m", "pgshift.cli", "--dsn", dsn, "--log-format", "json", "apply", path],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_for(lambda: _backfill_rows(accounts) > 0)
@@ -196,7 +214,7 @@ def test_lock_pause_and_resume_from_another_shell(
         assert _backfill_rows(accounts) == held  # no batch runs while paused
 
         assert cli(dsn, "resume", "cli_test").exit_code == 0
-        out, err = process.communicate(timeout=120)
+        _out, err = process.communicate(timeout=120)
         assert process.returncode == 0, err[-2000:]
     finally:
         process.kill()
@@ -210,9 +228,13 @@ def _status(dsn: str) -> dict[str, Any]:
 
 
 def _backfill_rows(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute(
-        "SELECT rows_done FROM pgshift.phases WHERE migration = 'cli_test' AND kind = 'backfill'"
-    ).fetchone() if conn.execute("SELECT to_regclass('pgshift.phases')").fetchone() != (None,) else None
+    row = (
+        conn.execute(
+            "SELECT rows_done FROM pgshift.phases WHERE migration = 'cli_test' AND kind = 'backfill'"
+        ).fetchone()
+        if conn.execute("SELECT to_regclass('pgshift.phases')").fetchone() != (None,)
+        else None
+    )
     return int(row[0]) if row else 0
 
 
@@ -223,7 +245,9 @@ def _wait_for(condition: Any, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def test_status_without_migrations_and_unknown_name(dsn: str, accounts: psycopg.Connection[Any]) -> None:
+def test_status_without_migrations_and_unknown_name(
+    dsn: str, accounts: psycopg.Connection[Any]
+) -> None:
     result = cli(dsn, "status")
     assert result.exit_code == 0 and "no migrations" in result.stdout
     result = cli(dsn, "pause", "nothing_here")

@@ -46,14 +46,19 @@ def test_apply_rollback_apply_restores_table_exactly(
     assert balance == ("bigint", True)
     after = definition(accounts)
     assert [c[0] for c in after["columns"]] == [
-        "id", "email", "status", "created_at", "updated_at", "balance"
+        "id",
+        "email",
+        "status",
+        "created_at",
+        "updated_at",
+        "balance",
     ]
     assert any("accounts_balance_idx" in i[0] and "(balance)" in i[0] for i in after["indexes"])
     assert after["triggers"] == [] and after["schemas"] == []
     # values unchanged, only the type
-    assert accounts.execute(
-        "SELECT count(*) FROM accounts WHERE balance IS NULL"
-    ).fetchone() == (0,)
+    assert accounts.execute("SELECT count(*) FROM accounts WHERE balance IS NULL").fetchone() == (
+        0,
+    )
 
 
 def test_rollback_to_keeps_earlier_phases(dsn: str, accounts: psycopg.Connection[Any]) -> None:

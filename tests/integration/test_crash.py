@@ -45,7 +45,7 @@ def _labels(dsn: str, plan: str) -> list[str]:
             if not isinstance(step, BackfillStep):  # batches have their own points, below
                 labels.append(f"{phase.name}:{number}:in-transaction")
             labels.append(f"{phase.name}:{number}:after")
-    return labels + ["backfill:batch:2:in-transaction", "backfill:batch:3"]
+    return [*labels, "backfill:batch:2:in-transaction", "backfill:batch:3"]
 
 
 def _fresh(conn: psycopg.Connection[Any]) -> None:
@@ -120,8 +120,19 @@ def test_kill_at_random_moments_in_backfill(
     kills = 0
     for _ in range(3):
         process = subprocess.Popen(
-            [sys.executable, "-m", "pgshift.cli", "--dsn", dsn, "--log-format", "json", "apply", plan,
-             "--until", "backfill"],
+            [
+                sys.executable,
+                "-m",
+                "pgshift.cli",
+                "--dsn",
+                dsn,
+                "--log-format",
+                "json",
+                "apply",
+                plan,
+                "--until",
+                "backfill",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

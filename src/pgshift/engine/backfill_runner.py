@@ -78,7 +78,9 @@ def run_backfill(
     reporter: Reporter,
 ) -> BackfillOutcome:
     last: list[str] | None = checkpoint.get("last") if isinstance(checkpoint, dict) else None
-    size = policy.size or int(checkpoint.get("size", AUTO_START) if isinstance(checkpoint, dict) else AUTO_START)
+    size = policy.size or int(
+        checkpoint.get("size", AUTO_START) if isinstance(checkpoint, dict) else AUTO_START
+    )
     started = time.monotonic()
     done_here = 0
     batches = 0
@@ -89,7 +91,9 @@ def run_backfill(
             throttle.wait()
             t0 = time.monotonic()
 
-            def one_batch(size: int = size, last: list[str] | None = last) -> tuple[list[str] | None, int]:
+            def one_batch(
+                size: int = size, last: list[str] | None = last, number: int = batches + 1
+            ) -> tuple[list[str] | None, int]:
                 with conn.transaction():
                     set_timeouts(conn, settings.lock_timeout, None, local=True)
                     for name, value in step.session_settings:
@@ -107,12 +111,16 @@ def run_backfill(
                     )
                     count = max(cur.rowcount, 0)
                     finished = upper is None
-                    failpoint(f"{phase_name}:batch:{batches + 1}:in-transaction")
+                    failpoint(f"{phase_name}:batch:{number}:in-transaction")
                     store.checkpoint(
                         conn,
                         migration,
                         phase_idx,
-                        {"last": upper if upper is not None else last, "size": size, "finished": finished},
+                        {
+                            "last": upper if upper is not None else last,
+                            "size": size,
+                            "finished": finished,
+                        },
                         count,
                         steps_done + 1 if finished else None,
                     )
@@ -151,5 +159,8 @@ def run_backfill(
     finally:
         reporter.backfill_finished()
     return BackfillOutcome(
-        rows=done_here, batches=batches, seconds=time.monotonic() - started, slowest_batch_seconds=slowest
+        rows=done_here,
+        batches=batches,
+        seconds=time.monotonic() - started,
+        slowest_batch_seconds=slowest,
     )

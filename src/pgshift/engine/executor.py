@@ -7,6 +7,7 @@ work stands: skipped steps are re-checked by their `done_if`, never blindly repe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +86,10 @@ class Executor:
     # ---------------------------------------------------------------- apply
 
     def apply(self, until: str | None = None) -> RunResult:
-        with migration_lock(self.dsn, self.name, "apply"), connect(self.dsn, role=f"apply {self.name}") as conn:
+        with (
+            migration_lock(self.dsn, self.name, "apply"),
+            connect(self.dsn, role=f"apply {self.name}") as conn,
+        ):
             self.store.ensure_schema(conn)
             compiled, state = prepare(conn, self.loaded, self.store)
             if until is not None:
@@ -103,9 +107,15 @@ class Executor:
                     run.append(phase.name)
                 if until is not None and until in (phase.name, phase.kind):
                     self.store.set_status(conn, self.name, "paused")
-                    self.store.event(conn, self.name, "stopped", phase=phase.name, detail={"until": until})
+                    self.store.event(
+                        conn, self.name, "stopped", phase=phase.name, detail={"until": until}
+                    )
                     return RunResult(
-                        self.name, "paused", f"stopped after {phase.name} (--until)", phase.name, run
+                        self.name,
+                        "paused",
+                        f"stopped after {phase.name} (--until)",
+                        phase.name,
+                        run,
                     )
             self.store.set_status(conn, self.name, "done")
             self.store.event(conn, self.name, "done")
@@ -132,7 +142,9 @@ class Executor:
                     f"plan {self.name} changed since this migration started; roll it back and"
                     " apply the new plan, or pass --force to continue with the changed plan"
                 )
-            if [(p.kind, p.name) for p in state.phases] != [(p.kind, p.name) for p in compiled.phases]:
+            if [(p.kind, p.name) for p in state.phases] != [
+                (p.kind, p.name) for p in compiled.phases
+            ]:
                 raise UsageError(
                     f"plan {self.name} changed its phases since the migration started; --force"
                     " accepts changed settings and expressions, not different phases"
@@ -141,13 +153,19 @@ class Executor:
                 self.store._q("UPDATE {s}.migrations SET plan_hash = %s WHERE name = %s"),
                 (self.loaded.sha256, self.name),
             )
-            self.store.event(conn, self.name, "plan changed (--force)", detail={"plan_hash": self.loaded.sha256})
+            self.store.event(
+                conn, self.name, "plan changed (--force)", detail={"plan_hash": self.loaded.sha256}
+            )
         fresh = self.store.get(conn, self.name)
         assert fresh is not None
         return fresh
 
     def _run_phase(
-        self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase, state: MigrationState
+        self,
+        conn: psycopg.Connection[Any],
+        compiled: CompiledPlan,
+        phase: Phase,
+        state: MigrationState,
     ) -> None:
         phase_state = state.phase(phase.index)
         self.store.set_phase(conn, self.name, phase.index, "running")
@@ -192,11 +210,13 @@ class Executor:
                         conn,
                         step,
                         self.plan.settings,
-                        lambda c, n=number + 1: self.store.step_done(c, self.name, phase.index, n),
+                        self._recorder(phase.index, number + 1),
                         label,
                     )
                     if skipped:
-                        self.reporter.event("step already done", phase=phase.name, step=step.description)
+                        self.reporter.event(
+                            "step already done", phase=phase.name, step=step.description
+                        )
                 failpoint(f"{label}:after")
         except KeyboardInterrupt:
             self.store.set_phase(conn, self.name, phase.index, "failed", error="interrupted")
@@ -209,6 +229,14 @@ class Executor:
         self.store.event(conn, self.name, "phase done", phase=phase.name)
         self.reporter.event("phase done", migration=self.name, phase=phase.name)
 
+    def _recorder(self, idx: int, steps_done: int) -> Callable[[psycopg.Connection[Any]], None]:
+        """Records a step as done; runs inside the step's own transaction when it has one."""
+
+        def record(conn: psycopg.Connection[Any]) -> None:
+            self.store.step_done(conn, self.name, idx, steps_done)
+
+        return record
+
     def _fail(
         self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase, error: Exception
     ) -> None:
@@ -216,7 +244,9 @@ class Executor:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.rollback()
         self.store.set_phase(conn, self.name, phase.index, "failed", error=message)
-        self.store.event(conn, self.name, "phase failed", phase=phase.name, detail={"error": message})
+        self.store.event(
+            conn, self.name, "phase failed", phase=phase.name, detail={"error": message}
+        )
         log.error("phase failed", migration=self.name, phase=phase.name, error=message)
         if self.plan.settings.on_failure == "rollback":
             state = self.store.get(conn, self.name)
@@ -242,13 +272,16 @@ class Executor:
     # ---------------------------------------------------------------- rollback
 
     def rollback(self, to: str | None = None) -> RunResult:
-        with migration_lock(self.dsn, self.name, "rollback"), connect(
-            self.dsn, role=f"rollback {self.name}"
-        ) as conn:
+        with (
+            migration_lock(self.dsn, self.name, "rollback"),
+            connect(self.dsn, role=f"rollback {self.name}") as conn,
+        ):
             self.store.ensure_schema(conn)
             compiled, state = prepare(conn, self.loaded, self.store)
             if state is None:
-                raise UsageError(f"migration {self.name} has never been applied here; nothing to roll back")
+                raise UsageError(
+                    f"migration {self.name} has never been applied here; nothing to roll back"
+                )
             target = -1 if to is None else compiled.phase(to).index
             self.store.event(conn, self.name, "rollback started", detail={"to": to})
             undone = self._rollback_phases(conn, compiled, state, target)
@@ -259,7 +292,11 @@ class Executor:
             return RunResult(self.name, status, f"rolled back {where}", to, undone)
 
     def _rollback_phases(
-        self, conn: psycopg.Connection[Any], compiled: CompiledPlan, state: MigrationState, target: int
+        self,
+        conn: psycopg.Connection[Any],
+        compiled: CompiledPlan,
+        state: MigrationState,
+        target: int,
     ) -> list[str]:
         todo = [
             p
@@ -280,7 +317,13 @@ class Executor:
                 continue
             self.reporter.event("rolling back", migration=self.name, phase=phase.name)
             for number, step in enumerate(phase.rollback):
-                run_sql_step(conn, step, self.plan.settings, lambda c: None, f"{phase.name}:rollback:{number}")
+                run_sql_step(
+                    conn,
+                    step,
+                    self.plan.settings,
+                    lambda c: None,
+                    f"{phase.name}:rollback:{number}",
+                )
             self.store.set_phase(conn, self.name, phase.index, "rolled_back", reset=True)
             self.store.event(conn, self.name, "phase rolled back", phase=phase.name)
         return [p.name for p in todo]

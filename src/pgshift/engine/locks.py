@@ -37,7 +37,10 @@ RETRYABLE = (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected)
 
 
 def set_timeouts(
-    conn: psycopg.Connection[Any], lock_timeout: timedelta, statement_timeout: timedelta | None, local: bool
+    conn: psycopg.Connection[Any],
+    lock_timeout: timedelta,
+    statement_timeout: timedelta | None,
+    local: bool,
 ) -> None:
     conn.execute(
         "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",

@@ -146,7 +146,9 @@ class StateStore:
         if not self.exists(conn):
             return None
         with conn.cursor(row_factory=dict_row) as cur:
-            row = cur.execute(self._q("SELECT * FROM {s}.migrations WHERE name = %s"), (name,)).fetchone()
+            row = cur.execute(
+                self._q("SELECT * FROM {s}.migrations WHERE name = %s"), (name,)
+            ).fetchone()
             if row is None:
                 return None
             phases = cur.execute(
@@ -162,7 +164,10 @@ class StateStore:
     def names(self, conn: psycopg.Connection[Any]) -> list[str]:
         if not self.exists(conn):
             return []
-        return [r[0] for r in conn.execute(self._q("SELECT name FROM {s}.migrations ORDER BY created_at"))]
+        return [
+            r[0]
+            for r in conn.execute(self._q("SELECT name FROM {s}.migrations ORDER BY created_at"))
+        ]
 
     def create(
         self,
@@ -208,7 +213,13 @@ class StateStore:
             self._q(
                 "INSERT INTO {s}.events (migration, actor, phase, event, detail) VALUES (%s, %s, %s, %s, %s)"
             ),
-            (name, actor or self.actor, phase, event, Jsonb(detail) if detail is not None else None),
+            (
+                name,
+                actor or self.actor,
+                phase,
+                event,
+                Jsonb(detail) if detail is not None else None,
+            ),
         )
 
     def set_status(
@@ -251,15 +262,26 @@ class StateStore:
                 WHERE migration = %(name)s AND idx = %(idx)s
                 """
             ),
-            {"status": status, "reset": reset, "steps": steps_done, "error": error, "name": name, "idx": idx},
+            {
+                "status": status,
+                "reset": reset,
+                "steps": steps_done,
+                "error": error,
+                "name": name,
+                "idx": idx,
+            },
         )
         if status == "running" and reset:
             conn.execute(
-                self._q("UPDATE {s}.phases SET started_at = clock_timestamp() WHERE migration = %s AND idx = %s"),
+                self._q(
+                    "UPDATE {s}.phases SET started_at = clock_timestamp() WHERE migration = %s AND idx = %s"
+                ),
                 (name, idx),
             )
 
-    def step_done(self, conn: psycopg.Connection[Any], name: str, idx: int, steps_done: int) -> None:
+    def step_done(
+        self, conn: psycopg.Connection[Any], name: str, idx: int, steps_done: int
+    ) -> None:
         conn.execute(
             self._q("UPDATE {s}.phases SET steps_done = %s WHERE migration = %s AND idx = %s"),
             (steps_done, name, idx),
@@ -299,18 +321,23 @@ class StateStore:
         return cur.rowcount > 0
 
     def is_paused(self, conn: psycopg.Connection[Any], name: str) -> bool:
-        row = conn.execute(self._q("SELECT paused FROM {s}.migrations WHERE name = %s"), (name,)).fetchone()
+        row = conn.execute(
+            self._q("SELECT paused FROM {s}.migrations WHERE name = %s"), (name,)
+        ).fetchone()
         return bool(row and row[0])
 
     def set_throttle(self, conn: psycopg.Connection[Any], name: str, reason: str | None) -> None:
         conn.execute(
-            self._q("UPDATE {s}.migrations SET throttle_reason = %s WHERE name = %s"), (reason, name)
+            self._q("UPDATE {s}.migrations SET throttle_reason = %s WHERE name = %s"),
+            (reason, name),
         )
 
     def events(self, conn: psycopg.Connection[Any], name: str) -> list[dict[str, Any]]:
         with conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(
-                self._q("SELECT at, actor, phase, event, detail FROM {s}.events WHERE migration = %s ORDER BY id"),
+                self._q(
+                    "SELECT at, actor, phase, event, detail FROM {s}.events WHERE migration = %s ORDER BY id"
+                ),
                 (name,),
             ).fetchall()
 

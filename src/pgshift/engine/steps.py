@@ -11,6 +11,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from pgshift.db import Query
 from pgshift.engine.failpoints import failpoint
 from pgshift.engine.locks import set_timeouts, with_lock_retries
 from pgshift.phases.base import SqlStep
@@ -35,8 +36,12 @@ def drop_invalid_index(conn: psycopg.Connection[Any], schema: str, name: str) ->
         (schema, name),
     ).fetchone()
     if row and row[0]:
-        log.warning("dropping an invalid index left by an interrupted build", index=f"{schema}.{name}")
-        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, name)))
+        log.warning(
+            "dropping an invalid index left by an interrupted build", index=f"{schema}.{name}"
+        )
+        conn.execute(
+            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, name))
+        )
 
 
 def run_sql_step(
@@ -62,7 +67,10 @@ def run_sql_step(
             return skipped
 
         return with_lock_retries(
-            attempt, attempts=settings.lock_retries, what=step.description, lock_timeout=settings.lock_timeout
+            attempt,
+            attempts=settings.lock_retries,
+            what=step.description,
+            lock_timeout=settings.lock_timeout,
         )
 
     if _already_done(conn, step):
@@ -71,14 +79,17 @@ def run_sql_step(
     try:
         for statement in step.statements:
 
-            def run(statement: sql.Composable = statement) -> None:
+            def run(statement: Query = statement) -> None:
                 if step.builds_index is not None:
                     drop_invalid_index(conn, *step.builds_index)
                 set_timeouts(conn, settings.lock_timeout, statement_timeout, local=False)
                 conn.execute(statement)
 
             with_lock_retries(
-                run, attempts=settings.lock_retries, what=step.description, lock_timeout=settings.lock_timeout
+                run,
+                attempts=settings.lock_retries,
+                what=step.description,
+                lock_timeout=settings.lock_timeout,
             )
     finally:
         conn.execute("RESET lock_timeout; RESET statement_timeout")

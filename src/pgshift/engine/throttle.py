@@ -65,7 +65,7 @@ class Throttle:
                         f" more than max_replication_lag {limit:g}s"
                     )
         if self.settings.throttle_query:
-            row = self.conn.execute(sql.SQL(self.settings.throttle_query)).fetchone()  # type: ignore[arg-type]
+            row = self.conn.execute(sql.SQL(self.settings.throttle_query)).fetchone()
             if row and row[0]:
                 return "throttle_query returned true"
         return None

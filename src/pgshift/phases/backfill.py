@@ -14,12 +14,13 @@ from typing import Any
 from psycopg import sql
 
 from pgshift.catalog import Table
+from pgshift.db import Query
 from pgshift.phases.base import BackfillStep, CompileContext, Phase
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.phases.dual_write import BACKFILL_SETTING
 
 
-def key_range(table: Table, key: tuple[str, ...]) -> dict[str, sql.Composable]:
+def key_range(table: Table, key: tuple[str, ...]) -> dict[str, Query]:
     """The key-walking pieces every batched pass over a table shares (backfill, and later
     verify): row comparisons on the whole key, so composite keys page correctly."""
     cols = sql.SQL(", ").join(sql.Identifier(k) for k in key)
@@ -35,7 +36,7 @@ def key_range(table: Table, key: tuple[str, ...]) -> dict[str, sql.Composable]:
     }
 
 
-def bounds_queries(table: Table, key: tuple[str, ...]) -> tuple[sql.Composable, sql.Composable]:
+def bounds_queries(table: Table, key: tuple[str, ...]) -> tuple[Query, Query]:
     """(after a key, from the start): the key `size` rows ahead, as text, or no row at the end.
 
     ORDER BY names the key columns qualified: a bare `id` would mean the output column
@@ -59,7 +60,8 @@ def compile_backfill(ctx: CompileContext, index: int, spec: Any) -> Phase:
     update = sql.SQL("UPDATE {} SET {}").format(
         table.qualified,
         sql.SQL(", ").join(
-            sql.SQL("{} = {}").format(sql.Identifier(c.shadow), sql.SQL(c.up)) for c in shape.columns
+            sql.SQL("{} = {}").format(sql.Identifier(c.shadow), sql.SQL(c.up))
+            for c in shape.columns
         ),
     )
     after, first = bounds_queries(table, shape.key)

@@ -6,13 +6,14 @@ shows is exactly what runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from psycopg import sql
 
 from pgshift.catalog import Table
+from pgshift.db import Query
 from pgshift.plan.model import Plan
 
 # PostgreSQL's table lock levels, weakest first; "none" for steps that lock no table.
@@ -41,12 +42,12 @@ class SqlStep:
     is already in place (a crash after commit), and the statements are skipped."""
 
     description: str
-    statements: tuple[sql.Composable, ...]
+    statements: tuple[Query, ...]
     lock: LockLevel
     scans: bool = False
     rewrites: bool = False
     transactional: bool = True
-    done_if: sql.Composable | None = None
+    done_if: Query | None = None
     # (schema, index) built CONCURRENTLY here: an INVALID leftover is dropped before a retry
     builds_index: tuple[str, str] | None = None
     hold: str = "milliseconds"  # expected time the lock is held, for plan and runbook
@@ -58,7 +59,7 @@ class BackfillStep:
     The runner finds each batch's upper key with `bounds`, then runs `statement` over the key
     range (previous last key, upper key]."""
 
-    def batch(self, lower: sql.Composable | None, upper: sql.Composable | None) -> sql.Composable:
+    def batch(self, lower: Query | None, upper: Query | None) -> Query:
         """The batch statement over the key range (lower, upper], either end open (None)."""
         parts = []
         if lower is not None:
@@ -67,7 +68,7 @@ class BackfillStep:
             parts.append(sql.SQL("{} <= {}").format(self.key_columns, upper))
         return self.statement(sql.SQL(" AND ").join(parts) if parts else sql.SQL("true"))
 
-    def key_value(self, values: list[str]) -> sql.Composable:
+    def key_value(self, values: list[str]) -> Query:
         """A key as typed literals, `('42'::integer)`. Batches carry their bounds as literals,
         not parameters: the plan's expressions in the statement may hold a `%` (modulo) that
         parameter parsing would take for a placeholder."""
@@ -81,12 +82,12 @@ class BackfillStep:
     description: str
     table: sql.Identifier
     key: tuple[str, ...]
-    statement: Callable[[sql.Composable], sql.Composable]  # the batch, given its key condition
-    key_columns: sql.Composable  # (k1, k2)
-    key_params: sql.Composable  # (%s::type1, %s::type2), for the bounds queries
+    statement: Callable[[Query], Query]  # the batch, given its key condition
+    key_columns: Query  # (k1, k2)
+    key_params: Query  # (%s::type1, %s::type2), for the bounds queries
     key_types: tuple[str, ...]
-    bounds: sql.Composable  # parameters: last key..., offset -> the batch's upper key as text
-    first_bounds: sql.Composable  # parameters: offset -> the first batch's upper key as text
+    bounds: Query  # parameters: last key..., offset -> the batch's upper key as text
+    first_bounds: Query  # parameters: offset -> the first batch's upper key as text
     session_settings: tuple[tuple[str, str], ...] = ()
     lock: LockLevel = "ROW EXCLUSIVE"
     scans: bool = True
@@ -129,6 +130,6 @@ class CompileContext:
         return f"pgshift_{self.plan.name}"
 
 
-def exists_query(query: str, *params: Any) -> sql.Composable:
+def exists_query(query: str, *params: Any) -> Query:
     """`SELECT EXISTS (query)` with literal parameters, for `done_if` checks."""
     return sql.SQL("SELECT EXISTS (" + query + ")").format(*(sql.Literal(p) for p in params))

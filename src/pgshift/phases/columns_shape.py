@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from pgshift.catalog import Index, Table
-from pgshift.db import derived_name, prefixed_name
+from pgshift.db import Query, derived_name, prefixed_name
 from pgshift.errors import PlanError
 from pgshift.plan.model import ColumnChange, Plan
 
@@ -48,8 +48,8 @@ class RebuiltIndex:
     original: Index
     shadow: str  # name of the copy on the shadow columns
     old: str  # name the original takes at cutover
-    definition: sql.Composable  # CREATE INDEX CONCURRENTLY IF NOT EXISTS ... for the copy
-    spare: sql.Composable | None  # for a constraint's index: a copy on the old columns
+    definition: Query  # CREATE INDEX CONCURRENTLY IF NOT EXISTS ... for the copy
+    spare: Query | None  # for a constraint's index: a copy on the old columns
 
     @property
     def constraint(self) -> str | None:
@@ -194,7 +194,7 @@ def _refuse_unsafe(table: Table, changed: dict[str, ShadowColumn]) -> None:
         if con.type == "x":
             raise _at(hit, f"exclusion constraint {con.name} uses a changed column; not supported")
     for index in table.indexes:
-        hit = index.columns & changed.keys()
+        hit = set(index.columns & changed.keys())
         if not hit:
             continue
         if index.expression_columns & changed.keys():
@@ -217,7 +217,7 @@ def _rebuilt(index: Index, table: Table, changed: dict[str, ShadowColumn]) -> Re
     def target(column: str) -> str:
         return changed[column].shadow if column in changed else column
 
-    def definition(name: str, columns: dict[str, str]) -> sql.Composable:
+    def definition(name: str, columns: dict[str, str]) -> Query:
         parts = [
             sql.SQL("{}{}{}").format(
                 sql.Identifier(columns.get(p.column, p.column) if p.column else ""),

@@ -11,6 +11,7 @@ from typing import Any
 
 from psycopg import sql
 
+from pgshift.db import Query
 from pgshift.phases.base import CompileContext, Phase, SqlStep
 from pgshift.phases.columns_shape import ColumnsShape
 
@@ -31,7 +32,7 @@ def compile_contract(ctx: CompileContext, index: int, spec: Any) -> Phase:
         )
         for ix in shape.indexes
     ]
-    statements: list[sql.Composable] = [
+    statements: list[Query] = [
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
             sql.Identifier(shape.trigger), table.qualified
         ),

@@ -14,6 +14,7 @@ from typing import Any
 
 from psycopg import sql
 
+from pgshift.db import Query
 from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query
 from pgshift.phases.columns_shape import ColumnsShape, RebuiltIndex, ShadowColumn
 from pgshift.phases.dual_write import forward_body, function_ddl, reverse_body
@@ -22,7 +23,7 @@ INTEGER_TYPES = ("smallint", "integer", "bigint")
 CONSTRAINT_KINDS = {"p": "PRIMARY KEY", "u": "UNIQUE"}
 
 
-def _alter(ctx: CompileContext, action: sql.Composable) -> sql.Composable:
+def _alter(ctx: CompileContext, action: Query) -> Query:
     return sql.SQL("ALTER TABLE {} {}").format(ctx.table.qualified, action)
 
 
@@ -30,7 +31,7 @@ def _index(ctx: CompileContext, name: str) -> sql.Identifier:
     return sql.Identifier(ctx.table.schema, name)
 
 
-def _column_exists(ctx: CompileContext, column: str, present: bool) -> sql.Composable:
+def _column_exists(ctx: CompileContext, column: str, present: bool) -> Query:
     query = (
         "SELECT 1 WHERE {} = EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {}::regclass"
         " AND attname = {} AND NOT attisdropped)"
@@ -38,7 +39,7 @@ def _column_exists(ctx: CompileContext, column: str, present: bool) -> sql.Compo
     return exists_query(query, present, ctx.table.regclass, column)
 
 
-def swapped_query(ctx: CompileContext) -> sql.Composable:
+def swapped_query(ctx: CompileContext) -> Query:
     """True once the swap committed: the first shadow column no longer exists by that name."""
     shape: ColumnsShape = ctx.shape
     return _column_exists(ctx, shape.columns[0].shadow, False)
@@ -57,12 +58,14 @@ def _sequence_widens(col: ShadowColumn) -> bool:
     )
 
 
-def swap_statements(ctx: CompileContext) -> tuple[sql.Composable, ...]:
+def swap_statements(ctx: CompileContext) -> tuple[Query, ...]:
     shape: ColumnsShape = ctx.shape
-    out: list[sql.Composable] = []
+    out: list[Query] = []
     for ix in shape.indexes:
         if ix.constraint:
-            out.append(_alter(ctx, sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(ix.constraint))))
+            out.append(
+                _alter(ctx, sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(ix.constraint)))
+            )
         else:
             out.append(_rename_index(ctx, ix.original.name, ix.old))
         out.append(_rename_index(ctx, ix.shadow, ix.original.name))
@@ -72,12 +75,26 @@ def swap_statements(ctx: CompileContext) -> tuple[sql.Composable, ...]:
         if not col.is_new:
             assert col.old is not None
             if col.old_default is not None:
-                out.append(_alter(ctx, sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(col.name))))
+                out.append(
+                    _alter(
+                        ctx,
+                        sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(col.name)),
+                    )
+                )
             out.append(_rename_column(ctx, col.name, col.old))
         out.append(_rename_column(ctx, col.shadow, col.name))
         if col.not_null:
-            out.append(_alter(ctx, sql.SQL("ALTER COLUMN {} SET NOT NULL").format(sql.Identifier(col.name))))
-            out.append(_alter(ctx, sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(sql.Identifier(col.check_name))))
+            out.append(
+                _alter(
+                    ctx, sql.SQL("ALTER COLUMN {} SET NOT NULL").format(sql.Identifier(col.name))
+                )
+            )
+            out.append(
+                _alter(
+                    ctx,
+                    sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(sql.Identifier(col.check_name)),
+                )
+            )
         if col.default is not None:
             out.append(
                 _alter(
@@ -88,7 +105,11 @@ def swap_statements(ctx: CompileContext) -> tuple[sql.Composable, ...]:
                 )
             )
         if _sequence_widens(col):
-            out.append(sql.SQL("ALTER SEQUENCE {} AS {}").format(sql.Identifier(*(col.sequence or ())), sql.SQL(col.type)))
+            out.append(
+                sql.SQL("ALTER SEQUENCE {} AS {}").format(
+                    sql.Identifier(*(col.sequence or ())), sql.SQL(col.type)
+                )
+            )
         if _sequence_moves(col):
             out.append(
                 sql.SQL("ALTER SEQUENCE {} OWNED BY {}").format(
@@ -100,16 +121,18 @@ def swap_statements(ctx: CompileContext) -> tuple[sql.Composable, ...]:
     return tuple(out)
 
 
-def unswap_statements(ctx: CompileContext) -> tuple[sql.Composable, ...]:
+def unswap_statements(ctx: CompileContext) -> tuple[Query, ...]:
     """The inverse of `swap_statements`. Constraints move back first: a column cannot lose
     NOT NULL while a primary key still stands on it."""
     shape: ColumnsShape = ctx.shape
-    out: list[sql.Composable] = [function_ddl(shape, forward_body(shape))]
+    out: list[Query] = [function_ddl(shape, forward_body(shape))]
     for ix in reversed(shape.indexes):
         if ix.constraint:
             # the constraint's index on the new column goes with it; expand's copy is rebuilt
             # by the next cutover if the migration is applied again
-            out.append(_alter(ctx, sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(ix.constraint))))
+            out.append(
+                _alter(ctx, sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(ix.constraint)))
+            )
             out.append(_rename_index(ctx, ix.old, ix.original.name))
             out.append(_add_constraint(ctx, ix, ix.original.name))
         else:
@@ -131,9 +154,17 @@ def unswap_statements(ctx: CompileContext) -> tuple[sql.Composable, ...]:
                 )
             )
         if col.default is not None:
-            out.append(_alter(ctx, sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(col.name))))
+            out.append(
+                _alter(
+                    ctx, sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(col.name))
+                )
+            )
         if col.not_null:
-            out.append(_alter(ctx, sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(col.name))))
+            out.append(
+                _alter(
+                    ctx, sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(col.name))
+                )
+            )
         out.append(_rename_column(ctx, col.name, col.shadow))
         if not col.is_new:
             assert col.old is not None
@@ -150,15 +181,17 @@ def unswap_statements(ctx: CompileContext) -> tuple[sql.Composable, ...]:
     return tuple(out)
 
 
-def _rename_index(ctx: CompileContext, old: str, new: str) -> sql.Composable:
+def _rename_index(ctx: CompileContext, old: str, new: str) -> Query:
     return sql.SQL("ALTER INDEX {} RENAME TO {}").format(_index(ctx, old), sql.Identifier(new))
 
 
-def _rename_column(ctx: CompileContext, old: str, new: str) -> sql.Composable:
-    return _alter(ctx, sql.SQL("RENAME COLUMN {} TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+def _rename_column(ctx: CompileContext, old: str, new: str) -> Query:
+    return _alter(
+        ctx, sql.SQL("RENAME COLUMN {} TO {}").format(sql.Identifier(old), sql.Identifier(new))
+    )
 
 
-def _add_constraint(ctx: CompileContext, ix: RebuiltIndex, index_name: str) -> sql.Composable:
+def _add_constraint(ctx: CompileContext, ix: RebuiltIndex, index_name: str) -> Query:
     assert ix.constraint is not None and ix.original.constraint_type is not None
     return _alter(
         ctx,
@@ -200,7 +233,9 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
             SqlStep(
                 description="validate the NOT NULL checks (scans; writes continue)",
                 statements=tuple(
-                    _alter(ctx, sql.SQL("VALIDATE CONSTRAINT {}").format(sql.Identifier(c.check_name)))
+                    _alter(
+                        ctx, sql.SQL("VALIDATE CONSTRAINT {}").format(sql.Identifier(c.check_name))
+                    )
                     for c in not_null
                 ),
                 lock="SHARE UPDATE EXCLUSIVE",
@@ -240,7 +275,8 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
             description="collect statistics for the new columns",
             statements=(
                 sql.SQL("ANALYZE {} ({})").format(
-                    table.qualified, sql.SQL(", ").join(sql.Identifier(c.shadow) for c in shape.columns)
+                    table.qualified,
+                    sql.SQL(", ").join(sql.Identifier(c.shadow) for c in shape.columns),
                 ),
             ),
             lock="SHARE UPDATE EXCLUSIVE",
@@ -275,7 +311,9 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
                     _alter(
                         ctx,
                         sql.SQL(", ").join(
-                            sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(sql.Identifier(c.check_name))
+                            sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(
+                                sql.Identifier(c.check_name)
+                            )
                             for c in not_null
                         ),
                     ),

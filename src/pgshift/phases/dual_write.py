@@ -14,6 +14,7 @@ from typing import Any
 
 from psycopg import sql
 
+from pgshift.db import Query
 from pgshift.phases.base import CompileContext, Phase, SqlStep
 from pgshift.phases.columns_shape import ColumnsShape, ShadowColumn
 
@@ -64,10 +65,10 @@ def _old(col: ShadowColumn) -> str:
     return col.old
 
 
-def function_ddl(shape: ColumnsShape, body: str) -> sql.Composable:
-    return sql.SQL(
-        "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}"
-    ).format(shape.function, sql.Literal(body))
+def function_ddl(shape: ColumnsShape, body: str) -> Query:
+    return sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
+        shape.function, sql.Literal(body)
+    )
 
 
 def compile_dual_write(ctx: CompileContext, index: int, spec: Any) -> Phase:

@@ -24,7 +24,7 @@ def split_statements(text: str) -> list[str]:
 
 
 def _outside_transaction(statement: str) -> bool:
-    node = pglast.parse_sql(statement)[0].stmt
+    node: Any = pglast.parse_sql(statement)[0].stmt
     name = type(node).__name__
     if name in ("IndexStmt", "DropStmt"):
         return bool(getattr(node, "concurrent", False))

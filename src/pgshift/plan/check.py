@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 
 from pgshift.catalog import Table
+from pgshift.db import Query
 from pgshift.errors import PlanError
 from pgshift.plan.model import Plan
 
@@ -26,7 +27,9 @@ def resolve_key(plan: Plan, table: Table) -> tuple[str, ...]:
     key = tuple(plan.key)
     missing = [k for k in key if k not in table.columns]
     if missing:
-        raise PlanError(f"key column {missing[0]!r} is not a column of {table.display}", path=("key",))
+        raise PlanError(
+            f"key column {missing[0]!r} is not a column of {table.display}", path=("key",)
+        )
     if not table.has_unique_not_null(key):
         raise PlanError(
             f"key ({', '.join(key)}) of {table.display} must be unique and NOT NULL:"
@@ -42,7 +45,7 @@ def parse_expression(text: str, path: tuple[str | int, ...]) -> None:
         statements = pglast.parse_sql(f"SELECT ({text})")
     except pglast.parser.ParseError as error:
         raise PlanError(f"not a SQL expression: {error}", path=path) from error
-    node = statements[0].stmt if len(statements) == 1 else None
+    node: Any = statements[0].stmt if len(statements) == 1 else None
     if node is None or type(node).__name__ != "SelectStmt" or len(node.targetList or ()) != 1:
         raise PlanError("must be one SQL expression, not a statement", path=path)
     if node.fromClause or node.whereClause:
@@ -54,12 +57,15 @@ def parse_type(text: str, path: tuple[str | int, ...]) -> None:
         statements = pglast.parse_sql(f"SELECT NULL::{text}")
     except pglast.parser.ParseError as error:
         raise PlanError(f"{text!r} is not a type: {error}", path=path) from error
-    target = statements[0].stmt.targetList if len(statements) == 1 else None
+    stmt: Any = statements[0].stmt if len(statements) == 1 else None
+    target = stmt.targetList if stmt is not None else None
     if not target or len(target) != 1 or type(target[0].val).__name__ != "TypeCast":
         raise PlanError(f"{text!r} is not a type", path=path)
 
 
-def _try(conn: psycopg.Connection[Any], query: sql.Composable, path: tuple[str | int, ...], what: str) -> None:
+def _try(
+    conn: psycopg.Connection[Any], query: Query, path: tuple[str | int, ...], what: str
+) -> None:
     try:
         with conn.transaction(force_rollback=True):
             conn.execute(query)
@@ -74,19 +80,25 @@ def check_columns(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> No
     for name in table.columns:
         spec = plan.columns.get(name)
         if spec is not None and spec.type:
-            new_shape.append(sql.SQL("NULL::{} AS {}").format(sql.SQL(spec.type), sql.Identifier(name)))
+            new_shape.append(
+                sql.SQL("NULL::{} AS {}").format(sql.SQL(spec.type), sql.Identifier(name))
+            )
         else:
             new_shape.append(sql.Identifier(name))
     for name, spec in plan.columns.items():
         if name not in table.columns and spec.type:
-            new_shape.append(sql.SQL("NULL::{} AS {}").format(sql.SQL(spec.type), sql.Identifier(name)))
+            new_shape.append(
+                sql.SQL("NULL::{} AS {}").format(sql.SQL(spec.type), sql.Identifier(name))
+            )
     for name, spec in plan.columns.items():
         base: tuple[str | int, ...] = ("columns", name)
         old = table.columns.get(name)
         new_type = spec.type or (old.type if old else None)
         if spec.type is not None:
             parse_type(spec.type, (*base, "type"))
-            _try(conn, sql.SQL("SELECT NULL::{}").format(sql.SQL(spec.type)), (*base, "type"), "type")
+            _try(
+                conn, sql.SQL("SELECT NULL::{}").format(sql.SQL(spec.type)), (*base, "type"), "type"
+            )
         for field in ("up", "down", "default"):
             text = getattr(spec, field)
             if text is not None:
@@ -104,7 +116,10 @@ def check_columns(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> No
             _try(
                 conn,
                 sql.SQL("SELECT ({})::{} FROM (SELECT {} FROM {} LIMIT 0) AS r").format(
-                    sql.SQL(spec.down), sql.SQL(old.type), sql.SQL(", ").join(new_shape), table.qualified
+                    sql.SQL(spec.down),
+                    sql.SQL(old.type),
+                    sql.SQL(", ").join(new_shape),
+                    table.qualified,
                 ),
                 (*base, "down"),
                 f"down of {name!r}",

@@ -21,7 +21,9 @@ def parse_duration(value: Any) -> timedelta:
         match = _DURATION.match(value)
         if match:
             return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-    raise ValueError(f"{value!r} is not a duration: write a number and a unit, as 500ms, 2s, 10m or 1h")
+    raise ValueError(
+        f"{value!r} is not a duration: write a number and a unit, as 500ms, 2s, 10m or 1h"
+    )
 
 
 def format_duration(value: timedelta) -> str:

@@ -25,7 +25,9 @@ def step_sql(step: Step) -> list[str]:
     return [s.as_string() + ";" for s in step.statements]
 
 
-def step_estimate(step: Step, compiled: CompiledPlan, rows_per_second: float | None = None) -> float:
+def step_estimate(
+    step: Step, compiled: CompiledPlan, rows_per_second: float | None = None
+) -> float:
     table = compiled.table
     if isinstance(step, BackfillStep):
         rows = max(table.row_estimate, 0)
@@ -37,7 +39,9 @@ def step_estimate(step: Step, compiled: CompiledPlan, rows_per_second: float | N
     return 0.0
 
 
-def step_data(step: Step, compiled: CompiledPlan, rows_per_second: float | None = None) -> dict[str, Any]:
+def step_data(
+    step: Step, compiled: CompiledPlan, rows_per_second: float | None = None
+) -> dict[str, Any]:
     return {
         "description": step.description,
         "lock": step.lock,
@@ -52,7 +56,9 @@ def step_data(step: Step, compiled: CompiledPlan, rows_per_second: float | None 
     }
 
 
-def phase_data(phase: Phase, compiled: CompiledPlan, rows_per_second: float | None = None) -> dict[str, Any]:
+def phase_data(
+    phase: Phase, compiled: CompiledPlan, rows_per_second: float | None = None
+) -> dict[str, Any]:
     forward = [step_data(s, compiled, rows_per_second) for s in phase.forward]
     return {
         "index": phase.index,
