@@ -20,7 +20,9 @@ from pgshift.engine.progress import Reporter
 from pgshift.engine.state import StateStore
 from pgshift.errors import ExitCode, PgshiftError, PlanError, UsageError
 from pgshift.log import configure
+from pgshift.plan.lint import format_finding, lint_file
 from pgshift.plan.load import LoadedPlan, load_plan
+from pgshift.plan.plan_lint import lint_plan
 from pgshift.report.preview import preview_data, render_text
 from pgshift.report.report import migration_report, render_status
 
@@ -147,6 +149,16 @@ pass_options = click.make_pass_decorator(Options)
 def plan_command(options: Options, plan_file: str, as_json: bool) -> None:
     """Validate PLAN_FILE and show what each phase will run, with locks and rollback."""
     loaded = _load(plan_file)
+    findings = lint_plan(loaded)
+    for finding in findings:
+        click.echo(f"lint: {finding}", err=True)
+    errors = [f for f in findings if not f.finding.allowed]
+    if errors:
+        raise PlanError(
+            f"{len(errors)} DDL safety rule(s) broken (above); fix them or accept one with"
+            " `-- pgshift:allow RULE` on its line",
+            where=str(errors[0]).split(": ", 1)[0],
+        )
     if not options.has_database:
         message = f"plan {loaded.plan.name} is valid; pass --dsn to check it against the database and see its SQL"
         click.echo(
@@ -247,6 +259,25 @@ def pause_command(options: Options, name: str) -> None:
 def resume_command(options: Options, name: str) -> None:
     """Let a paused backfill or verify of NAME continue."""
     _set_paused(options, name, False)
+
+
+@main.command("lint")
+@click.argument("path", type=click.Path(dir_okay=False, exists=True))
+@pass_options
+def lint_command(options: Options, path: str) -> None:
+    """Check a plan's raw SQL, or a .sql file, against the DDL safety rules (docs/lint.md)."""
+    if path.endswith((".yaml", ".yml")):
+        lines = [str(f) for f in lint_plan(_load(path))]
+        broken = [line for line in lines if not line.endswith("(allowed)")]
+    else:
+        findings = lint_file(Path(path))
+        lines = [format_finding(f, path) for f in findings]
+        broken = [line for f, line in zip(findings, lines, strict=True) if not f.allowed]
+    for line in lines:
+        click.echo(line)
+    if broken:
+        raise UsageError(f"{len(broken)} DDL safety rule(s) broken in {path}")
+    click.echo(f"{path}: no DDL safety rule broken")
 
 
 @main.command("demo")
