@@ -24,7 +24,7 @@ from pgshift.plan.lint import format_finding, lint_file
 from pgshift.plan.load import LoadedPlan, load_plan
 from pgshift.plan.plan_lint import lint_plan
 from pgshift.report.preview import preview_data, render_text
-from pgshift.report.report import migration_report, render_status
+from pgshift.report.report import github_summary, migration_report, render_status
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -177,31 +177,106 @@ def _finish(result: RunResult) -> None:
     click.echo(result.message)
 
 
+def _reported(options: Options, name: str, report: str | None, action: Callable[[], Any]) -> Any:
+    """Run `action`; with --report, write the JSON report (SPEC §7) whatever the outcome, and
+    append a Markdown summary to $GITHUB_STEP_SUMMARY when it is set."""
+    if report is None and not os.environ.get("GITHUB_STEP_SUMMARY"):
+        return action()
+    code: int = ExitCode.DONE
+    try:
+        return action()
+    except PgshiftError as error:
+        code = error.exit_code
+        raise
+    except Exception:
+        code = ExitCode.FAILED
+        raise
+    finally:
+        _write_report(options, name, report, int(code))
+
+
+def _write_report(options: Options, name: str, path: str | None, code: int) -> None:
+    try:
+        with connect(options.dsn, role="report") as conn:
+            state = options.store().get(conn, name)
+    except psycopg.Error:
+        state = None
+    if state is None:
+        data: dict[str, Any] = {"migration": name, "status": "pending", "exit_code": code}
+    else:
+        data = migration_report(state, exit_code=code)
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary and state is not None:
+        with open(summary, "a", encoding="utf-8") as out:
+            out.write(github_summary(data))
+
+
 @main.command("apply")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--until", help="Stop after this phase (a kind, or a gate or sql phase's name).")
 @click.option(
+    "--approve", "approve", multiple=True, metavar="GATE", help="Approve this gate (repeatable)."
+)
+@click.option(
     "--force", is_flag=True, help="Continue although the plan changed since the migration started."
 )
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @pass_options
-def apply_command(options: Options, plan_file: str, until: str | None, force: bool) -> None:
+def apply_command(
+    options: Options,
+    plan_file: str,
+    until: str | None,
+    approve: tuple[str, ...],
+    force: bool,
+    report: str | None,
+) -> None:
     """Run PLAN_FILE from its last checkpoint."""
     loaded = _load(plan_file)
     executor = Executor(options.dsn, loaded, options.store(), Reporter(), force=force)
-    result = _with_plan_locations(loaded, lambda: executor.apply(until))
+    result = _reported(
+        options,
+        loaded.plan.name,
+        report,
+        lambda: _with_plan_locations(loaded, lambda: executor.apply(until, approve)),
+    )
     _finish(result)
 
 
 @main.command("rollback")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--to", "to", help="Undo the phases after this one only.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @pass_options
-def rollback_command(options: Options, plan_file: str, to: str | None) -> None:
+def rollback_command(options: Options, plan_file: str, to: str | None, report: str | None) -> None:
     """Undo applied phases in reverse order, up to the point of no return."""
     loaded = _load(plan_file)
     executor = Executor(options.dsn, loaded, options.store(), Reporter())
-    result = _with_plan_locations(loaded, lambda: executor.rollback(to))
+    result = _reported(
+        options,
+        loaded.plan.name,
+        report,
+        lambda: _with_plan_locations(loaded, lambda: executor.rollback(to)),
+    )
     _finish(result)
+
+
+@main.command("approve")
+@click.argument("plan_or_name")
+@click.argument("gate")
+@click.option("--by", "by", default=None, help="Who approves (default: $PGSHIFT_ACTOR or $USER).")
+@pass_options
+def approve_command(options: Options, plan_or_name: str, gate: str, by: str | None) -> None:
+    """Record an approval of GATE (who and when), so `apply` passes it."""
+    name = _migration_name(plan_or_name)
+    who = by or _actor()
+    with connect(options.dsn, role="approve") as conn:
+        if not options.store().approve(conn, name, gate, who):
+            raise UsageError(
+                f"no gate {gate!r} in migration {name} here; apply the plan up to the gate first"
+            )
+    click.echo(f"gate {gate} of {name} approved by {who}")
 
 
 @main.command("status")

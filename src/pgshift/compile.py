@@ -15,6 +15,7 @@ from pgshift.phases.contract import compile_contract
 from pgshift.phases.cutover import compile_cutover
 from pgshift.phases.dual_write import compile_dual_write
 from pgshift.phases.expand import compile_expand
+from pgshift.phases.gate import compile_gate
 from pgshift.phases.sql import compile_sql
 from pgshift.plan.model import Plan
 
@@ -25,6 +26,7 @@ COMPILERS: dict[str, PhaseCompiler] = {
     "cutover": compile_cutover,
     "contract": compile_contract,
     "sql": compile_sql,
+    "gate": compile_gate,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -24,9 +25,10 @@ from pgshift.engine.progress import Reporter
 from pgshift.engine.state import MigrationState, StateStore
 from pgshift.engine.steps import run_sql_step
 from pgshift.engine.throttle import Throttle
-from pgshift.errors import MigrationFailed, PgshiftError, UsageError
-from pgshift.phases.base import BackfillStep, Phase
+from pgshift.errors import GateWaiting, MigrationFailed, PgshiftError, UsageError
+from pgshift.phases.base import BackfillStep, GateStep, Phase
 from pgshift.plan.check import check_plan, resolve_key
+from pgshift.plan.durations import format_duration
 from pgshift.plan.load import LoadedPlan
 
 log = structlog.get_logger("pgshift.executor")
@@ -85,7 +87,7 @@ class Executor:
 
     # ---------------------------------------------------------------- apply
 
-    def apply(self, until: str | None = None) -> RunResult:
+    def apply(self, until: str | None = None, approve: tuple[str, ...] = ()) -> RunResult:
         with (
             migration_lock(self.dsn, self.name, "apply"),
             connect(self.dsn, role=f"apply {self.name}") as conn,
@@ -95,6 +97,10 @@ class Executor:
             if until is not None:
                 compiled.phase(until)  # an unknown name is a usage error before anything runs
             state = self._record(conn, compiled, state)
+            for gate in approve:
+                if not any(p.kind == "gate" and p.name == gate for p in compiled.phases):
+                    raise UsageError(f"plan {self.name} has no gate named {gate!r}")
+                self.store.approve(conn, self.name, gate, self.store.actor)
             if state.status == "done":
                 return RunResult(self.name, "done", f"migration {self.name} is already done")
             self.store.set_status(conn, self.name, "running")
@@ -205,6 +211,10 @@ class Executor:
                         seconds=round(outcome.seconds, 2),
                         slowest_batch_ms=round(outcome.slowest_batch_seconds * 1000),
                     )
+                elif isinstance(step, GateStep):
+                    self._pass_gate(conn, phase, step)
+                    with conn.transaction():
+                        self.store.step_done(conn, self.name, phase.index, number + 1)
                 else:
                     skipped = run_sql_step(
                         conn,
@@ -218,6 +228,8 @@ class Executor:
                             "step already done", phase=phase.name, step=step.description
                         )
                 failpoint(f"{label}:after")
+        except GateWaiting:
+            raise
         except KeyboardInterrupt:
             self.store.set_phase(conn, self.name, phase.index, "failed", error="interrupted")
             self.store.set_status(conn, self.name, "paused", "interrupted")
@@ -228,6 +240,49 @@ class Executor:
         self.store.set_phase(conn, self.name, phase.index, "done")
         self.store.event(conn, self.name, "phase done", phase=phase.name)
         self.reporter.event("phase done", migration=self.name, phase=phase.name)
+
+    def _pass_gate(self, conn: psycopg.Connection[Any], phase: Phase, step: GateStep) -> None:
+        """Return when the gate is open; otherwise record that it waits, and why, and raise
+        GateWaiting (exit 3): not a failure, nothing is rolled back."""
+        state = self.store.get(conn, self.name)
+        assert state is not None
+        gate_state = state.phase(phase.index)
+        plan_file = self.loaded.source.file
+        closed: list[str] = []
+        if step.approval and not (gate_state.checkpoint or {}).get("approved_by"):
+            closed.append(
+                f"an approval (`migrate approve {plan_file} {step.gate} --by WHO`,"
+                f" or `migrate apply {plan_file} --approve {step.gate}`)"
+            )
+        if step.wait:
+            since = (
+                state.phase(phase.index - 1).finished_at if phase.index > 0 else state.created_at
+            )
+            row = conn.execute("SELECT clock_timestamp()").fetchone()
+            assert row is not None
+            if since is not None and row[0] < since + step.wait:
+                left = since + step.wait - row[0]
+                closed.append(
+                    f"its soak time: {format_duration(step.wait)} after the previous phase,"
+                    f" {format_duration(timedelta(seconds=round(left.total_seconds())))} from now"
+                )
+        if step.require_verify:
+            closed += self._verify_for_gate(conn)
+        if not closed:
+            self.store.set_throttle(conn, self.name, None)
+            self.store.event(conn, self.name, "gate passed", phase=step.gate)
+            return
+        reason = f"gate {step.gate} waits for " + " and ".join(closed)
+        self.store.set_phase(conn, self.name, phase.index, "waiting")
+        self.store.set_status(conn, self.name, "waiting")
+        self.store.set_throttle(conn, self.name, reason)
+        self.store.event(
+            conn, self.name, "gate waiting", phase=step.gate, detail={"reason": reason}
+        )
+        raise GateWaiting(reason)
+
+    def _verify_for_gate(self, conn: psycopg.Connection[Any]) -> list[str]:
+        raise UsageError("require_verify needs the verify phase, which is not available yet")
 
     def _recorder(self, idx: int, steps_done: int) -> Callable[[psycopg.Connection[Any]], None]:
         """Records a step as done; runs inside the step's own transaction when it has one."""

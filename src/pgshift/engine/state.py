@@ -309,6 +309,21 @@ class StateStore:
             (Jsonb(checkpoint), rows, steps_done, name, idx),
         )
 
+    def approve(self, conn: psycopg.Connection[Any], name: str, gate: str, by: str) -> bool:
+        """Record an approval of `gate` (who and when) in the gate's checkpoint and the event
+        log. False when the migration has no such gate."""
+        with conn.transaction():
+            cur = conn.execute(
+                self._q(
+                    "UPDATE {s}.phases SET checkpoint = jsonb_build_object('approved_by', %s::text,"
+                    " 'approved_at', clock_timestamp()) WHERE migration = %s AND kind = 'gate' AND name = %s"
+                ),
+                (by, name, gate),
+            )
+            if cur.rowcount:
+                self.event(conn, name, "approved", phase=gate, detail={"by": by}, actor=by)
+        return cur.rowcount > 0
+
     def set_paused(self, conn: psycopg.Connection[Any], name: str, paused: bool) -> bool:
         if not self.exists(conn):
             return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal, Protocol
 
 from psycopg import sql
@@ -95,7 +96,24 @@ class BackfillStep:
     hold: str = "one batch (batch_time)"
 
 
-Step = SqlStep | BackfillStep
+@dataclass(frozen=True)
+class GateStep:
+    """A stop for rollout: passes only when approved (if `approval`), once `wait` has passed
+    since the previous phase ended, and (with `require_verify`) after a fresh verify finds no
+    difference. Takes no lock and changes nothing."""
+
+    description: str
+    gate: str
+    approval: bool
+    wait: timedelta | None
+    require_verify: bool
+    lock: LockLevel = "none"
+    scans: bool = False
+    rewrites: bool = False
+    hold: str = "nothing"
+
+
+Step = SqlStep | BackfillStep | GateStep
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ class PlanFinding:
 def _first_line(loaded: LoadedPlan, path: tuple[str | int, ...]) -> int:
     """The line a SQL value's text starts on: the line after `|` or `>` for a block scalar."""
     line, column = loaded.source.position(path)
-    text_line = loaded.text.splitlines()[line - 1] if line - 1 < len(loaded.text.splitlines()) else ""
+    text_line = (
+        loaded.text.splitlines()[line - 1] if line - 1 < len(loaded.text.splitlines()) else ""
+    )
     indicator = text_line[column - 1 : column]
     return line + 1 if indicator in ("|", ">") else line
 

@@ -7,7 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 from pgshift.compile import CompiledPlan
-from pgshift.phases.base import BLOCKS_READS, BLOCKS_WRITES, BackfillStep, Phase, SqlStep, Step
+from pgshift.phases.base import (
+    BLOCKS_READS,
+    BLOCKS_WRITES,
+    BackfillStep,
+    GateStep,
+    Phase,
+    SqlStep,
+    Step,
+)
 
 # Rough speeds for estimates before anything was measured on this server.
 BACKFILL_ROWS_PER_SECOND = 50_000
@@ -16,6 +24,8 @@ INDEX_BUILD_BYTES_PER_SECOND = 60 * 1024 * 1024
 
 
 def step_sql(step: Step) -> list[str]:
+    if isinstance(step, GateStep):
+        return []
     if isinstance(step, BackfillStep):
         return [
             "-- each batch, in one transaction with its checkpoint:",
@@ -34,6 +44,8 @@ def step_estimate(
         return rows / (rows_per_second or BACKFILL_ROWS_PER_SECOND)
     if isinstance(step, SqlStep) and step.builds_index is not None:
         return table.table_bytes / INDEX_BUILD_BYTES_PER_SECOND
+    if isinstance(step, GateStep):
+        return step.wait.total_seconds() if step.wait else 0.0
     if step.scans:
         return table.table_bytes / SCAN_BYTES_PER_SECOND
     return 0.0
@@ -50,7 +62,7 @@ def step_data(
         "lock_held": step.hold,
         "scans": step.scans,
         "rewrites": step.rewrites,
-        "in_transaction": isinstance(step, BackfillStep) or step.transactional,
+        "in_transaction": isinstance(step, BackfillStep | GateStep) or step.transactional,
         "estimated_seconds": round(step_estimate(step, compiled, rows_per_second), 1),
         "sql": step_sql(step),
     }

@@ -55,9 +55,50 @@ def migration_report(
         "updated_at": _iso(state.updated_at),
         "phases": [phase_report(p) for p in state.phases],
         "verify": verify,
-        "gate": gate,
+        "gate": gate if gate is not None else waiting_gate(state),
         "exit_code": exit_code,
     }
+
+
+def waiting_gate(state: MigrationState) -> dict[str, Any] | None:
+    """The gate `apply` stopped at, with what opens it."""
+    for phase in state.phases:
+        if phase.kind == "gate" and phase.status == "waiting":
+            approval = phase.checkpoint or {}
+            return {
+                "name": phase.name,
+                "waiting_for": state.throttle_reason,
+                "approved_by": approval.get("approved_by"),
+                "approved_at": approval.get("approved_at"),
+            }
+    return None
+
+
+def github_summary(report: dict[str, Any]) -> str:
+    """The report as a Markdown table for `$GITHUB_STEP_SUMMARY`."""
+    lines = [
+        f"### pgshift: {report['migration']} — {report['status']} (exit {report['exit_code']})",
+        "",
+        "| phase | status | seconds | rows | rows/s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for p in report["phases"]:
+        seconds = "" if p["seconds"] is None else f"{p['seconds']:.1f}"
+        rate = "" if p["rows_per_second"] is None else f"{p['rows_per_second']:,.0f}"
+        lines.append(f"| {p['name']} | {p['status']} | {seconds} | {p['rows']:,} | {rate} |")
+    if report.get("gate"):
+        lines += ["", f"Waiting: {report['gate']['waiting_for']}"]
+    if report.get("last_error"):
+        lines += ["", f"Last error: `{report['last_error']}`"]
+    verify = report.get("verify")
+    if verify:
+        diffs = verify["differences"]
+        lines += [
+            "",
+            f"Verify: {verify['rows_compared']:,} rows compared, {diffs['missing']} missing,"
+            f" {diffs['extra']} extra, {diffs['changed']} changed",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def render_status(report: dict[str, Any]) -> str:

@@ -1,0 +1,38 @@
+"""gate: a stop for rollout. `apply` halts here (exit 3) until the gate is approved
+(`migrate approve`, or `apply --approve`), its soak `wait` has passed since the previous phase
+ended, and, with `require_verify`, a fresh verify finds no difference. Nothing to roll back;
+rolling a gate back forgets its approval."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pgshift.phases.base import CompileContext, GateStep, Phase
+from pgshift.plan.durations import format_duration
+
+
+def compile_gate(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    needs = []
+    if spec.approval:
+        needs.append("an approval")
+    if spec.wait:
+        needs.append(f"{format_duration(spec.wait)} after the previous phase")
+    if spec.require_verify:
+        needs.append("a clean verify")
+    summary = f"stop until {', '.join(needs)}" if needs else "passes at once (nothing required)"
+    return Phase(
+        index=index,
+        kind="gate",
+        name=spec.name,
+        forward=(
+            GateStep(
+                description=f"gate {spec.name}: {summary}",
+                gate=spec.name,
+                approval=spec.approval,
+                wait=spec.wait,
+                require_verify=spec.require_verify,
+            ),
+        ),
+        rollback=(),
+        summary=summary,
+    )
