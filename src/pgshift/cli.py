@@ -336,6 +336,34 @@ def resume_command(options: Options, name: str) -> None:
     _set_paused(options, name, False)
 
 
+@main.command("runbook")
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write the runbook to this file."
+)
+@pass_options
+def runbook_command(options: Options, plan_file: str, output: str | None) -> None:
+    """A Markdown runbook of PLAN_FILE: pre-flight checks, each phase's SQL, locks, go / no-go
+    criteria and rollback, and where the point of no return is."""
+    from pgshift.report.runbook import build_runbook
+
+    loaded = _load(plan_file)
+    if not options.has_database:
+        raise UsageError(
+            "runbook needs the database for its SQL and pre-flight checks: pass --dsn"
+            " (or set $DATABASE_URL)"
+        )
+    with connect(options.dsn, role="runbook") as conn:
+        text = _with_plan_locations(
+            loaded, lambda: build_runbook(conn, loaded, options.store(), plan_file)
+        )
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    Path(output).write_text(text, encoding="utf-8")
+    click.echo(f"runbook of {loaded.plan.name} written to {output}")
+
+
 @main.command("lint")
 @click.argument("path", type=click.Path(dir_okay=False, exists=True))
 @pass_options
