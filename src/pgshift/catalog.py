@@ -25,6 +25,7 @@ class Column:
     generated: str  # '' | 's' (stored generated column)
     owned_sequence: tuple[str, str] | None  # (schema, name) of the sequence this column owns
     sequence_type: str | None  # that sequence's data type
+    collation: str | None = None  # a collation other than its type's default
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class Index:
     constraint: str | None  # name of the PK/UNIQUE/EXCLUDE constraint it backs
     constraint_type: str | None  # 'p' | 'u' | 'x'
     nondefault_opclass: bool
+    storage: tuple[str, ...] = ()  # reloptions, e.g. ("fillfactor=70",)
+    tablespace: str | None = None
+    nulls_not_distinct: bool = False
 
     @property
     def columns(self) -> frozenset[str]:
@@ -193,6 +197,10 @@ def _columns(cur: psycopg.Cursor[dict[str, Any]], oid: int) -> dict[str, Column]
         SELECT a.attname, a.attnum, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull,
                pg_get_expr(d.adbin, d.adrelid) AS default, a.attidentity::text AS identity,
                a.attgenerated::text AS generated,
+               (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
+                  FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
+                  JOIN pg_type t ON t.oid = a.atttypid
+                 WHERE co.oid = a.attcollation AND a.attcollation <> t.typcollation) AS collation,
                (SELECT ARRAY[sn.nspname::text, s.relname::text]
                   FROM pg_depend dep JOIN pg_class s ON s.oid = dep.objid
                   JOIN pg_namespace sn ON sn.oid = s.relnamespace
@@ -222,6 +230,7 @@ def _columns(cur: psycopg.Cursor[dict[str, Any]], oid: int) -> dict[str, Column]
             generated=r["generated"],
             owned_sequence=tuple(r["owned_sequence"]) if r["owned_sequence"] else None,
             sequence_type=r["sequence_type"],
+            collation=r["collation"],
         )
         for r in rows
     }
@@ -241,7 +250,12 @@ def _indexes(cur: psycopg.Cursor[dict[str, Any]], oid: int) -> tuple[Index, ...]
                    AND dep.refobjid = i.indrelid AND dep.refobjsubid > 0) AS dep_columns,
                con.conname AS constraint, con.contype::text AS constraint_type,
                EXISTS (SELECT 1 FROM unnest(i.indclass::oid[]) oc JOIN pg_opclass o ON o.oid = oc
-                        WHERE NOT o.opcdefault) AS nondefault_opclass
+                        WHERE NOT o.opcdefault) AS nondefault_opclass,
+               coalesce(c.reloptions, '{}') AS storage,
+               (SELECT spcname FROM pg_tablespace WHERE oid = c.reltablespace) AS tablespace,
+               -- the column exists from PostgreSQL 15 on; read through jsonb to run on 14 too
+               coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false)
+                 AS nulls_not_distinct
           FROM pg_index i
           JOIN pg_class c ON c.oid = i.indexrelid
           JOIN pg_am am ON am.oid = c.relam
@@ -293,6 +307,9 @@ def _indexes(cur: psycopg.Cursor[dict[str, Any]], oid: int) -> tuple[Index, ...]
                 constraint=r["constraint"],
                 constraint_type=r["constraint_type"],
                 nondefault_opclass=r["nondefault_opclass"],
+                storage=tuple(r["storage"]),
+                tablespace=r["tablespace"],
+                nulls_not_distinct=r["nulls_not_distinct"],
             )
         )
     return tuple(result)
@@ -346,8 +363,15 @@ def _dependents(
     ).fetchall()
     found += [Dependent("view", r["name"], tuple(r["columns"])) for r in views]
     found += [
-        Dependent("policy", r["polname"], ())
-        for r in cur.execute("SELECT polname FROM pg_policy WHERE polrelid = %s", (oid,))
+        Dependent("policy", r["polname"], tuple(r["columns"]))
+        for r in cur.execute(
+            "SELECT p.polname, coalesce(array_agg(a.attname) FILTER (WHERE a.attname IS NOT NULL),"
+            " '{}') AS columns FROM pg_policy p LEFT JOIN pg_depend d"
+            " ON d.classid = 'pg_policy'::regclass AND d.objid = p.oid AND d.refobjid = p.polrelid"
+            " LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
+            " WHERE p.polrelid = %s GROUP BY p.polname",
+            (oid,),
+        )
     ]
     found += [
         Dependent("publication", r["pubname"], ())
@@ -405,6 +429,7 @@ def table_from_snapshot(data: dict[str, Any]) -> Table:
         Index(
             **{
                 **i,
+                "storage": tuple(i.get("storage", ())),
                 "parts": tuple(IndexKeyPart(**p) for p in i["parts"]),
                 "include": tuple(i["include"]),
                 "expression_columns": frozenset(i["expression_columns"]),

@@ -14,6 +14,7 @@ import click
 import psycopg
 
 from pgshift import __version__
+from pgshift.compile import check_available
 from pgshift.db import connect
 from pgshift.engine.executor import Executor, RunResult, prepare
 from pgshift.engine.progress import Reporter
@@ -149,6 +150,7 @@ pass_options = click.make_pass_decorator(Options)
 def plan_command(options: Options, plan_file: str, as_json: bool) -> None:
     """Validate PLAN_FILE and show what each phase will run, with locks and rollback."""
     loaded = _load(plan_file)
+    _with_plan_locations(loaded, lambda: check_available(loaded.plan))
     findings = lint_plan(loaded)
     for finding in findings:
         click.echo(f"lint: {finding}", err=True)
@@ -248,11 +250,14 @@ def apply_command(
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--to", "to", help="Undo the phases after this one only.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--force", is_flag=True, help="Roll back although the plan changed since it ran.")
 @pass_options
-def rollback_command(options: Options, plan_file: str, to: str | None, report: str | None) -> None:
+def rollback_command(
+    options: Options, plan_file: str, to: str | None, report: str | None, force: bool
+) -> None:
     """Undo applied phases in reverse order, up to the point of no return."""
     loaded = _load(plan_file)
-    executor = Executor(options.dsn, loaded, options.store(), Reporter())
+    executor = Executor(options.dsn, loaded, options.store(), Reporter(), force=force)
     result = _reported(
         options,
         loaded.plan.name,

@@ -48,13 +48,25 @@ class CompiledPlan:
         return ", ".join(p.name for p in self.phases)
 
 
-def compile_plan(plan: Plan, table: Table, key: tuple[str, ...], state_schema: str) -> CompiledPlan:
+def check_available(plan: Plan) -> None:
+    """Refuse, before anything runs or connects, what this version cannot run."""
     if plan.new_table is not None:
         raise PlanError(
             "`new_table` migrations are not available in this version of pgshift yet;"
             " use `columns` for an in-place change",
             path=("new_table",),
         )
+    for index, spec in enumerate(plan.phases):
+        if spec.kind not in COMPILERS:
+            raise PlanError(
+                f"phase kind {spec.kind!r} is not available in this version of pgshift yet;"
+                " remove it from the plan",
+                path=("phases", index),
+            )
+
+
+def compile_plan(plan: Plan, table: Table, key: tuple[str, ...], state_schema: str) -> CompiledPlan:
+    check_available(plan)
     ctx = CompileContext(plan=plan, table=table, state_schema=state_schema)
     ctx = CompileContext(
         plan=plan,
@@ -64,14 +76,7 @@ def compile_plan(plan: Plan, table: Table, key: tuple[str, ...], state_schema: s
     )
     phases = []
     for index, spec in enumerate(plan.phases):
-        compiler = COMPILERS.get(spec.kind)
-        if compiler is None:
-            raise PlanError(
-                f"phase kind {spec.kind!r} is not available in this version of pgshift yet;"
-                " remove it from the plan",
-                path=("phases", index),
-            )
-        phases.append(_compiled(compiler, ctx, index, spec))
+        phases.append(_compiled(COMPILERS[spec.kind], ctx, index, spec))
     return CompiledPlan(plan=plan, table=table, key=key, phases=tuple(phases), context=ctx)
 
 

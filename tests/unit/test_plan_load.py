@@ -361,7 +361,7 @@ BAD = [
         """,
         7,
         15,
-        "settings.batch_time: must be longer than 0",
+        "settings.batch_time: must be at least 1ms",
     ),
     Bad(
         "on_failure_misspelled",
@@ -1111,3 +1111,10 @@ def test_control_character() -> None:
     error = load_error(MINIMAL + "description: a\x07b\n")
     assert error.where == "plan.yaml:7:15"
     assert "unacceptable character #x0007" in error.message
+
+
+def test_sub_millisecond_lock_timeout_is_refused() -> None:
+    # PostgreSQL counts whole milliseconds: 0.4ms would round to 0, which means "no limit"
+    text = "version: 1\nname: x\ntable: t\ncolumns: {a: {type: int}}\nsettings: {lock_timeout: 0.4ms}\nphases: [expand]\n"
+    with pytest.raises(PlanError, match="must be at least 1ms"):
+        load_plan_text(text)

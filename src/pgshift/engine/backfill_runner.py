@@ -35,11 +35,16 @@ class BatchPolicy:
 
     @classmethod
     def of(cls, settings: Settings, options: dict[str, Any]) -> BatchPolicy:
-        size = options.get("batch_size", settings.batch_size)
+        def pick(name: str) -> Any:
+            # a phase's own option wins, even when it is 0 (batch_pause: 0)
+            value = options.get(name)
+            return getattr(settings, name) if value is None else value
+
+        size = pick("batch_size")
         return cls(
             size=None if size == "auto" else int(size),
-            batch_time=options.get("batch_time") or settings.batch_time,
-            pause=options.get("batch_pause") or settings.batch_pause,
+            batch_time=pick("batch_time"),
+            pause=pick("batch_pause"),
         )
 
     def next_size(self, size: int, rows: int, seconds: float) -> int:

@@ -26,8 +26,8 @@ from pgshift.engine.state import MigrationState, StateStore
 from pgshift.engine.steps import run_sql_step
 from pgshift.engine.throttle import Throttle
 from pgshift.errors import GateWaiting, MigrationFailed, PgshiftError, UsageError
-from pgshift.phases.base import BackfillStep, GateStep, Phase
-from pgshift.plan.check import check_plan, resolve_key
+from pgshift.phases.base import BackfillStep, GateStep, Phase, SqlStep
+from pgshift.plan.check import check_plan, parse_columns, resolve_key
 from pgshift.plan.durations import format_duration
 from pgshift.plan.load import LoadedPlan
 
@@ -54,6 +54,8 @@ def prepare(
     if state is not None and state.started and state.snapshot:
         table = table_from_snapshot(state.snapshot)
         key = resolve_key(plan, table)
+        if plan.columns is not None:
+            parse_columns(plan)  # a --force'd change must still be one expression each
     else:
         table = load_table(conn, plan.table)
         key = check_plan(conn, plan, table)
@@ -303,22 +305,46 @@ class Executor:
             conn, self.name, "phase failed", phase=phase.name, detail={"error": message}
         )
         log.error("phase failed", migration=self.name, phase=phase.name, error=message)
-        if self.plan.settings.on_failure == "rollback":
+        if self.plan.settings.on_failure == "rollback" and phase.reversible:
             state = self.store.get(conn, self.name)
             assert state is not None
+            # back to the point of no return at most (a sql phase may follow contract)
+            target = max(
+                (
+                    p.index
+                    for p in compiled.phases
+                    if not p.reversible and state.phase(p.index).status != "pending"
+                ),
+                default=-1,
+            )
             try:
-                self._rollback_phases(conn, compiled, state, target=-1)
-            except PgshiftError as rollback_error:
+                self._rollback_phases(conn, compiled, state, target=target)
+            except Exception as rollback_error:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+                why = (
+                    str(rollback_error)
+                    if isinstance(rollback_error, PgshiftError)
+                    else one_line(rollback_error)
+                )
                 self.store.set_status(conn, self.name, "failed", message)
                 raise MigrationFailed(
                     f"{phase.name} failed: {message}; the automatic rollback stopped too:"
-                    f" {rollback_error}; fix it and run `migrate rollback`"
+                    f" {why}; fix it and run `migrate rollback`"
                 ) from error
-            self.store.set_status(conn, self.name, "rolled_back", message)
+            self.store.set_status(
+                conn, self.name, "rolled_back" if target == -1 else "failed", message
+            )
+            undone = "every applied phase was" if target == -1 else "the phases after contract were"
             raise MigrationFailed(
-                f"{phase.name} failed: {message}; every applied phase was rolled back"
+                f"{phase.name} failed: {message}; {undone} rolled back"
             ) from error
         self.store.set_status(conn, self.name, "failed", message)
+        if not phase.reversible:
+            raise MigrationFailed(
+                f"{phase.name} failed: {message}; it is past the point of no return, so nothing"
+                " was rolled back: fix the cause and run `migrate apply` again to finish it"
+            ) from error
         raise MigrationFailed(
             f"{phase.name} failed: {message}; state kept (on_failure: pause): fix the cause and run"
             " `migrate apply` again to continue, or `migrate rollback`"
@@ -336,6 +362,11 @@ class Executor:
             if state is None:
                 raise UsageError(
                     f"migration {self.name} has never been applied here; nothing to roll back"
+                )
+            if state.plan_hash != self.loaded.sha256 and not self.force:
+                raise UsageError(
+                    f"plan {self.name} changed since this migration started: rollback would run"
+                    " other SQL than apply did; restore the plan as applied, or pass --force"
                 )
             target = -1 if to is None else compiled.phase(to).index
             self.store.event(conn, self.name, "rollback started", detail={"to": to})
@@ -359,14 +390,18 @@ class Executor:
             if p.index > target and state.phase(p.index).status not in ("pending", "rolled_back")
         ]
         for phase in todo:
-            if not phase.reversible and state.phase(phase.index).status == "done":
+            if not phase.reversible:
+                # started is enough: a contract stopped half-way has already dropped old objects
                 raise MigrationFailed(
-                    f"{phase.name} has run: it is the point of no return, so phases before it"
-                    " cannot be rolled back; write a new migration to change the table back"
+                    f"{phase.name} has started: it is the point of no return, so phases before it"
+                    f" cannot be rolled back; run `migrate apply` to finish it, and write a new"
+                    " migration to change the table back"
                 )
         for phase in todo:
             ps = state.phase(phase.index)
-            if phase.kind == "sql" and ps.status != "done" and ps.steps_done == 0:
+            first = phase.forward[0] if phase.forward else None
+            transactional = isinstance(first, SqlStep) and first.transactional
+            if phase.kind == "sql" and transactional and ps.status != "done" and ps.steps_done == 0:
                 # its one transactional step never committed: nothing of it to undo
                 self.store.set_phase(conn, self.name, phase.index, "rolled_back", reset=True)
                 continue

@@ -42,10 +42,14 @@ def set_timeouts(
     statement_timeout: timedelta | None,
     local: bool,
 ) -> None:
-    conn.execute(
-        "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
-        (f"{to_ms(lock_timeout)}ms", local, f"{to_ms(statement_timeout or timedelta(0))}ms", local),
-    )
+    """lock_timeout always (0 waits without limit); statement_timeout only when one is given,
+    so 0 leaves the role's or database's own setting in force."""
+    conn.execute("SELECT set_config('lock_timeout', %s, %s)", (f"{to_ms(lock_timeout)}ms", local))
+    if statement_timeout:
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, %s)",
+            (f"{to_ms(statement_timeout)}ms", local),
+        )
 
 
 def with_lock_retries(

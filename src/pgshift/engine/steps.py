@@ -5,6 +5,7 @@ runs inside the same transaction, so the effect and its record commit together."
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -82,7 +83,11 @@ def run_sql_step(
             def run(statement: Query = statement) -> None:
                 if step.builds_index is not None:
                     drop_invalid_index(conn, *step.builds_index)
-                set_timeouts(conn, settings.lock_timeout, statement_timeout, local=False)
+                # The CONCURRENTLY forms wait, by design, for older transactions to end; their
+                # SHARE UPDATE EXCLUSIVE lock blocks no read or write meanwhile. Under a short
+                # lock_timeout one long transaction anywhere would make every attempt throw
+                # the build away, so they wait without a limit.
+                set_timeouts(conn, timedelta(0), statement_timeout, local=False)
                 conn.execute(statement)
 
             with_lock_retries(

@@ -89,6 +89,13 @@ def build_shape(plan: Plan, table: Table, view_schema: str, key: tuple[str, ...]
 def _column(name: str, spec: ColumnChange, table: Table) -> ShadowColumn:
     shadow = prefixed_name(SHADOW_PREFIX, name)
     old = table.columns.get(name)
+    taken = [n for n in (shadow, derived_name(name, OLD_SUFFIX)) if n in table.columns]
+    if taken and old is not None:
+        raise PlanError(
+            f"column {name!r}: {taken[0]!r} already exists, left by an earlier migration or"
+            " someone else's; drop or rename it first",
+            path=("columns", name),
+        )
     if shadow in table.columns and old is None:
         raise PlanError(
             f"column {name!r}: {shadow!r} already exists; it is pgshift's, or rename it",
@@ -136,6 +143,12 @@ def _column(name: str, spec: ColumnChange, table: Table) -> ShadowColumn:
             f"column {name!r} is a generated column; change its expression with a sql phase",
             path=("columns", name),
         )
+    if old.collation:
+        raise PlanError(
+            f"column {name!r} uses collation {old.collation}, which pgshift does not carry to"
+            " the shadow column yet; change it with a `new_table` migration",
+            path=("columns", name),
+        )
     new_type = spec.type or old.type
     quoted = sql.Identifier(name).as_string()
     return ShadowColumn(
@@ -169,6 +182,12 @@ def _refuse_unsafe(table: Table, changed: dict[str, ShadowColumn]) -> None:
                 f"view {dep.name} reads column(s) {', '.join(sorted(hit))}: cutover would leave it"
                 " reading the old column; drop it before and recreate it after with sql phases",
             )
+        if dep.kind == "policy" and hit:
+            raise _at(
+                hit,
+                f"row security policy {dep.name} uses {', '.join(sorted(hit))}: it would keep"
+                " the old column; drop it before and recreate it after, with sql phases",
+            )
         if dep.kind == "foreign key" and hit:
             raise _at(
                 hit,
@@ -197,6 +216,13 @@ def _refuse_unsafe(table: Table, changed: dict[str, ShadowColumn]) -> None:
         hit = set(index.columns & changed.keys())
         if not hit:
             continue
+        if table.kind == "p":
+            raise _at(
+                hit,
+                f"index {index.name} on partitioned table {table.display} uses a changed column,"
+                " and PostgreSQL cannot build a partitioned index CONCURRENTLY; migrate each"
+                " partition, or use a `new_table` migration",
+            )
         if index.expression_columns & changed.keys():
             raise _at(
                 hit,
@@ -206,7 +232,7 @@ def _refuse_unsafe(table: Table, changed: dict[str, ShadowColumn]) -> None:
         if index.nondefault_opclass:
             raise _at(
                 hit,
-                f"index {index.name} uses a non-default operator class on a changed column;"
+                f"index {index.name} uses a non-default operator class;"
                 " rebuild it after the migration with a sql phase",
             )
         if not index.valid:
@@ -244,10 +270,25 @@ def _rebuilt(index: Index, table: Table, changed: dict[str, ShadowColumn]) -> Re
             if index.predicate
             else sql.SQL("")
         )
+        # reloptions come from the catalog as `name=value` text, in valid SQL already
+        storage = (
+            sql.SQL(" WITH ({})").format(sql.SQL(", ").join(sql.SQL(o) for o in index.storage))
+            if index.storage
+            else sql.SQL("")
+        )
+        tablespace = (
+            sql.SQL(" TABLESPACE {}").format(sql.Identifier(index.tablespace))
+            if index.tablespace
+            else sql.SQL("")
+        )
+        nulls = sql.SQL(" NULLS NOT DISTINCT") if index.nulls_not_distinct else sql.SQL("")
         return sql.SQL(
             "CREATE {unique}INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} USING {method}"
-            " ({parts}){include}{where}"
+            " ({parts}){include}{nulls}{storage}{tablespace}{where}"
         ).format(
+            nulls=nulls,
+            storage=storage,
+            tablespace=tablespace,
             unique=sql.SQL("UNIQUE " if index.unique else ""),
             name=sql.Identifier(name),
             table=table.qualified,

@@ -43,7 +43,7 @@ def _lock(statements: list[str]) -> LockLevel:
             levels.append("ACCESS SHARE")
         elif name in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
             levels.append("ROW EXCLUSIVE")
-        elif name in ("IndexStmt", "ReindexStmt") and _outside_transaction(statement):
+        elif name in ("IndexStmt", "ReindexStmt", "DropStmt") and _outside_transaction(statement):
             levels.append("SHARE UPDATE EXCLUSIVE")
         elif name == "IndexStmt":
             levels.append("SHARE")

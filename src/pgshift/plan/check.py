@@ -64,18 +64,48 @@ def parse_type(text: str, path: tuple[str | int, ...]) -> None:
 
 
 def _try(
-    conn: psycopg.Connection[Any], query: Query, path: tuple[str | int, ...], what: str
+    conn: psycopg.Connection[Any],
+    queries: list[Query],
+    path: tuple[str | int, ...],
+    what: str,
 ) -> None:
+    """Run `queries` in a transaction that is always rolled back; a failure names `path`."""
     try:
         with conn.transaction(force_rollback=True):
-            conn.execute(query)
+            for query in queries:
+                conn.execute(query)
     except psycopg.Error as error:
         detail = error.diag.message_primary or str(error).splitlines()[0]
         raise PlanError(f"{what} does not work on this table: {detail}", path=path) from error
 
 
+def _assigns(target_type: str, select: Query) -> list[Query]:
+    """Check `select` the way the trigger and the backfill use it: assigned to a column of
+    `target_type` (assignment casts, not explicit ones), planned but never executed."""
+    return [
+        sql.SQL("CREATE TEMP TABLE pgshift_check (v {}) ON COMMIT DROP").format(
+            sql.SQL(target_type)
+        ),
+        sql.SQL("INSERT INTO pgshift_check (v) {} LIMIT 0").format(select),
+    ]
+
+
+def parse_columns(plan: Plan) -> None:
+    """The checks that need no database: every type and expression parses as one."""
+    assert plan.columns is not None
+    for name, spec in plan.columns.items():
+        base: tuple[str | int, ...] = ("columns", name)
+        if spec.type is not None:
+            parse_type(spec.type, (*base, "type"))
+        for field in ("up", "down", "default"):
+            text = getattr(spec, field)
+            if text is not None:
+                parse_expression(text, (*base, field))
+
+
 def check_columns(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> None:
     assert plan.columns is not None
+    parse_columns(plan)
     new_shape: list[sql.Composable] = []
     for name in table.columns:
         spec = plan.columns.get(name)
@@ -95,42 +125,28 @@ def check_columns(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> No
         old = table.columns.get(name)
         new_type = spec.type or (old.type if old else None)
         if spec.type is not None:
-            parse_type(spec.type, (*base, "type"))
-            _try(
-                conn, sql.SQL("SELECT NULL::{}").format(sql.SQL(spec.type)), (*base, "type"), "type"
-            )
-        for field in ("up", "down", "default"):
-            text = getattr(spec, field)
-            if text is not None:
-                parse_expression(text, (*base, field))
-        if spec.up is not None and new_type:
             _try(
                 conn,
-                sql.SQL("SELECT ({})::{} FROM {} LIMIT 0").format(
-                    sql.SQL(spec.up), sql.SQL(new_type), table.qualified
-                ),
-                (*base, "up"),
-                f"up of {name!r}",
+                [sql.SQL("SELECT NULL::{}").format(sql.SQL(spec.type))],
+                (*base, "type"),
+                "type",
             )
-        if spec.down is not None and old is not None:
-            _try(
-                conn,
-                sql.SQL("SELECT ({})::{} FROM (SELECT {} FROM {} LIMIT 0) AS r").format(
-                    sql.SQL(spec.down),
-                    sql.SQL(old.type),
-                    sql.SQL(", ").join(new_shape),
-                    table.qualified,
-                ),
-                (*base, "down"),
-                f"down of {name!r}",
+        if new_type is not None:
+            up = spec.up or (
+                f"CAST({sql.Identifier(name).as_string()} AS {new_type})" if old else None
             )
-        if spec.default is not None and new_type:
-            _try(
-                conn,
-                sql.SQL("SELECT ({})::{}").format(sql.SQL(spec.default), sql.SQL(new_type)),
-                (*base, "default"),
-                f"default of {name!r}",
+            if up is not None:
+                select = sql.SQL("SELECT ({}) FROM {}").format(sql.SQL(up), table.qualified)
+                _try(conn, _assigns(new_type, select), (*base, "up"), f"up of {name!r}")
+            if spec.default is not None:
+                select = sql.SQL("SELECT ({})").format(sql.SQL(spec.default))
+                _try(conn, _assigns(new_type, select), (*base, "default"), f"default of {name!r}")
+        if old is not None:
+            down = spec.down or f"CAST({sql.Identifier(name).as_string()} AS {old.type})"
+            select = sql.SQL("SELECT ({}) FROM (SELECT {} FROM {} LIMIT 0) AS r").format(
+                sql.SQL(down), sql.SQL(", ").join(new_shape), table.qualified
             )
+            _try(conn, _assigns(old.type, select), (*base, "down"), f"down of {name!r}")
 
 
 def check_plan(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> tuple[str, ...]:

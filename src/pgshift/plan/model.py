@@ -77,9 +77,14 @@ class Settings(Strict):
     @field_validator("lock_timeout", "batch_time")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be longer than 0")
-        return value
+        return at_least_a_millisecond(value)
+
+
+def at_least_a_millisecond(value: timedelta) -> timedelta:
+    # PostgreSQL's timeouts count whole milliseconds: less would round to 0, meaning "no limit"
+    if value < timedelta(milliseconds=1):
+        raise ValueError("must be at least 1ms")
+    return value
 
 
 class ColumnChange(Strict):
@@ -123,6 +128,11 @@ class BackfillPhase(PhaseBase):
     batch_size: BatchSize | None = None
     batch_time: Duration | None = None
     batch_pause: Duration | None = None
+
+    @field_validator("batch_time")
+    @classmethod
+    def _positive(cls, value: timedelta | None) -> timedelta | None:
+        return None if value is None else at_least_a_millisecond(value)
 
 
 class VerifyPhase(PhaseBase):

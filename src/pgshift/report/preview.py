@@ -30,7 +30,11 @@ def step_sql(step: Step) -> list[str]:
         return [
             "-- each batch, in one transaction with its checkpoint:",
             step.bounds.as_string() + ";",
-            step.batch(step.key_params, step.key_params).as_string() + ";",
+            step.batch(
+                step.key_value(["<last key of the previous batch>"] * len(step.key)),
+                step.key_value(["<last key of this batch>"] * len(step.key)),
+            ).as_string()
+            + ";",
         ]
     return [s.as_string() + ";" for s in step.statements]
 
