@@ -65,6 +65,7 @@ def collect_hashes(rows: Iterable[Sequence[Any]], key_width: int) -> Hashes:
 
 
 def collect_details(rows: Iterable[Sequence[Any]], key_width: int) -> Details:
+    """(key..., md5, text, md5, text, ...) rows -> Details (the first row of a repeated key)."""
     found: Details = {}
     for row in rows:
         values = row[key_width:]

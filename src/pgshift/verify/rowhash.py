@@ -33,6 +33,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.pq import TransactionStatus
 
 from pgshift import db
+from pgshift.errors import PgshiftError
 from pgshift.verify.diff import (
     Details,
     Difference,
@@ -231,6 +232,15 @@ class _Reader:
         row = self._row(self.queries.nth_key(rng, offset))
         return None if row is None else tuple(row)
 
+    def check_key(self) -> None:
+        """Refuse a key holding NULL: such rows fall in no key range and would go unchecked."""
+        row = self._row(self.queries.null_key())
+        if row is not None and row[0]:
+            raise PgshiftError(
+                f"key ({', '.join(self.side.key)}) of {self.side.source.as_string(None)} holds "
+                "NULL; the key compared by verify must be NOT NULL"
+            )
+
     def hashes(self, rng: KeyRange, keys: Sequence[Key] | None = None) -> Hashes:
         if keys is None:
             return collect_hashes(self._rows(self.queries.hashes(rng)), self.width)
@@ -324,6 +334,8 @@ class _Comparer:
         with ExitStack() as stack:
             if self.right.conn is not self.left.conn:
                 self.pool = stack.enter_context(ThreadPoolExecutor(1, "pgshift-verify"))
+            with self._snapshot():
+                self._both(self.left.check_key, self.right.check_key)
             while not done:
                 with self._snapshot():
                     hi = self.left.nth_key(KeyRange(lo, None), self.chunk_size - 1)

@@ -77,6 +77,16 @@ class Side:
     def column_names(self) -> tuple[str, ...]:
         return self._names
 
+    @property
+    def expressions(self) -> tuple[sql.Composable, ...]:
+        """The compared values as SQL over the source's row, in order."""
+        return self._exprs
+
+    @property
+    def from_item(self) -> sql.Composable:
+        """`source`, ready to go into a query that carries parameters."""
+        return self._source
+
 
 def _verbatim(piece: sql.Composable) -> sql.Composable:
     """A caller's SQL as fixed text. Its `%` (as in `id % 2`) is doubled: the queries it goes
@@ -95,10 +105,20 @@ def check_pair(left: Side, right: Side) -> None:
         )
 
 
+# Every query reads one key range (at most a chunk) through the key's index. A filtered subquery
+# source can make the planner misjudge a range as tiny, or huge, and pick a whole-table scan, a
+# parallel plan or JIT compilation: each costs far more than the range itself.
+PLANNER_SETTINGS: dict[str, str] = {
+    "enable_seqscan": "off",
+    "max_parallel_workers_per_gather": "0",
+    "jit": "off",
+}
+
+
 def begin_statements(snapshot: str | None = None) -> sql.Composed:
     """First statements of every read transaction: one snapshot for the whole chunk (`snapshot`:
-    the one another transaction exported), and the pinned rendering settings, so hashes never
-    depend on how the caller's session is set up."""
+    the one another transaction exported), the pinned rendering settings, so hashes never depend
+    on how the caller's session is set up, and the planner settings above."""
     statements: list[sql.Composable] = [
         sql.SQL("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
     ]
@@ -106,7 +126,7 @@ def begin_statements(snapshot: str | None = None) -> sql.Composed:
         statements.append(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
     statements.extend(
         sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(name), sql.Literal(value))
-        for name, value in PINNED_SETTINGS.items()
+        for name, value in {**PINNED_SETTINGS, **PLANNER_SETTINGS}.items()
     )
     return sql.SQL("; ").join(statements)
 
@@ -127,7 +147,7 @@ class SideQueries:
         self._key_list = sql.SQL(", ").join(self._key_ids)
         self._key_tuple = _tuple(self._key_ids)
         self._order_asc = self._key_list
-        self.row_hash = self._row_hash(side._exprs)
+        self.row_hash = self._row_hash(side.expressions)
 
     @staticmethod
     def _row_hash(exprs: Sequence[sql.Composable]) -> sql.Composable:
@@ -162,10 +182,15 @@ class SideQueries:
         return sql.SQL("{} IN ({})").format(self._key_tuple, items), params
 
     def aggregate(self, rng: KeyRange) -> tuple[sql.Composed, list[Any]]:
-        """Count and hash sum of a key range: (count, sum)."""
+        """Count and hash sum of a key range: (count, sum).
+
+        The sum of bigints is an exact numeric (it never wraps), so count and sum agree on
+        different rows only by a 64-bit chance collision. XOR would be as cheap but cancels every
+        pair of equal hashes: a row present twice looks like a row absent, and the rows {A, A, B}
+        and {B, C, C} would match in count and XOR alike (a side whose key is not unique)."""
         where, params = self._where(rng)
         query = sql.SQL("SELECT count(*), sum({hash}) FROM {src} WHERE {where}").format(
-            hash=self.row_hash, src=self.side._source, where=where
+            hash=self.row_hash, src=self.side.from_item, where=where
         )
         return query, params
 
@@ -177,10 +202,28 @@ class SideQueries:
             "SELECT {keys} FROM {src} WHERE {where} ORDER BY {asc} OFFSET {offset} LIMIT 1"
         ).format(
             keys=self._key_list,
-            src=self.side._source,
+            src=self.side.from_item,
             where=where,
             asc=self._order_asc,
             offset=sql.Literal(offset),
+        )
+        return query, params
+
+    def null_key(self) -> tuple[sql.Composed, list[Any]]:
+        """Whether any row's key holds NULL. A table whose key columns are all declared NOT NULL
+        (a primary key's are) is answered from the catalog; anything else is probed (one index
+        lookup for a one-column key, an index scan for a longer one)."""
+        declared = sql.SQL("true")
+        params: list[Any] = []
+        if isinstance(self.side.source, sql.Identifier):
+            declared = sql.SQL(
+                "(SELECT count(*) FILTER (WHERE attnotnull) <> %s FROM pg_attribute "
+                "WHERE attrelid = to_regclass(%s) AND attname = ANY(%s) AND NOT attisdropped)"
+            )
+            params = [len(self.side.key), self.side.source.as_string(None), list(self.side.key)]
+        nulls = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(k) for k in self._key_ids)
+        query = sql.SQL("SELECT {declared} AND EXISTS (SELECT FROM {src} WHERE {nulls})").format(
+            declared=declared, src=self.side.from_item, nulls=nulls
         )
         return query, params
 
@@ -196,7 +239,7 @@ class SideQueries:
         query = sql.SQL("SELECT {keys}, {hash} FROM {src} WHERE {where} ORDER BY {asc}").format(
             keys=self._key_list,
             hash=self.row_hash,
-            src=self.side._source,
+            src=self.side.from_item,
             where=where,
             asc=self._order_asc,
         )
@@ -207,7 +250,7 @@ class SideQueries:
         when rows do), and its text cut for display (NULL stays NULL)."""
         where, params = self._where_keys(keys)
         values: list[sql.Composable] = []
-        for expr in self.side._exprs:
+        for expr in self.side.expressions:
             values.append(sql.SQL("md5(ROW({})::text)").format(expr))
             values.append(
                 sql.SQL(
@@ -218,7 +261,7 @@ class SideQueries:
             keys=self._key_list,
             sep=sql.SQL(", ") if values else sql.SQL(""),
             values=sql.SQL(", ").join(values),
-            src=self.side._source,
+            src=self.side.from_item,
             where=where,
         )
         return query, params
