@@ -16,10 +16,10 @@ import psycopg
 from pgshift import __version__
 from pgshift.compile import check_available
 from pgshift.db import connect
-from pgshift.engine.executor import Executor, RunResult, prepare
+from pgshift.engine.executor import Executor, RunResult, differences_message, prepare
 from pgshift.engine.progress import Reporter
 from pgshift.engine.state import StateStore
-from pgshift.errors import ExitCode, PgshiftError, PlanError, UsageError
+from pgshift.errors import DifferencesFound, ExitCode, PgshiftError, PlanError, UsageError
 from pgshift.log import configure
 from pgshift.plan.lint import format_finding, lint_file
 from pgshift.plan.load import LoadedPlan, load_plan
@@ -265,6 +265,30 @@ def rollback_command(
         lambda: _with_plan_locations(loaded, lambda: executor.rollback(to)),
     )
     _finish(result)
+
+
+@main.command("verify")
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (SPEC §4).")
+@click.option("--chunk-size", default=10_000, show_default=True, help="Keys per chunk.")
+@pass_options
+def verify_command(options: Options, plan_file: str, as_json: bool, chunk_size: int) -> None:
+    """Row-hash comparison of the new shape with the old, now; exit 4 on any difference."""
+    loaded = _load(plan_file)
+    executor = Executor(options.dsn, loaded, options.store(), Reporter())
+    result = _with_plan_locations(loaded, lambda: executor.verify(chunk_size))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, default=str))
+    else:
+        click.echo(
+            f"{result.rows_compared:,} rows compared in {result.chunks:,} chunks,"
+            f" {result.seconds:.1f}s: {result.missing} missing, {result.extra} extra,"
+            f" {result.changed} changed"
+        )
+        for example in result.examples[:20]:
+            click.echo(f"  {example.kind} key {list(example.key)} {example.to_json()}")
+    if result.differences:
+        raise DifferencesFound(differences_message(result))
 
 
 @main.command("approve")

@@ -17,6 +17,7 @@ from pgshift.phases.dual_write import compile_dual_write
 from pgshift.phases.expand import compile_expand
 from pgshift.phases.gate import compile_gate
 from pgshift.phases.sql import compile_sql
+from pgshift.phases.verify import compile_verify
 from pgshift.plan.model import Plan
 
 COMPILERS: dict[str, PhaseCompiler] = {
@@ -27,6 +28,7 @@ COMPILERS: dict[str, PhaseCompiler] = {
     "contract": compile_contract,
     "sql": compile_sql,
     "gate": compile_gate,
+    "verify": compile_verify,
 }
 
 

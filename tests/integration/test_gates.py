@@ -53,7 +53,12 @@ def test_apply_stops_at_gate_until_approved(
     assert data["status"] == "waiting" and data["exit_code"] == 3
     assert data["gate"]["name"] == "before_cutover" and data["gate"]["approved_by"] is None
     assert [p["status"] for p in data["phases"]] == [
-        "done", "done", "done", "waiting", "pending", "pending"
+        "done",
+        "done",
+        "done",
+        "waiting",
+        "pending",
+        "pending",
     ]
     assert "pgshift: gated — waiting (exit 3)" in summary.read_text()
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import structlog
+from psycopg.types.json import Jsonb
 
 from pgshift.catalog import load_table, table_from_snapshot, table_to_snapshot
 from pgshift.compile import CompiledPlan, compile_plan
@@ -25,11 +26,13 @@ from pgshift.engine.progress import Reporter
 from pgshift.engine.state import MigrationState, StateStore
 from pgshift.engine.steps import run_sql_step
 from pgshift.engine.throttle import Throttle
-from pgshift.errors import GateWaiting, MigrationFailed, PgshiftError, UsageError
-from pgshift.phases.base import BackfillStep, GateStep, Phase, SqlStep
+from pgshift.engine.verify_runner import run_verify, save_to_phase
+from pgshift.errors import DifferencesFound, GateWaiting, MigrationFailed, PgshiftError, UsageError
+from pgshift.phases.base import BackfillStep, GateStep, Phase, SqlStep, VerifyStep
 from pgshift.plan.check import check_plan, parse_columns, resolve_key
 from pgshift.plan.durations import format_duration
 from pgshift.plan.load import LoadedPlan
+from pgshift.verify.rowhash import VerifyResult
 
 log = structlog.get_logger("pgshift.executor")
 
@@ -60,6 +63,20 @@ def prepare(
         table = load_table(conn, plan.table)
         key = check_plan(conn, plan, table)
     return compile_plan(plan, table, key, store.schema), state
+
+
+def failure(error: BaseException) -> type[PgshiftError]:
+    """The error class a failed phase ends the command with: differences keep exit 4."""
+    return DifferencesFound if isinstance(error, DifferencesFound) else MigrationFailed
+
+
+def differences_message(result: VerifyResult) -> str:
+    first = result.examples[0] if result.examples else None
+    example = f"; first: {first.kind} key {list(first.key)}" if first else ""
+    return (
+        f"verify found {result.differences} difference(s) in {result.rows_compared:,} rows:"
+        f" {result.missing} missing, {result.extra} extra, {result.changed} changed{example}"
+    )
 
 
 def one_line(error: BaseException) -> str:
@@ -213,8 +230,12 @@ class Executor:
                         seconds=round(outcome.seconds, 2),
                         slowest_batch_ms=round(outcome.slowest_batch_seconds * 1000),
                     )
+                elif isinstance(step, VerifyStep):
+                    self._verify_phase(conn, compiled, phase, step)
+                    with conn.transaction():
+                        self.store.step_done(conn, self.name, phase.index, number + 1)
                 elif isinstance(step, GateStep):
-                    self._pass_gate(conn, phase, step)
+                    self._pass_gate(conn, compiled, phase, step)
                     with conn.transaction():
                         self.store.step_done(conn, self.name, phase.index, number + 1)
                 else:
@@ -230,7 +251,9 @@ class Executor:
                             "step already done", phase=phase.name, step=step.description
                         )
                 failpoint(f"{label}:after")
-        except GateWaiting:
+        except (GateWaiting, DifferencesFound) as stop:
+            if isinstance(stop, DifferencesFound) and phase.kind != "gate":
+                self._fail(conn, compiled, phase, stop)
             raise
         except KeyboardInterrupt:
             self.store.set_phase(conn, self.name, phase.index, "failed", error="interrupted")
@@ -243,7 +266,9 @@ class Executor:
         self.store.event(conn, self.name, "phase done", phase=phase.name)
         self.reporter.event("phase done", migration=self.name, phase=phase.name)
 
-    def _pass_gate(self, conn: psycopg.Connection[Any], phase: Phase, step: GateStep) -> None:
+    def _pass_gate(
+        self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase, step: GateStep
+    ) -> None:
         """Return when the gate is open; otherwise record that it waits, and why, and raise
         GateWaiting (exit 3): not a failure, nothing is rolled back."""
         state = self.store.get(conn, self.name)
@@ -268,8 +293,9 @@ class Executor:
                     f"its soak time: {format_duration(step.wait)} after the previous phase,"
                     f" {format_duration(timedelta(seconds=round(left.total_seconds())))} from now"
                 )
-        if step.require_verify:
-            closed += self._verify_for_gate(conn)
+        if step.require_verify and not closed:
+            # only once nothing else keeps the gate shut: a verify reads the whole table
+            closed += self._verify_for_gate(conn, compiled)
         if not closed:
             self.store.set_throttle(conn, self.name, None)
             self.store.event(conn, self.name, "gate passed", phase=step.gate)
@@ -281,10 +307,52 @@ class Executor:
         self.store.event(
             conn, self.name, "gate waiting", phase=step.gate, detail={"reason": reason}
         )
+        if any(c.startswith("a clean verify") for c in closed):
+            raise DifferencesFound(reason)  # exit 4: differences, not merely time or approval
         raise GateWaiting(reason)
 
-    def _verify_for_gate(self, conn: psycopg.Connection[Any]) -> list[str]:
-        raise UsageError("require_verify needs the verify phase, which is not available yet")
+    def _verify_phase(
+        self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase, step: VerifyStep
+    ) -> None:
+        fresh = self.store.get(conn, self.name)
+        assert fresh is not None
+        result = run_verify(
+            conn,
+            compiled,
+            chunk_size=step.chunk_size,
+            throttle=Throttle(conn, self.store, self.name, self.plan.settings),
+            reporter=self.reporter,
+            checkpoint=fresh.phase(phase.index).checkpoint,
+            save=save_to_phase(conn, self.store._q, self.name, phase.index),
+        )
+        self._record_verify(conn, phase.index, result)
+        if result.differences:
+            raise DifferencesFound(differences_message(result))
+
+    def _record_verify(self, conn: psycopg.Connection[Any], idx: int, result: VerifyResult) -> None:
+        """The result stays with the phase (the report's `verify`) and in the event log."""
+        data = {"result": result.to_json()}
+        conn.execute(
+            self.store._q(
+                "UPDATE {s}.phases SET checkpoint = %s, rows_done = %s"
+                " WHERE migration = %s AND idx = %s"
+            ),
+            (Jsonb(data), result.rows_compared, self.name, idx),
+        )
+        detail = {k: v for k, v in result.to_json().items() if k != "examples"}
+        self.store.event(conn, self.name, "verified", phase="verify", detail=detail)
+
+    def _verify_for_gate(self, conn: psycopg.Connection[Any], compiled: CompiledPlan) -> list[str]:
+        result = run_verify(
+            conn,
+            compiled,
+            chunk_size=10_000,
+            throttle=Throttle(conn, self.store, self.name, self.plan.settings),
+            reporter=self.reporter,
+        )
+        detail = {k: v for k, v in result.to_json().items() if k != "examples"}
+        self.store.event(conn, self.name, "verified", detail=detail)
+        return [f"a clean verify ({differences_message(result)})"] if result.differences else []
 
     def _recorder(self, idx: int, steps_done: int) -> Callable[[psycopg.Connection[Any]], None]:
         """Records a step as done; runs inside the step's own transaction when it has one."""
@@ -336,19 +404,35 @@ class Executor:
                 conn, self.name, "rolled_back" if target == -1 else "failed", message
             )
             undone = "every applied phase was" if target == -1 else "the phases after contract were"
-            raise MigrationFailed(
-                f"{phase.name} failed: {message}; {undone} rolled back"
-            ) from error
+            raise failure(error)(f"{phase.name} failed: {message}; {undone} rolled back") from error
         self.store.set_status(conn, self.name, "failed", message)
         if not phase.reversible:
             raise MigrationFailed(
                 f"{phase.name} failed: {message}; it is past the point of no return, so nothing"
                 " was rolled back: fix the cause and run `migrate apply` again to finish it"
             ) from error
-        raise MigrationFailed(
+        raise failure(error)(
             f"{phase.name} failed: {message}; state kept (on_failure: pause): fix the cause and run"
             " `migrate apply` again to continue, or `migrate rollback`"
         ) from error
+
+    # ---------------------------------------------------------------- verify
+
+    def verify(self, chunk_size: int = 10_000) -> VerifyResult:
+        """A row-hash comparison now, at any phase after backfill (SPEC §4)."""
+        with (
+            migration_lock(self.dsn, self.name, "verify"),
+            connect(self.dsn, role=f"verify {self.name}") as conn,
+        ):
+            compiled, state = prepare(conn, self.loaded, self.store)
+            throttle = Throttle(conn, self.store, self.name, self.plan.settings) if state else None
+            result = run_verify(
+                conn, compiled, chunk_size=chunk_size, throttle=throttle, reporter=self.reporter
+            )
+            if state is not None:
+                detail = {k: v for k, v in result.to_json().items() if k != "examples"}
+                self.store.event(conn, self.name, "verified", detail=detail)
+            return result
 
     # ---------------------------------------------------------------- rollback
 

@@ -113,7 +113,20 @@ class GateStep:
     hold: str = "nothing"
 
 
-Step = SqlStep | BackfillStep | GateStep
+@dataclass(frozen=True)
+class VerifyStep:
+    """Row-hash comparison of the new shape against the plan's expressions (SPEC §4); fails
+    the phase on any difference."""
+
+    description: str
+    chunk_size: int
+    lock: LockLevel = "ACCESS SHARE"
+    scans: bool = True
+    rewrites: bool = False
+    hold: str = "one chunk's snapshot (writes continue)"
+
+
+Step = SqlStep | BackfillStep | GateStep | VerifyStep
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgshift.errors import PlanError
 from pgshift.phases.base import CompileContext, GateStep, Phase
 from pgshift.plan.durations import format_duration
 
 
 def compile_gate(ctx: CompileContext, index: int, spec: Any) -> Phase:
-    if spec.require_verify:
-        raise PlanError(
-            "require_verify needs the verify phase, which is not available in this version of"
-            " pgshift yet; remove it from the gate",
-            path=("phases", index, "gate", "require_verify"),
-        )
     needs = []
     if spec.approval:
         needs.append("an approval")

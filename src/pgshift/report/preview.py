@@ -15,6 +15,7 @@ from pgshift.phases.base import (
     Phase,
     SqlStep,
     Step,
+    VerifyStep,
 )
 
 # Rough speeds for estimates before anything was measured on this server.
@@ -24,7 +25,7 @@ INDEX_BUILD_BYTES_PER_SECOND = 60 * 1024 * 1024
 
 
 def step_sql(step: Step) -> list[str]:
-    if isinstance(step, GateStep):
+    if isinstance(step, GateStep | VerifyStep):
         return []
     if isinstance(step, BackfillStep):
         return [
@@ -46,6 +47,8 @@ def step_estimate(
     if isinstance(step, BackfillStep):
         rows = max(table.row_estimate, 0)
         return rows / (rows_per_second or BACKFILL_ROWS_PER_SECOND)
+    if isinstance(step, VerifyStep):
+        return 2 * table.table_bytes / SCAN_BYTES_PER_SECOND
     if isinstance(step, SqlStep) and step.builds_index is not None:
         return table.table_bytes / INDEX_BUILD_BYTES_PER_SECOND
     if isinstance(step, GateStep):
@@ -66,7 +69,7 @@ def step_data(
         "lock_held": step.hold,
         "scans": step.scans,
         "rewrites": step.rewrites,
-        "in_transaction": isinstance(step, BackfillStep | GateStep) or step.transactional,
+        "in_transaction": not isinstance(step, SqlStep) or step.transactional,
         "estimated_seconds": round(step_estimate(step, compiled, rows_per_second), 1),
         "sql": step_sql(step),
     }

@@ -54,10 +54,20 @@ def migration_report(
         "last_error": state.last_error,
         "updated_at": _iso(state.updated_at),
         "phases": [phase_report(p) for p in state.phases],
-        "verify": verify,
+        "verify": verify if verify is not None else last_verify(state),
         "gate": gate if gate is not None else waiting_gate(state),
         "exit_code": exit_code,
     }
+
+
+def last_verify(state: MigrationState) -> dict[str, Any] | None:
+    """The result the migration's verify phase recorded, if it ran."""
+    for phase in state.phases:
+        if phase.kind == "verify" and isinstance(phase.checkpoint, dict):
+            result = phase.checkpoint.get("result")
+            if isinstance(result, dict):
+                return result
+    return None
 
 
 def waiting_gate(state: MigrationState) -> dict[str, Any] | None:

@@ -822,7 +822,7 @@ class _Renderer:
                 wait = f"its soak wait of {format_duration(step.wait)} after the previous phase"
                 return f"{wait}; then {approval}" if step.approval else wait
             return f"no work; {approval}" if step.approval else "passes at once"
-        if step.builds_index is not None:
+        if isinstance(step, SqlStep) and step.builds_index is not None:
             return (
                 f"from catalog statistics: an index build over {_bytes(table.table_bytes)} at an"
                 f" assumed {_bytes(preview.INDEX_BUILD_BYTES_PER_SECOND)}/s"
