@@ -16,6 +16,7 @@ from pgshift.phases.cutover import compile_cutover
 from pgshift.phases.dual_write import compile_dual_write
 from pgshift.phases.expand import compile_expand
 from pgshift.phases.gate import compile_gate
+from pgshift.phases.shadow_read import compile_shadow_read
 from pgshift.phases.sql import compile_sql
 from pgshift.phases.verify import compile_verify
 from pgshift.plan.model import Plan
@@ -29,6 +30,7 @@ COMPILERS: dict[str, PhaseCompiler] = {
     "sql": compile_sql,
     "gate": compile_gate,
     "verify": compile_verify,
+    "shadow_read": compile_shadow_read,
 }
 
 

@@ -23,12 +23,20 @@ from pgshift.engine.backfill_runner import BatchPolicy, run_backfill
 from pgshift.engine.failpoints import failpoint
 from pgshift.engine.locks import migration_lock
 from pgshift.engine.progress import Reporter
+from pgshift.engine.shadow_read_runner import run_shadow_read
 from pgshift.engine.state import MigrationState, StateStore
 from pgshift.engine.steps import run_sql_step
 from pgshift.engine.throttle import Throttle
 from pgshift.engine.verify_runner import run_verify, save_to_phase
 from pgshift.errors import DifferencesFound, GateWaiting, MigrationFailed, PgshiftError, UsageError
-from pgshift.phases.base import BackfillStep, GateStep, Phase, SqlStep, VerifyStep
+from pgshift.phases.base import (
+    BackfillStep,
+    GateStep,
+    Phase,
+    ShadowReadStep,
+    SqlStep,
+    VerifyStep,
+)
 from pgshift.plan.check import check_plan, parse_columns, resolve_key
 from pgshift.plan.durations import format_duration
 from pgshift.plan.load import LoadedPlan
@@ -234,6 +242,10 @@ class Executor:
                     self._verify_phase(conn, compiled, phase, step)
                     with conn.transaction():
                         self.store.step_done(conn, self.name, phase.index, number + 1)
+                elif isinstance(step, ShadowReadStep):
+                    self._shadow_read(conn, phase, step)
+                    with conn.transaction():
+                        self.store.step_done(conn, self.name, phase.index, number + 1)
                 elif isinstance(step, GateStep):
                     self._pass_gate(conn, compiled, phase, step)
                     with conn.transaction():
@@ -328,6 +340,32 @@ class Executor:
         self._record_verify(conn, phase.index, result)
         if result.differences:
             raise DifferencesFound(differences_message(result))
+
+    def _shadow_read(
+        self, conn: psycopg.Connection[Any], phase: Phase, step: ShadowReadStep
+    ) -> None:
+        result = run_shadow_read(conn, step)
+        conn.execute(
+            self.store._q(
+                "UPDATE {s}.phases SET checkpoint = %s, rows_done = %s"
+                " WHERE migration = %s AND idx = %s"
+            ),
+            (Jsonb({"result": result.to_json()}), result.runs, self.name, phase.index),
+        )
+        self.store.event(
+            conn,
+            self.name,
+            "shadow read",
+            phase=phase.name,
+            detail={"runs": result.runs, "mismatches": result.mismatches},
+        )
+        if result.mismatches > step.max_mismatches:
+            first = result.examples[0]
+            raise DifferencesFound(
+                f"shadow_read: {result.mismatches} of {result.runs} query run(s) returned other"
+                f" rows on the new shape (max_mismatches {step.max_mismatches}); first:"
+                f" {first['query']!r} { ({k: v for k, v in first.items() if k != 'query'}) }"
+            )
 
     def _record_verify(self, conn: psycopg.Connection[Any], idx: int, result: VerifyResult) -> None:
         """The result stays with the phase (the report's `verify`) and in the event log."""

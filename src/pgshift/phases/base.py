@@ -126,7 +126,24 @@ class VerifyStep:
     hold: str = "one chunk's snapshot (writes continue)"
 
 
-Step = SqlStep | BackfillStep | GateStep | VerifyStep
+@dataclass(frozen=True)
+class ShadowReadStep:
+    """Each query against the old shape and against the new one (the view schema first on
+    search_path), in one snapshot; results compared as ordered lists when the query sorts,
+    as multisets otherwise."""
+
+    description: str
+    view_schema: str
+    queries: tuple[str, ...]
+    max_mismatches: int
+    params_query: str | None
+    lock: LockLevel = "ACCESS SHARE"
+    scans: bool = False
+    rewrites: bool = False
+    hold: str = "the queries' own time (writes continue)"
+
+
+Step = SqlStep | BackfillStep | GateStep | VerifyStep | ShadowReadStep
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pgshift.phases.base import (
     BackfillStep,
     GateStep,
     Phase,
+    ShadowReadStep,
     SqlStep,
     Step,
     VerifyStep,
@@ -27,6 +28,10 @@ INDEX_BUILD_BYTES_PER_SECOND = 60 * 1024 * 1024
 def step_sql(step: Step) -> list[str]:
     if isinstance(step, GateStep | VerifyStep):
         return []
+    if isinstance(step, ShadowReadStep):
+        return [f"-- on the old shape, then with {step.view_schema} first on search_path:"] + [
+            q.strip().rstrip(";") + ";" for q in step.queries
+        ]
     if isinstance(step, BackfillStep):
         return [
             "-- each batch, in one transaction with its checkpoint:",
