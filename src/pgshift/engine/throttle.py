@@ -1,11 +1,22 @@
 """Before each batch of backfill (and verify): wait while the migration is paused, while a
 replica lags more than max_replication_lag, or while the plan's throttle_query says so. The
-reason is logged once when waiting starts and shown by `migrate status`."""
+reason is logged once when waiting starts (and again when its cause changes) and shown by
+`migrate status`.
+
+Replica lag is measured here, not just read from pg_stat_replication. `replay_lag` comes from
+timing samples the walsender keeps; after a quiet spell it has none to measure a stalled replay
+against and keeps an old value (or NULL), and `reply_time` refreshes with every status reply
+whether replay moves or not. The replay position always holds: the throttle remembers when the
+primary was at which WAL position and turns a replica's replay position into seconds, taking
+`replay_lag` too when that says more.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -17,21 +28,80 @@ from pgshift.plan.model import Settings
 
 log = structlog.get_logger("pgshift.throttle")
 
-# Lag as the primary sees it. Replay lag in seconds where the standby reports it; when replay
-# stalls (paused, or a long query on the standby) replay_lag stops moving, so also count the
-# time since the standby last replayed anything while WAL is waiting for it.
-_LAG_QUERY = """
-SELECT coalesce(application_name, client_addr::text, 'replica') AS replica,
-       greatest(
-         coalesce(extract(epoch FROM replay_lag), 0),
-         CASE WHEN pg_wal_lsn_diff(sent_lsn, replay_lsn) > 0
-              THEN extract(epoch FROM clock_timestamp() - reply_time) ELSE 0 END
-       )::float8 AS lag_s,
-       pg_wal_lsn_diff(sent_lsn, replay_lsn)::bigint AS behind_bytes
-  FROM pg_stat_replication
- WHERE state = 'streaming'
- ORDER BY 2 DESC
+# Standbys in these states replay what the primary sends; `startup` and `backup` (a
+# pg_basebackup) do not replay, so their positions say nothing about lag.
+LIVE_STATES = ("streaming", "catchup")
+
+# While waiting, the stored reason (with its numbers) is refreshed this often, so `migrate
+# status` shows a current lag without one write per poll.
+STATUS_REFRESH_SECONDS = 5.0
+
+# The primary's flushed position, not pg_current_wal_lsn() (the written one): walsenders only
+# send flushed WAL, so a replica that replayed everything it can get counts as caught up.
+# The LEFT JOIN keeps one row when there is no replica, so the position is always sampled.
+# Standbys all call themselves "walreceiver" unless cluster_name is set: the address tells
+# them apart (a standby connected through a Unix socket has none).
+# Without pg_monitor (or pg_read_all_stats) a walsender row shows only its pid: state and
+# positions are NULL.
+_REPLICAS_QUERY = """
+WITH primary_wal AS (SELECT pg_current_wal_flush_lsn() AS lsn)
+SELECT pg_wal_lsn_diff(w.lsn, '0/0')::numeric AS flushed,
+       r.pid,
+       coalesce(nullif(r.application_name, '') || coalesce(' at ' || host(r.client_addr), ''),
+                host(r.client_addr), 'pid ' || r.pid) AS replica,
+       r.state,
+       pg_wal_lsn_diff(r.replay_lsn, '0/0')::numeric AS replayed,
+       extract(epoch FROM r.replay_lag)::float8 AS replay_lag
+  FROM primary_wal w LEFT JOIN pg_stat_replication r ON true
 """
+
+
+class LagSampler:
+    """The primary's WAL position over time: each sample says "at time t the primary had WAL
+    up to lsn". A replica that has replayed up to a sample's lsn is at most `now - t` behind;
+    one behind every sample is at least `now - (oldest t)` behind.
+
+    Memory stays small: a run of equal positions keeps just its first and last sample (losing
+    nothing), and a sample closer than `spacing` to the one before the newest replaces the
+    newest (the estimate then errs upwards, by less than `spacing`); past `size` samples the
+    oldest go. Times come from the caller's clock (the throttle's: time.monotonic()).
+    """
+
+    def __init__(self, spacing: float = 0.0, size: int = 2048) -> None:
+        self.spacing = spacing
+        self._samples: deque[tuple[int, float]] = deque(maxlen=size)
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    @property
+    def current(self) -> int | None:
+        return self._samples[-1][0] if self._samples else None
+
+    def add(self, lsn: int, at: float) -> None:
+        samples = self._samples
+        if samples and lsn < samples[-1][0]:
+            samples.clear()  # the position went back (a restore, a new primary): start again
+        if len(samples) >= 2 and (samples[-2][0] == lsn or at - samples[-2][1] < self.spacing):
+            samples[-1] = (lsn, at)
+        else:
+            samples.append((lsn, at))
+
+    def lag(self, replay_lsn: int, now: float) -> float:
+        """Seconds a replica that has replayed up to `replay_lsn` is behind the primary."""
+        if not self._samples or replay_lsn >= self._samples[-1][0]:
+            return 0.0
+        for lsn, at in reversed(self._samples):
+            if lsn <= replay_lsn:
+                return max(now - at, 0.0)
+        return max(now - self._samples[0][1], 0.0)
+
+
+@dataclass(frozen=True)
+class ReplicaLag:
+    name: str
+    seconds: float
+    behind_bytes: int
 
 
 class Throttle:
@@ -43,6 +113,7 @@ class Throttle:
         settings: Settings,
         poll_seconds: float = 1.0,
         on_wait: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.conn = conn
         self.store = store
@@ -50,39 +121,99 @@ class Throttle:
         self.settings = settings
         self.poll_seconds = poll_seconds
         self.on_wait = on_wait
+        self.clock = clock
         self.waited_seconds = 0.0
+        self.limit = settings.max_replication_lag.total_seconds()
+        # a resolution well under the limit, and a window (~1024 spacings) 32 times as long
+        self.sampler = LagSampler(spacing=self.limit / 32)
+        self._unreadable_logged = False
 
-    def reason(self) -> str | None:
-        """Why the next batch must wait, or None."""
+    def replica_lags(self) -> list[ReplicaLag]:
+        """Sample the primary's WAL position and return each live replica's lag."""
+        rows = self.conn.execute(_REPLICAS_QUERY).fetchall()
+        now = self.clock()
+        if not rows or rows[0][0] is None:
+            return []
+        flushed = int(rows[0][0])
+        self.sampler.add(flushed, now)
+        lags = []
+        for _flushed, pid, replica, state, replayed, replay_lag in rows:
+            if pid is None:
+                continue  # no replica at all: the one row of the LEFT JOIN
+            if replayed is None:
+                # no state either: hidden from this role; a state but no position yet: the
+                # standby has not sent its first reply, a moment after it connects
+                if state is None:
+                    self._log_unreadable(replica)
+                continue
+            if state not in LIVE_STATES:
+                continue
+            replay = int(replayed)
+            seconds = self.sampler.lag(replay, now)
+            if replay < flushed and replay_lag is not None:
+                # replay_lag knows about WAL written before this throttle's first sample; a
+                # replica that has caught up may still show a stale one, so only when behind
+                seconds = max(seconds, float(replay_lag))
+            lags.append(ReplicaLag(str(replica), seconds, max(flushed - replay, 0)))
+        return lags
+
+    def _log_unreadable(self, replica: str) -> None:
+        if not self._unreadable_logged:
+            log.warning(
+                "replica lag unreadable",
+                migration=self.name,
+                replica=replica,
+                reason="pg_stat_replication shows no replay position to this role (grant it"
+                " pg_monitor); max_replication_lag is not enforced",
+            )
+            self._unreadable_logged = True
+
+    def _cause(self) -> tuple[str, str] | None:
+        """(cause, reason): the cause stays the same while one condition holds, the reason
+        carries its current numbers."""
         if self.store.is_paused(self.conn, self.name):
-            return f"paused (migrate resume {self.name} continues)"
-        limit = self.settings.max_replication_lag.total_seconds()
-        if limit > 0:
-            for replica, lag, behind in self.conn.execute(_LAG_QUERY).fetchall():
-                if lag is not None and lag > limit:
-                    return (
-                        f"replica {replica} lags {lag:.1f}s ({behind} bytes behind),"
-                        f" more than max_replication_lag {limit:g}s"
-                    )
+            return "paused", f"paused (migrate resume {self.name} continues)"
+        if self.limit > 0:
+            lagging = [r for r in self.replica_lags() if r.seconds > self.limit]
+            if lagging:
+                worst = max(lagging, key=lambda r: r.seconds)
+                return f"replica {worst.name}", (
+                    f"replica {worst.name} lags {worst.seconds:.1f}s"
+                    f" ({worst.behind_bytes:,} bytes of WAL behind),"
+                    f" more than max_replication_lag {self.limit:g}s"
+                )
         if self.settings.throttle_query:
             row = self.conn.execute(sql.SQL(self.settings.throttle_query)).fetchone()
             if row and row[0]:
-                return "throttle_query returned true"
+                return "throttle_query", "throttle_query returned true"
         return None
+
+    def reason(self) -> str | None:
+        """Why the next batch must wait, or None."""
+        found = self._cause()
+        return found[1] if found else None
 
     def wait(self) -> None:
         """Return when the next batch may run."""
         shown: str | None = None
-        started = time.monotonic()
-        while (why := self.reason()) is not None:
-            if why != shown:
+        stored_at = 0.0
+        started = self.clock()
+        while (found := self._cause()) is not None:
+            cause, why = found
+            now = self.clock()
+            if cause != shown:
                 log.info("waiting", migration=self.name, reason=why)
                 self.store.set_throttle(self.conn, self.name, why)
+                stored_at = now
                 if self.on_wait:
                     self.on_wait(why)
-                shown = why
+                shown = cause
+            elif now - stored_at >= STATUS_REFRESH_SECONDS:
+                self.store.set_throttle(self.conn, self.name, why)
+                stored_at = now
             time.sleep(self.poll_seconds)
         if shown is not None:
             self.store.set_throttle(self.conn, self.name, None)
-            self.waited_seconds += time.monotonic() - started
-            log.info("resuming", migration=self.name, waited_s=round(time.monotonic() - started, 1))
+            waited = self.clock() - started
+            self.waited_seconds += waited
+            log.info("resuming", migration=self.name, waited_s=round(waited, 1))
