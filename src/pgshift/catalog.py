@@ -95,6 +95,8 @@ class Table:
     table_bytes: int
     primary_key: tuple[str, ...] | None
     unique_keys: tuple[tuple[str, ...], ...] = field(default=())
+    owner: str = ""
+    grants: tuple[tuple[str, str, bool], ...] = ()  # (grantee or PUBLIC, privilege, grantable)
 
     @property
     def qualified(self) -> sql.Identifier:
@@ -156,6 +158,19 @@ def load_table(conn: psycopg.Connection[Any], name: str) -> Table:
             )
         )
         dependents, referencing = _dependents(cur, oid)
+        owner_row = cur.execute(
+            "SELECT pg_get_userbyid(relowner) AS owner FROM pg_class WHERE oid = %s", (oid,)
+        ).fetchone()
+        grants = tuple(
+            (r["grantee"], r["privilege"], r["grantable"])
+            for r in cur.execute(
+                "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END"
+                " AS grantee, a.privilege_type AS privilege, a.is_grantable AS grantable"
+                " FROM pg_class c, aclexplode(c.relacl) a"
+                " WHERE c.oid = %s AND a.grantee <> c.relowner ORDER BY 1, 2",
+                (oid,),
+            )
+        )
         size = cur.execute(
             "SELECT greatest(c.reltuples, 0)::bigint AS rows, pg_total_relation_size(c.oid) AS total,"
             " pg_table_size(c.oid) AS tbl, c.relpages FROM pg_class c WHERE c.oid = %s",
@@ -188,6 +203,8 @@ def load_table(conn: psycopg.Connection[Any], name: str) -> Table:
         table_bytes=int(size["tbl"]),
         primary_key=primary,
         unique_keys=uniques,
+        owner=owner_row["owner"] if owner_row else "",
+        grants=grants,
     )
 
 
@@ -454,5 +471,6 @@ def table_from_snapshot(data: dict[str, Any]) -> Table:
             "referencing_fks": tuple(constraint(c) for c in data["referencing_fks"]),
             "primary_key": tuple(data["primary_key"]) if data["primary_key"] else None,
             "unique_keys": tuple(tuple(k) for k in data["unique_keys"]),
+            "grants": tuple(tuple(g) for g in data.get("grants", ())),
         }
     )

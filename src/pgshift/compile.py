@@ -18,6 +18,7 @@ from pgshift.phases.expand import compile_expand
 from pgshift.phases.gate import compile_gate
 from pgshift.phases.shadow_read import compile_shadow_read
 from pgshift.phases.sql import compile_sql
+from pgshift.phases.table_shape import build_table_shape
 from pgshift.phases.verify import compile_verify
 from pgshift.plan.model import Plan
 
@@ -42,6 +43,11 @@ class CompiledPlan:
     phases: tuple[Phase, ...]
     context: CompileContext
 
+    @property
+    def new_table(self) -> Table | None:
+        shape = self.context.shape
+        return getattr(shape, "new", None)
+
     def phase(self, name: str) -> Phase:
         for phase in self.phases:
             if phase.name == name or phase.kind == name:
@@ -54,12 +60,6 @@ class CompiledPlan:
 
 def check_available(plan: Plan) -> None:
     """Refuse, before anything runs or connects, what this version cannot run."""
-    if plan.new_table is not None:
-        raise PlanError(
-            "`new_table` migrations are not available in this version of pgshift yet;"
-            " use `columns` for an in-place change",
-            path=("new_table",),
-        )
     for index, spec in enumerate(plan.phases):
         if spec.kind not in COMPILERS:
             raise PlanError(
@@ -69,15 +69,22 @@ def check_available(plan: Plan) -> None:
             )
 
 
-def compile_plan(plan: Plan, table: Table, key: tuple[str, ...], state_schema: str) -> CompiledPlan:
+def compile_plan(
+    plan: Plan,
+    table: Table,
+    key: tuple[str, ...],
+    state_schema: str,
+    new_table: Table | None = None,
+) -> CompiledPlan:
     check_available(plan)
     ctx = CompileContext(plan=plan, table=table, state_schema=state_schema)
-    ctx = CompileContext(
-        plan=plan,
-        table=table,
-        state_schema=state_schema,
-        shape=build_shape(plan, table, ctx.view_schema, key),
-    )
+    if plan.new_table is not None:
+        if new_table is None:
+            raise PlanError("the new table's definition is unknown", path=("new_table",))
+        shape: Any = build_table_shape(plan, table, new_table, ctx.view_schema, key)
+    else:
+        shape = build_shape(plan, table, ctx.view_schema, key)
+    ctx = CompileContext(plan=plan, table=table, state_schema=state_schema, shape=shape)
     phases = []
     for index, spec in enumerate(plan.phases):
         phases.append(_compiled(COMPILERS[spec.kind], ctx, index, spec))

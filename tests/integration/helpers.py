@@ -98,3 +98,35 @@ def error_line(result: Result) -> str:
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.output
     return lines[0]
+
+
+def plan_target(path: Path) -> str:
+    from pgshift.plan.load import load_plan
+
+    return load_plan(path).plan.target
+
+
+def create_customers(conn: psycopg.Connection[Any], count: int) -> None:
+    """The table of plans/split_full_name.yaml: full_name holds one, two or three words."""
+    conn.execute(
+        "CREATE TABLE customers (id serial PRIMARY KEY, full_name text NOT NULL, email text)"
+    )
+    conn.execute(
+        "INSERT INTO customers (full_name, email)"
+        " SELECT (ARRAY['Ada Lovelace', 'Cher', 'Jean Luc Picard', 'Grace Brewster Hopper',"
+        " 'Alan Turing'])[1 + g %% 5], 'c' || g || '@example.dev' FROM generate_series(1, %s) g",
+        (count,),
+    )
+    conn.execute("ANALYZE customers")
+
+
+def create_orders(conn: psycopg.Connection[Any]) -> None:
+    """A table referencing accounts, so cutover has a foreign key to move."""
+    conn.execute(
+        "CREATE TABLE orders (id serial PRIMARY KEY,"
+        " account_id int NOT NULL REFERENCES accounts (id) ON DELETE CASCADE ON UPDATE CASCADE,"
+        " amount int)"
+    )
+    conn.execute(
+        "INSERT INTO orders (account_id, amount) SELECT id, 1 FROM accounts WHERE id % 7 = 0"
+    )

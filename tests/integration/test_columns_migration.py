@@ -10,7 +10,15 @@ import psycopg
 import pytest
 
 from pgshift.demo.seed import create_accounts
-from tests.integration.helpers import PLANS, cli, definition, error_line, rows, write_plan
+from tests.integration.helpers import (
+    PLANS,
+    cli,
+    definition,
+    error_line,
+    plan_target,
+    rows,
+    write_plan,
+)
 
 WIDEN = str(PLANS / "widen_account_balance.yaml")
 PHASES = ["expand", "dual_write", "backfill", "cutover"]
@@ -177,7 +185,9 @@ def test_new_computed_column_ends_not_null(
 def test_bundled_plans_apply_roll_back_and_apply(
     dsn: str, accounts: psycopg.Connection[Any]
 ) -> None:
-    for plan in sorted(PLANS.glob("*.yaml")):
+    in_place = [p for p in sorted(PLANS.glob("*.yaml")) if plan_target(p) == "columns"]
+    assert len(in_place) >= 3
+    for plan in in_place:
         before, before_rows = definition(accounts), rows(accounts)
         result = cli(dsn, "apply", str(plan), "--until", "cutover")
         assert result.exit_code == 0, (plan.name, result.output)
@@ -186,6 +196,6 @@ def test_bundled_plans_apply_roll_back_and_apply(
         assert definition(accounts) == before, plan.name
         assert rows(accounts) == before_rows, plan.name
     # then each applies fully, in turn, on the same table
-    for plan in sorted(PLANS.glob("*.yaml")):
+    for plan in in_place:
         result = cli(dsn, "apply", str(plan))
         assert result.exit_code == 0, (plan.name, result.output)

@@ -19,7 +19,14 @@ from pgshift.demo.seed import create_accounts
 from pgshift.engine.state import StateStore
 from pgshift.phases.base import BackfillStep
 from pgshift.plan.load import load_plan
-from tests.integration.helpers import cli, definition, rows, run_process, write_plan
+from tests.integration.helpers import (
+    cli,
+    create_orders,
+    definition,
+    rows,
+    run_process,
+    write_plan,
+)
 
 PLAN = """
 version: 1
@@ -150,3 +157,49 @@ def test_kill_at_random_moments_in_backfill(
         "SELECT count(*) FROM accounts WHERE _pgshift_id IS DISTINCT FROM id"
         " OR _pgshift_balance IS DISTINCT FROM balance"
     ).fetchone() == (0,)
+
+
+COPY_PLAN = """
+version: 1
+name: crash_copy
+table: public.accounts
+new_table:
+  name: public.accounts_v2
+  create: |
+    CREATE TABLE public.accounts_v2 (id bigint PRIMARY KEY, balance bigint NOT NULL,
+      email text NOT NULL, status text, created_at timestamptz NOT NULL DEFAULT now(),
+      updated_at timestamptz);
+phases: [expand, dual_write, {backfill: {batch_size: 100}}, cutover, contract]
+"""
+
+
+def test_table_copy_killed_at_every_step_then_apply_finishes(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    plan = write_plan(tmp_path, COPY_PLAN)
+
+    def fresh() -> None:
+        conn.execute("DROP SCHEMA IF EXISTS pgshift CASCADE")
+        conn.execute("DROP SCHEMA IF EXISTS pgshift_crash_copy CASCADE")
+        conn.execute("DROP TABLE IF EXISTS orders, accounts_v2, accounts_pgshift_old")
+        create_accounts(conn, ROWS, replace=True)
+        create_orders(conn)
+
+    fresh()
+    labels = _labels(dsn, plan)
+    assert any(label.startswith("cutover:1:in-transaction") for label in labels)
+    assert cli(dsn, "apply", plan).exit_code == 0
+    expected = definition(conn)
+    for label in labels:
+        fresh()
+        before = _values(conn)
+        crashed = run_process(dsn, "apply", plan, env={"PGSHIFT_FAILPOINT": label})
+        assert crashed.returncode == -signal.SIGKILL, (label, crashed.stderr[-2000:])
+        resumed = cli(dsn, "apply", plan)
+        assert resumed.exit_code == 0, (label, resumed.output[-2000:])
+        assert definition(conn) == expected, label
+        assert _values(conn) == before, label
+        assert conn.execute(
+            "SELECT confrelid::regclass::text, convalidated FROM pg_constraint"
+            " WHERE conrelid = 'orders'::regclass AND contype = 'f'"
+        ).fetchone() == ("accounts", True), label

@@ -37,7 +37,7 @@ from pgshift.phases.base import (
     SqlStep,
     VerifyStep,
 )
-from pgshift.plan.check import check_plan, parse_columns, resolve_key
+from pgshift.plan.check import check_plan, parse_columns, probe_new_table, resolve_key
 from pgshift.plan.durations import format_duration
 from pgshift.plan.load import LoadedPlan
 from pgshift.verify.rowhash import VerifyResult
@@ -62,15 +62,20 @@ def prepare(
     the plan must keep meaning what it meant)."""
     plan = loaded.plan
     state = store.get(conn, plan.name)
+    new_table = None
     if state is not None and state.started and state.snapshot:
-        table = table_from_snapshot(state.snapshot)
+        table = table_from_snapshot(state.snapshot["table"])
+        if state.snapshot.get("new_table"):
+            new_table = table_from_snapshot(state.snapshot["new_table"])
         key = resolve_key(plan, table)
         if plan.columns is not None:
             parse_columns(plan)  # a --force'd change must still be one expression each
     else:
         table = load_table(conn, plan.table)
         key = check_plan(conn, plan, table)
-    return compile_plan(plan, table, key, store.schema), state
+        if plan.new_table is not None:
+            new_table = probe_new_table(conn, plan, table)
+    return compile_plan(plan, table, key, store.schema, new_table), state
 
 
 def failure(error: BaseException) -> type[PgshiftError]:
@@ -166,7 +171,12 @@ class Executor:
                 self.loaded.sha256,
                 compiled.table.display,
                 [(p.kind, p.name) for p in compiled.phases],
-                table_to_snapshot(compiled.table),
+                {
+                    "table": table_to_snapshot(compiled.table),
+                    "new_table": table_to_snapshot(compiled.new_table)
+                    if compiled.new_table is not None
+                    else None,
+                },
                 compiled.table.row_estimate if compiled.table.row_estimate >= 0 else None,
             )
         elif state.plan_hash != self.loaded.sha256:

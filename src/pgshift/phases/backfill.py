@@ -18,6 +18,7 @@ from pgshift.db import Query
 from pgshift.phases.base import BackfillStep, CompileContext, Phase
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.phases.dual_write import BACKFILL_SETTING
+from pgshift.phases.table_shape import TableShape
 
 
 def key_range(table: Table, key: tuple[str, ...]) -> dict[str, Query]:
@@ -53,7 +54,54 @@ def bounds_queries(table: Table, key: tuple[str, ...]) -> tuple[Query, Query]:
     return after, first
 
 
+def _copy_step(ctx: CompileContext) -> BackfillStep:
+    """new_table: INSERT ... SELECT ... FOR KEY SHARE ... ON CONFLICT DO NOTHING per key range.
+    FOR KEY SHARE closes the delete race: a concurrent DELETE of a row being copied waits for
+    the batch and its trigger then deletes the copy, or it committed first and the locking read
+    skips the row. ON CONFLICT DO NOTHING lets a copy the trigger wrote (always newer) win."""
+    shape: TableShape = ctx.shape
+    table = ctx.table
+    k = key_range(table, shape.key)
+    after, first = bounds_queries(table, shape.key)
+
+    def statement(condition: Query) -> Query:
+        return sql.SQL(
+            "INSERT INTO {new} ({columns}){overriding} SELECT {values} FROM {old} WHERE {condition}"
+            " FOR KEY SHARE ON CONFLICT DO NOTHING"
+        ).format(
+            new=shape.new.qualified,
+            columns=shape.forward_columns(),
+            overriding=sql.SQL(" OVERRIDING SYSTEM VALUE" if shape.overriding else ""),
+            values=shape.forward_select(),
+            old=table.qualified,
+            condition=condition,
+        )
+
+    return BackfillStep(
+        description=f"copy the rows into {shape.new.display}, one key range per batch",
+        table=table.qualified,
+        key=shape.key,
+        statement=statement,
+        key_columns=k["cols"],
+        key_params=k["params"],
+        key_types=tuple(table.columns[c].type for c in shape.key),
+        bounds=after,
+        first_bounds=first,
+    )
+
+
 def compile_backfill(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    options = {k: v for k, v in spec.model_dump().items() if k != "kind" and v is not None}
+    if ctx.plan.target == "new_table":
+        return Phase(
+            index=index,
+            kind="backfill",
+            name="backfill",
+            forward=(_copy_step(ctx),),
+            rollback=(),
+            summary=f"copy ~{max(ctx.table.row_estimate, 0):,} rows in key order, in batches",
+            options=options,
+        )
     shape: ColumnsShape = ctx.shape
     table = ctx.table
     k = key_range(table, shape.key)

@@ -14,9 +14,12 @@ from psycopg import sql
 from pgshift.db import Query
 from pgshift.phases.base import CompileContext, Phase, SqlStep
 from pgshift.phases.columns_shape import ColumnsShape
+from pgshift.phases.table_shape import TableShape
 
 
 def compile_contract(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    if ctx.plan.target == "new_table":
+        return _compile_drop_old(ctx, index)
     shape: ColumnsShape = ctx.shape
     table = ctx.table
     steps: list[SqlStep] = [
@@ -64,4 +67,33 @@ def compile_contract(ctx: CompileContext, index: int, spec: Any) -> Phase:
         rollback=(),
         reversible=False,
         summary="drop the old columns and the trigger: the point of no return",
+    )
+
+
+def _compile_drop_old(ctx: CompileContext, index: int) -> Phase:
+    """new_table: the reverse trigger and the old table go together, in one transaction."""
+    shape: TableShape = ctx.shape
+    live = sql.Identifier(shape.old.schema, shape.old.name)
+    drop = SqlStep(
+        description=f"drop the reverse trigger, the view schema and the old table {shape.old_name}",
+        statements=(
+            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                sql.Identifier(shape.reverse_trigger), live
+            ),
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(ctx.view_schema)),
+            sql.SQL("DROP TABLE IF EXISTS {}").format(
+                sql.Identifier(shape.old.schema, shape.old_name)
+            ),
+        ),
+        lock="ACCESS EXCLUSIVE",
+        hold="milliseconds (the old table is no longer read by anyone)",
+    )
+    return Phase(
+        index=index,
+        kind="contract",
+        name="contract",
+        forward=(drop,),
+        rollback=(),
+        reversible=False,
+        summary=f"drop the old table {shape.old_name}: the point of no return",
     )

@@ -14,10 +14,17 @@ from typing import Any
 
 from psycopg import sql
 
-from pgshift.db import Query
+from pgshift.db import Query, split_name
 from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query
 from pgshift.phases.columns_shape import ColumnsShape, RebuiltIndex, ShadowColumn
-from pgshift.phases.dual_write import forward_body, function_ddl, reverse_body
+from pgshift.phases.dual_write import (
+    forward_body,
+    forward_copy,
+    function_ddl,
+    reverse_body,
+    reverse_copy,
+)
+from pgshift.phases.table_shape import KeyFeed, TableShape
 
 INTEGER_TYPES = ("smallint", "integer", "bigint")
 CONSTRAINT_KINDS = {"p": "PRIMARY KEY", "u": "UNIQUE"}
@@ -204,6 +211,8 @@ def _add_constraint(ctx: CompileContext, ix: RebuiltIndex, index_name: str) -> Q
 
 
 def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    if ctx.plan.target == "new_table":
+        return _compile_swap(ctx, index)
     shape: ColumnsShape = ctx.shape
     table = ctx.table
     not_null = [c for c in shape.columns if c.not_null]
@@ -340,4 +349,158 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
         forward=tuple(forward),
         rollback=tuple(rollback),
         summary="new columns take the live names in one short transaction; old ones stay in step",
+    )
+
+
+# --- new_table: the new table takes the live name --------------------------------------------
+
+
+def _regclass_text(schema: str, name: str) -> str:
+    return sql.Identifier(schema, name).as_string()
+
+
+def _feed_statements(shape: TableShape, live: str, old: str, forward: bool) -> list[Query]:
+    """Keep the key's sequence feeding whichever table becomes live, so no key is ever reused.
+    Serial on both sides: the default and the sequence's ownership move over. An identity on
+    the receiving side: its own sequence is moved past the giving one. `live` and `old` name
+    the new and the old table at the moment these statements run."""
+    schema = shape.old.schema
+    out: list[Query] = []
+    for feed in shape.feeds:
+        column = sql.Identifier(feed.column)
+
+        def sequence_of(on_old: bool, feed: KeyFeed = feed) -> Query:
+            identity = feed.live_identity if on_old else feed.new_identity
+            if identity:
+                table = _regclass_text(schema, old if on_old else live)
+                return sql.SQL("pg_get_serial_sequence({}, {})::regclass").format(
+                    sql.Literal(table), sql.Literal(feed.column)
+                )
+            assert feed.sequence is not None
+            return sql.SQL("{}::regclass").format(sql.Literal(_regclass_text(*feed.sequence)))
+
+        if feed.new_identity:
+            giver, taker = sequence_of(on_old=forward), sequence_of(on_old=not forward)
+            out.append(sql.SQL("SELECT setval({}, nextval({}))").format(taker, giver))
+            continue
+        assert feed.sequence is not None and feed.old_default is not None
+        giver_table, taker_table = (old, live) if forward else (live, old)
+        sequence = sql.Identifier(*feed.sequence)
+        out += [
+            sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(
+                sql.Identifier(schema, giver_table), column
+            ),
+            sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}").format(
+                sql.Identifier(schema, taker_table), column, sql.SQL(feed.old_default)
+            ),
+            sql.SQL("ALTER SEQUENCE {} OWNED BY {}").format(
+                sequence, sql.Identifier(schema, taker_table, feed.column)
+            ),
+        ]
+        if feed.widen_to:
+            narrow = shape.old.columns[feed.column].sequence_type or "integer"
+            out.append(
+                sql.SQL("ALTER SEQUENCE {} AS {}").format(
+                    sequence, sql.SQL(feed.widen_to if forward else narrow)
+                )
+            )
+    return out
+
+
+def _foreign_keys(shape: TableShape) -> tuple[list[Query], list[SqlStep]]:
+    """Foreign keys of other tables follow the live name: dropped and added again NOT VALID
+    inside the swap (their definitions name the table, which the new one now holds), then
+    validated after it under a weak lock."""
+    swap: list[Query] = []
+    validate: list[SqlStep] = []
+    for fk in shape.foreign_keys:
+        assert fk.referenced_table is not None  # for these, the table holding the key
+        child = sql.Identifier(*(p for p in split_name(fk.referenced_table) if p))
+        swap += [
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(child, sql.Identifier(fk.name)),
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+                child, sql.Identifier(fk.name), sql.SQL(fk.definition)
+            ),
+        ]
+        validate.append(
+            SqlStep(
+                description=f"validate foreign key {fk.name} on {fk.referenced_table}",
+                statements=(
+                    sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                        child, sql.Identifier(fk.name)
+                    ),
+                ),
+                lock="SHARE UPDATE EXCLUSIVE",
+                scans=True,
+                hold="one scan of the referencing table (writes continue)",
+            )
+        )
+    return swap, validate
+
+
+def _compile_swap(ctx: CompileContext, index: int) -> Phase:
+    shape: TableShape = ctx.shape
+    old, new = shape.old, shape.new
+    schema = old.schema
+    fk_swap, fk_validate = _foreign_keys(shape)
+    live_after = sql.Identifier(schema, old.name)
+    old_after = sql.Identifier(schema, shape.old_name)
+    old_exists = exists_query(
+        "SELECT 1 WHERE to_regclass({}) IS NOT NULL", _regclass_text(schema, shape.old_name)
+    )
+    old_gone = exists_query(
+        "SELECT 1 WHERE to_regclass({}) IS NULL", _regclass_text(schema, shape.old_name)
+    )
+    swap = SqlStep(
+        description=f"swap: {new.display} takes the name {old.name}; writes now flow back to"
+        f" {shape.old_name}",
+        statements=(
+            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                sql.Identifier(shape.forward_trigger), old.qualified
+            ),
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                old.qualified, sql.Identifier(shape.old_name)
+            ),
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(new.qualified, sql.Identifier(old.name)),
+            *_feed_statements(shape, old.name, shape.old_name, forward=True),
+            *fk_swap,
+            *reverse_copy(shape, live_after, old_after),
+        ),
+        lock="ACCESS EXCLUSIVE",
+        done_if=old_exists,
+        hold="milliseconds (catalog changes only)",
+    )
+    unswap = SqlStep(
+        description=f"swap back: {shape.old_name} takes the name {old.name} again, with every"
+        " write made since cutover",
+        statements=(
+            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                sql.Identifier(shape.reverse_trigger), live_after
+            ),
+            *_feed_statements(shape, old.name, shape.old_name, forward=False),
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(live_after, sql.Identifier(new.name)),
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(old_after, sql.Identifier(old.name)),
+            *fk_swap,
+            *forward_copy(shape),
+        ),
+        lock="ACCESS EXCLUSIVE",
+        done_if=old_gone,
+        hold="milliseconds (catalog changes only)",
+    )
+    analyze = SqlStep(
+        description=f"collect statistics for {new.display}",
+        statements=(sql.SQL("ANALYZE {}").format(new.qualified),),
+        lock="SHARE UPDATE EXCLUSIVE",
+        scans=True,
+        done_if=old_exists,
+        hold="a sample of the table (writes continue)",
+    )
+    return Phase(
+        index=index,
+        kind="cutover",
+        name="cutover",
+        forward=(analyze, swap, *fk_validate),
+        rollback=(unswap, *fk_validate),
+        summary=f"{new.display} takes the name {old.name} in one short transaction; the old table"
+        " stays in step through the reverse trigger",
     )

@@ -17,6 +17,7 @@ from psycopg import sql
 from pgshift.db import Query
 from pgshift.phases.base import CompileContext, Phase, SqlStep
 from pgshift.phases.columns_shape import ColumnsShape, ShadowColumn
+from pgshift.phases.table_shape import TableShape
 
 BACKFILL_SETTING = "pgshift.backfill"
 
@@ -72,6 +73,8 @@ def function_ddl(shape: ColumnsShape, body: str) -> Query:
 
 
 def compile_dual_write(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    if ctx.plan.target == "new_table":
+        return _compile_copy(ctx, index)
     shape: ColumnsShape = ctx.shape
     install = SqlStep(
         description="install the sync trigger (new shape computed in the writer's transaction)",
@@ -107,4 +110,107 @@ def compile_dual_write(ctx: CompileContext, index: int, spec: Any) -> Phase:
         forward=(install,),
         rollback=(remove,),
         summary=f"trigger {shape.trigger} fills {len(shape.columns)} shadow column(s) on every write",
+    )
+
+
+# --- new_table: AFTER row triggers copy every write into the other table -------------------
+
+
+def copy_body(
+    target: sql.Identifier,
+    mapping: dict[str, str],
+    target_key: tuple[str, ...],
+    overriding: bool,
+) -> str:
+    """AFTER INSERT/UPDATE/DELETE: upsert the mapped row into `target`, delete it there when the
+    row goes away or its key changes. Expressions see the source row as `r`; no dynamic SQL,
+    so PL/pgSQL caches every plan."""
+
+    def select(row: str, exprs: list[str]) -> str:
+        return f"(SELECT {', '.join(exprs)} FROM (SELECT {row}.*) AS r)"
+
+    key_exprs = [mapping[k] for k in target_key]
+    key_cols = ", ".join(sql.Identifier(k).as_string() for k in target_key)
+    old_key = select("OLD", [f"ROW({', '.join(key_exprs)})"])
+    new_key = select("NEW", [f"ROW({', '.join(key_exprs)})"])
+    columns = ", ".join(sql.Identifier(c).as_string() for c in mapping)
+    others = [c for c in mapping if c not in target_key]
+    action = (
+        "DO UPDATE SET "
+        + ", ".join(
+            f"{sql.Identifier(c).as_string()} = EXCLUDED.{sql.Identifier(c).as_string()}"
+            for c in others
+        )
+        if others
+        else "DO NOTHING"
+    )
+    table = target.as_string()
+    return (
+        "#variable_conflict use_column\nBEGIN\n"
+        f"  IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND {old_key} IS DISTINCT FROM {new_key}) THEN\n"
+        f"    DELETE FROM {table} WHERE ({key_cols}) = {select('OLD', key_exprs)};\n"
+        "  END IF;\n"
+        "  IF TG_OP <> 'DELETE' THEN\n"
+        f"    INSERT INTO {table} ({columns}){' OVERRIDING SYSTEM VALUE' if overriding else ''}\n"
+        f"      SELECT {', '.join(mapping.values())} FROM (SELECT NEW.*) AS r\n"
+        f"      ON CONFLICT ({key_cols}) {action};\n"
+        "  END IF;\n"
+        "  RETURN NULL;\nEND"
+    )
+
+
+def copy_trigger(
+    function: sql.Identifier, body: str, trigger: str, table: sql.Identifier
+) -> tuple[Query, Query]:
+    return (
+        sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
+            function, sql.Literal(body)
+        ),
+        sql.SQL(
+            "CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {}"
+            " FOR EACH ROW EXECUTE FUNCTION {}()"
+        ).format(sql.Identifier(trigger), table, function),
+    )
+
+
+def forward_copy(shape: TableShape) -> tuple[Query, Query]:
+    """Live table -> new table, before cutover."""
+    body = copy_body(shape.new.qualified, shape.forward, shape.new_key, shape.overriding)
+    return copy_trigger(shape.forward_function, body, shape.forward_trigger, shape.old.qualified)
+
+
+def reverse_copy(
+    shape: TableShape, live: sql.Identifier, old: sql.Identifier
+) -> tuple[Query, Query]:
+    """New table (live after cutover) -> old table, so a rollback loses no write."""
+    body = copy_body(old, shape.reverse, shape.old.primary_key or (), shape.old_overriding)
+    return copy_trigger(shape.reverse_function, body, shape.reverse_trigger, live)
+
+
+def _compile_copy(ctx: CompileContext, index: int) -> Phase:
+    shape: TableShape = ctx.shape
+    install = SqlStep(
+        description=f"install the copy trigger: every write to {shape.old.display} is applied to"
+        f" {shape.new.display} in the writer's transaction",
+        statements=forward_copy(shape),
+        lock="SHARE ROW EXCLUSIVE",
+        hold="milliseconds, after in-flight writes finish",
+    )
+    remove = SqlStep(
+        description="drop the copy trigger and its function",
+        statements=(
+            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                sql.Identifier(shape.forward_trigger), shape.old.qualified
+            ),
+            sql.SQL("DROP FUNCTION IF EXISTS {}()").format(shape.forward_function),
+        ),
+        lock="ACCESS EXCLUSIVE",
+    )
+    return Phase(
+        index=index,
+        kind="dual_write",
+        name="dual_write",
+        forward=(install,),
+        rollback=(remove,),
+        summary=f"trigger {shape.forward_trigger} copies every write into {shape.new.display}",
     )

@@ -11,11 +11,16 @@ from typing import Any
 
 from psycopg import sql
 
-from pgshift.phases.base import CompileContext, Phase, SqlStep
+from pgshift.db import Query
+from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query
 from pgshift.phases.columns_shape import ColumnsShape
+from pgshift.phases.table_shape import TableShape
+from pgshift.plan.check import create_statements
 
 
 def compile_expand(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    if ctx.plan.target == "new_table":
+        return _compile_create(ctx, index)
     shape: ColumnsShape = ctx.shape
     table = ctx.table
     forward: list[SqlStep] = [
@@ -129,3 +134,72 @@ def _new_shape_columns(ctx: CompileContext) -> list[sql.Composable]:
         if c.is_new
     ]
     return out
+
+
+def _compile_create(ctx: CompileContext, index: int) -> Phase:
+    """new_table: run the plan's `create`, give the new table the live table's owner and
+    grants, and create the view schema showing it."""
+    shape: TableShape = ctx.shape
+    new, old = shape.new, shape.old
+    assert ctx.plan.new_table is not None
+    access: list[Query] = [
+        sql.SQL("ALTER TABLE {} OWNER TO {}").format(new.qualified, sql.Identifier(old.owner))
+    ]
+    access += [
+        sql.SQL("GRANT {} ON {} TO {}{}").format(
+            sql.SQL(privilege),  # a privilege keyword from aclexplode, e.g. SELECT
+            new.qualified,
+            sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee),
+            sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+        )
+        for grantee, privilege, grantable in old.grants
+    ]
+    forward = [
+        SqlStep(
+            description=f"create {new.display}",
+            statements=tuple(sql.SQL(s) for s in create_statements(ctx.plan)),
+            lock="none",
+            done_if=exists_query("SELECT 1 WHERE to_regclass({}) IS NOT NULL", new.regclass),
+        ),
+        SqlStep(
+            description=f"give {new.display} the owner and grants of {old.display}",
+            statements=tuple(access),
+            lock="ACCESS EXCLUSIVE",
+            hold="milliseconds (on the new table only)",
+        ),
+        SqlStep(
+            description=f"create the view schema {ctx.view_schema} showing the new shape",
+            statements=(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ctx.view_schema)),
+                sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(
+                    sql.Identifier(ctx.view_schema, old.name),
+                    sql.SQL(", ").join(sql.Identifier(c) for c in new.columns),
+                    new.qualified,
+                ),
+            ),
+            lock="ACCESS SHARE",
+        ),
+    ]
+    rollback = [
+        SqlStep(
+            description=f"drop the view schema {ctx.view_schema}",
+            statements=(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(ctx.view_schema)),
+            ),
+            lock="ACCESS SHARE",
+        ),
+        SqlStep(
+            description=f"drop {new.display}",
+            statements=(sql.SQL("DROP TABLE IF EXISTS {}").format(new.qualified),),
+            lock="ACCESS EXCLUSIVE",
+            hold="milliseconds (on the new table only)",
+        ),
+    ]
+    return Phase(
+        index=index,
+        kind="expand",
+        name="expand",
+        forward=tuple(forward),
+        rollback=tuple(rollback),
+        summary=f"create {new.display} and view schema {ctx.view_schema}",
+    )

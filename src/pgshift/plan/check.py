@@ -9,8 +9,8 @@ import pglast
 import psycopg
 from psycopg import sql
 
-from pgshift.catalog import Table
-from pgshift.db import Query
+from pgshift.catalog import Table, load_table, resolve_table
+from pgshift.db import Query, split_name
 from pgshift.errors import PlanError
 from pgshift.plan.model import Plan
 
@@ -147,6 +147,75 @@ def check_columns(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> No
                 sql.SQL(down), sql.SQL(", ").join(new_shape), table.qualified
             )
             _try(conn, _assigns(old.type, select), (*base, "down"), f"down of {name!r}")
+
+
+def create_statements(plan: Plan) -> list[str]:
+    """The `create` DDL, statement by statement, refused unless it only creates the new table
+    (its partitions too) and indexes on what it creates: rollback drops the new table, so
+    nothing else may be made there."""
+    assert plan.new_table is not None
+    path: tuple[str | int, ...] = ("new_table", "create")
+    try:
+        parsed = pglast.parse_sql(plan.new_table.create)
+    except pglast.parser.ParseError as error:
+        raise PlanError(f"create does not parse: {error}", path=path) from error
+    schema, name = split_name(plan.new_table.name)
+    created: set[str] = set()
+    statements: list[str] = []
+    text = plan.new_table.create
+    for raw in parsed:
+        node: Any = raw.stmt
+        kind = type(node).__name__
+        location = raw.stmt_location or 0
+        length = raw.stmt_len or len(text) - location
+        statement = text[location : location + length].strip()
+        if kind == "CreateStmt":
+            target = node.relation.relname
+            parents = {p.relname for p in (node.inhRelations or ())}
+            if target != name and not (parents & (created | {name})):
+                raise PlanError(
+                    f"create may only create {plan.new_table.name} (and its partitions), not"
+                    f" {target}",
+                    path=path,
+                )
+            if node.relation.schemaname not in (None, schema) and schema is not None:
+                raise PlanError("create names another schema than new_table.name", path=path)
+            created.add(target)
+        elif kind == "IndexStmt":
+            if node.relation.relname not in created:
+                raise PlanError(
+                    f"create may only index the tables it creates, not {node.relation.relname}",
+                    path=path,
+                )
+        else:
+            raise PlanError(
+                "create may hold only CREATE TABLE and CREATE INDEX statements for the new"
+                " table; use a sql phase for anything else",
+                path=path,
+            )
+        statements.append(statement)
+    if name not in created:
+        raise PlanError(f"create does not create {plan.new_table.name}", path=path)
+    return statements
+
+
+def probe_new_table(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> Table:
+    """Run `create` in a transaction that is rolled back, and read what it made."""
+    assert plan.new_table is not None
+    statements = create_statements(plan)
+    if resolve_table(conn, plan.new_table.name) is not None:
+        raise PlanError(
+            f"{plan.new_table.name} exists already: drop it, or name another new table",
+            path=("new_table", "name"),
+        )
+    try:
+        with conn.transaction(force_rollback=True):
+            for statement in statements:
+                conn.execute(sql.SQL(statement))
+            return load_table(conn, plan.new_table.name)
+    except psycopg.Error as error:
+        detail = error.diag.message_primary or str(error).splitlines()[0]
+        raise PlanError(f"create fails: {detail}", path=("new_table", "create")) from error
 
 
 def check_plan(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> tuple[str, ...]:

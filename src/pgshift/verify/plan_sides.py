@@ -17,6 +17,7 @@ from psycopg import sql
 from pgshift.compile import CompiledPlan
 from pgshift.errors import UsageError
 from pgshift.phases.columns_shape import ColumnsShape
+from pgshift.phases.table_shape import TableShape
 from pgshift.verify.side import ColumnSpec, Side
 
 
@@ -37,7 +38,49 @@ def _live_columns(conn: psycopg.Connection[Any], compiled: CompiledPlan) -> set[
     return {r[0] for r in rows}
 
 
+def _exists(conn: psycopg.Connection[Any], schema: str, name: str) -> bool:
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(schema, name).as_string(),)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _mapped(mapping: dict[str, str], key: tuple[str, ...], source: sql.Composable) -> Side:
+    """The mapping applied to every row of `source`, as a side keyed like the target."""
+    select = sql.SQL("(SELECT {} FROM {}) AS s").format(
+        sql.SQL(", ").join(
+            sql.SQL("({}) AS {}").format(sql.SQL(expr), sql.Identifier(column))
+            for column, expr in mapping.items()
+        ),
+        source,
+    )
+    return Side(select, list(key), [c for c in mapping if c not in key])
+
+
+def _table_comparison(conn: psycopg.Connection[Any], compiled: CompiledPlan) -> Comparison:
+    """new_table: the mapping of the live table against the new one; after cutover, the
+    reverse mapping of the (now live) new table against the old one."""
+    shape: TableShape = compiled.context.shape
+    schema = shape.old.schema
+    if _exists(conn, schema, shape.old_name):
+        live = sql.Identifier(schema, shape.old.name)
+        key = shape.old.primary_key or ()
+        left = _mapped(shape.reverse, key, live)
+        right = Side(sql.Identifier(schema, shape.old_name), list(key), left.column_names)
+        return Comparison(left, right, "after cutover", left.column_names)
+    if _exists(conn, schema, shape.new.name):
+        left = _mapped(shape.forward, shape.new_key, shape.old.qualified)
+        right = Side(shape.new.qualified, list(shape.new_key), left.column_names)
+        return Comparison(left, right, "before cutover", left.column_names)
+    raise UsageError(
+        f"nothing to verify: {shape.new.display} does not exist (run expand, dual_write and"
+        " backfill first) or contract has dropped the old table"
+    )
+
+
 def comparison(conn: psycopg.Connection[Any], compiled: CompiledPlan) -> Comparison:
+    if compiled.plan.target == "new_table":
+        return _table_comparison(conn, compiled)
     shape: ColumnsShape = compiled.context.shape
     table = compiled.table.qualified
     live = _live_columns(conn, compiled)
