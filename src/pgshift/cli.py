@@ -17,6 +17,7 @@ from pgshift import __version__
 from pgshift.compile import check_available
 from pgshift.db import connect
 from pgshift.engine.executor import Executor, RunResult, differences_message, prepare
+from pgshift.engine.preflight import preflight, render_preflight
 from pgshift.engine.progress import Reporter
 from pgshift.engine.state import StateStore
 from pgshift.errors import DifferencesFound, ExitCode, PgshiftError, PlanError, UsageError
@@ -171,8 +172,14 @@ def plan_command(options: Options, plan_file: str, as_json: bool) -> None:
         return
     with connect(options.dsn, role="plan") as conn:
         compiled, _ = _with_plan_locations(loaded, lambda: prepare(conn, loaded, options.store()))
+        checks = preflight(conn, compiled, compiled.plan.settings.lock_timeout)
     data = preview_data(compiled)
-    click.echo(json.dumps(data, indent=2) if as_json else render_text(data))
+    data["preflight"] = checks
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        click.echo("\n".join(render_preflight(checks)))
+        click.echo(render_text(data))
 
 
 def _finish(result: RunResult) -> None:

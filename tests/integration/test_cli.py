@@ -260,3 +260,23 @@ def test_unreachable_database_is_one_line_without_password(tmp_path: Path) -> No
     assert result.exit_code == 1
     assert "cannot reach the database" in error_line(result)
     assert "s3cret" not in result.output
+
+
+def test_plan_shows_preflight_with_long_transactions(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    path = write_plan(
+        tmp_path, plan_text().replace("phases:", "settings: {lock_timeout: 100ms}\nphases:")
+    )
+    with psycopg.connect(dsn) as holder:
+        holder.execute("SELECT 1 FROM accounts LIMIT 1")  # a transaction left open
+        pid = holder.info.backend_pid
+        time.sleep(0.3)
+        result = cli(dsn, "plan", path)
+        data = json.loads(cli(dsn, "plan", path, "--json").stdout)
+    assert result.exit_code == 0
+    assert (
+        f"pid {pid} open for" in result.stdout and "would block the cutover lock" in result.stdout
+    )
+    assert [t["pid"] for t in data["preflight"]["long_transactions"]] == [pid]
+    assert data["preflight"]["rows_estimate"] == 500
