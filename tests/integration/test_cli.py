@@ -101,17 +101,6 @@ def test_identity_column_is_refused(
     assert "identity column" in result.stderr
 
 
-def test_phase_kind_not_built_is_refused_not_skipped(
-    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
-) -> None:
-    text = plan_text().replace("backfill, cutover", "backfill, shadow_read_placeholder, cutover")
-    text = text.replace("shadow_read_placeholder", "{shadow_read: {queries: [SELECT 1]}}")
-    result = cli(dsn, "apply", write_plan(tmp_path, text))
-    assert result.exit_code == 2
-    assert "shadow_read" in result.stderr and "not available" in result.stderr
-    assert accounts.execute("SELECT to_regnamespace('pgshift_cli_test')").fetchone() == (None,)
-
-
 def test_plan_without_database_validates_only(tmp_path: Path) -> None:
     path = write_plan(tmp_path, plan_text())
     result = subprocess.run(

@@ -30,6 +30,8 @@ LockLevel = Literal[
     "ACCESS EXCLUSIVE",
 ]
 
+LOCK_ORDER: tuple[LockLevel, ...] = LockLevel.__args__  # type: ignore[attr-defined]
+
 # Which lock levels block the application's reads or writes while held or queued.
 BLOCKS_WRITES = {"SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"}
 BLOCKS_READS = {"ACCESS EXCLUSIVE"}

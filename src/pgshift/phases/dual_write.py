@@ -72,6 +72,17 @@ def function_ddl(shape: ColumnsShape, body: str) -> Query:
     )
 
 
+def drop_trigger_step(trigger: str, table: sql.Identifier, function: sql.Identifier) -> SqlStep:
+    return SqlStep(
+        description=f"drop the trigger {trigger} and its function",
+        statements=(
+            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), table),
+            sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function),
+        ),
+        lock="ACCESS EXCLUSIVE",
+    )
+
+
 def compile_dual_write(ctx: CompileContext, index: int, spec: Any) -> Phase:
     if ctx.plan.target == "new_table":
         return _compile_copy(ctx, index)
@@ -93,22 +104,12 @@ def compile_dual_write(ctx: CompileContext, index: int, spec: Any) -> Phase:
         lock="SHARE ROW EXCLUSIVE",
         hold="milliseconds, after in-flight writes finish",
     )
-    remove = SqlStep(
-        description="drop the sync trigger and its function",
-        statements=(
-            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                sql.Identifier(shape.trigger), ctx.table.qualified
-            ),
-            sql.SQL("DROP FUNCTION IF EXISTS {}()").format(shape.function),
-        ),
-        lock="ACCESS EXCLUSIVE",
-    )
     return Phase(
         index=index,
         kind="dual_write",
         name="dual_write",
         forward=(install,),
-        rollback=(remove,),
+        rollback=(drop_trigger_step(shape.trigger, ctx.table.qualified, shape.function),),
         summary=f"trigger {shape.trigger} fills {len(shape.columns)} shadow column(s) on every write",
     )
 
@@ -196,21 +197,13 @@ def _compile_copy(ctx: CompileContext, index: int) -> Phase:
         lock="SHARE ROW EXCLUSIVE",
         hold="milliseconds, after in-flight writes finish",
     )
-    remove = SqlStep(
-        description="drop the copy trigger and its function",
-        statements=(
-            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                sql.Identifier(shape.forward_trigger), shape.old.qualified
-            ),
-            sql.SQL("DROP FUNCTION IF EXISTS {}()").format(shape.forward_function),
-        ),
-        lock="ACCESS EXCLUSIVE",
-    )
     return Phase(
         index=index,
         kind="dual_write",
         name="dual_write",
         forward=(install,),
-        rollback=(remove,),
+        rollback=(
+            drop_trigger_step(shape.forward_trigger, shape.old.qualified, shape.forward_function),
+        ),
         summary=f"trigger {shape.forward_trigger} copies every write into {shape.new.display}",
     )

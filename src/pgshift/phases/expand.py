@@ -18,6 +18,35 @@ from pgshift.phases.table_shape import TableShape
 from pgshift.plan.check import create_statements
 
 
+def view_schema_step(
+    ctx: CompileContext, columns: list[sql.Composable], source: sql.Identifier
+) -> SqlStep:
+    """The schema `pgshift_<name>` with a view named like the live table showing the new
+    shape: what shadow reads put first on search_path."""
+    return SqlStep(
+        description=f"create the view schema {ctx.view_schema} showing the new shape",
+        statements=(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ctx.view_schema)),
+            sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(
+                sql.Identifier(ctx.view_schema, ctx.table.name),
+                sql.SQL(", ").join(columns),
+                source,
+            ),
+        ),
+        lock="ACCESS SHARE",
+    )
+
+
+def drop_view_schema_step(ctx: CompileContext) -> SqlStep:
+    return SqlStep(
+        description=f"drop the view schema {ctx.view_schema}",
+        statements=(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(ctx.view_schema)),
+        ),
+        lock="ACCESS SHARE",
+    )
+
+
 def compile_expand(ctx: CompileContext, index: int, spec: Any) -> Phase:
     if ctx.plan.target == "new_table":
         return _compile_create(ctx, index)
@@ -52,29 +81,8 @@ def compile_expand(ctx: CompileContext, index: int, spec: Any) -> Phase:
                 hold="the index build (writes continue)",
             )
         )
-    forward.append(
-        SqlStep(
-            description=f"create the view schema {ctx.view_schema} showing the new shape",
-            statements=(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ctx.view_schema)),
-                sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(
-                    sql.Identifier(ctx.view_schema, table.name),
-                    sql.SQL(", ").join(_new_shape_columns(ctx)),
-                    table.qualified,
-                ),
-            ),
-            lock="ACCESS SHARE",
-        )
-    )
-    rollback: list[SqlStep] = [
-        SqlStep(
-            description=f"drop the view schema {ctx.view_schema}",
-            statements=(
-                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(ctx.view_schema)),
-            ),
-            lock="ACCESS SHARE",
-        )
-    ]
+    forward.append(view_schema_step(ctx, _new_shape_columns(ctx), table.qualified))
+    rollback: list[SqlStep] = [drop_view_schema_step(ctx)]
     for rebuilt in shape.indexes:
         rollback.append(
             SqlStep(
@@ -167,27 +175,10 @@ def _compile_create(ctx: CompileContext, index: int) -> Phase:
             lock="ACCESS EXCLUSIVE",
             hold="milliseconds (on the new table only)",
         ),
-        SqlStep(
-            description=f"create the view schema {ctx.view_schema} showing the new shape",
-            statements=(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ctx.view_schema)),
-                sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(
-                    sql.Identifier(ctx.view_schema, old.name),
-                    sql.SQL(", ").join(sql.Identifier(c) for c in new.columns),
-                    new.qualified,
-                ),
-            ),
-            lock="ACCESS SHARE",
-        ),
+        view_schema_step(ctx, [sql.Identifier(c) for c in new.columns], new.qualified),
     ]
     rollback = [
-        SqlStep(
-            description=f"drop the view schema {ctx.view_schema}",
-            statements=(
-                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(ctx.view_schema)),
-            ),
-            lock="ACCESS SHARE",
-        ),
+        drop_view_schema_step(ctx),
         SqlStep(
             description=f"drop {new.display}",
             statements=(sql.SQL("DROP TABLE IF EXISTS {}").format(new.qualified),),

@@ -12,7 +12,7 @@ import pglast
 from psycopg import sql
 
 from pgshift.errors import PlanError
-from pgshift.phases.base import CompileContext, LockLevel, Phase, SqlStep
+from pgshift.phases.base import LOCK_ORDER, CompileContext, LockLevel, Phase, SqlStep
 
 
 def split_statements(text: str) -> list[str]:
@@ -51,18 +51,7 @@ def _lock(statements: list[str]) -> LockLevel:
             levels.append("none")
         else:
             levels.append("ACCESS EXCLUSIVE")
-    order: list[LockLevel] = [
-        "none",
-        "ACCESS SHARE",
-        "ROW SHARE",
-        "ROW EXCLUSIVE",
-        "SHARE UPDATE EXCLUSIVE",
-        "SHARE",
-        "SHARE ROW EXCLUSIVE",
-        "EXCLUSIVE",
-        "ACCESS EXCLUSIVE",
-    ]
-    return max(levels, key=order.index) if levels else "none"
+    return max(levels, key=LOCK_ORDER.index) if levels else "none"
 
 
 def sql_step(text: str, description: str) -> SqlStep:
