@@ -269,3 +269,32 @@ def test_plan_shows_preflight_with_long_transactions(
     )
     assert [t["pid"] for t in data["preflight"]["long_transactions"]] == [pid]
     assert data["preflight"]["rows_estimate"] == 500
+
+
+def test_throttle_query_holds_the_backfill(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """throttle_query returning true makes the backfill wait, and says why in status."""
+    accounts.execute("CREATE TABLE brake (on_ boolean NOT NULL)")
+    accounts.execute("INSERT INTO brake VALUES (true)")
+    text = plan_text().replace(
+        "phases:", "settings: {throttle_query: 'SELECT on_ FROM brake'}\nphases:"
+    )
+    path = write_plan(tmp_path, text)
+    assert cli(dsn, "apply", path, "--until", "dual_write").exit_code == 0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pgshift.cli", "--dsn", dsn, "--log-format", "json", "apply", path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: _status(dsn)["waiting_for"] is not None)
+        assert _status(dsn)["waiting_for"] == "throttle_query returned true"
+        assert _backfill_rows(accounts) == 0
+        accounts.execute("UPDATE brake SET on_ = false")
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err[-2000:]
+    finally:
+        process.kill()
+    assert _status(dsn)["status"] == "done"
