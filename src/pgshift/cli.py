@@ -16,7 +16,8 @@ import psycopg
 from pgshift import __version__
 from pgshift.compile import check_available
 from pgshift.db import connect
-from pgshift.engine.executor import Executor, RunResult, differences_message, prepare
+from pgshift.engine.checks import differences_message
+from pgshift.engine.executor import Executor, RunResult, prepare
 from pgshift.engine.preflight import preflight, render_preflight
 from pgshift.engine.progress import Reporter
 from pgshift.engine.state import StateStore

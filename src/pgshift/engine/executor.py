@@ -9,25 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import psycopg
 import structlog
-from psycopg.types.json import Jsonb
 
 from pgshift.catalog import load_table, table_from_snapshot, table_to_snapshot
 from pgshift.compile import CompiledPlan, compile_plan
 from pgshift.db import connect
 from pgshift.engine.backfill_runner import BatchPolicy, run_backfill
+from pgshift.engine.checks import Checks
 from pgshift.engine.failpoints import failpoint
 from pgshift.engine.locks import migration_lock
 from pgshift.engine.progress import Reporter
-from pgshift.engine.shadow_read_runner import run_shadow_read
 from pgshift.engine.state import MigrationState, StateStore
 from pgshift.engine.steps import run_sql_step
 from pgshift.engine.throttle import Throttle
-from pgshift.engine.verify_runner import run_verify, save_to_phase
+from pgshift.engine.verify_runner import run_verify
 from pgshift.errors import DifferencesFound, GateWaiting, MigrationFailed, PgshiftError, UsageError
 from pgshift.phases.base import (
     BackfillStep,
@@ -38,7 +36,6 @@ from pgshift.phases.base import (
     VerifyStep,
 )
 from pgshift.plan.check import check_plan, parse_columns, probe_new_table, resolve_key
-from pgshift.plan.durations import format_duration
 from pgshift.plan.load import LoadedPlan
 from pgshift.verify.rowhash import VerifyResult
 
@@ -83,15 +80,6 @@ def failure(error: BaseException) -> type[PgshiftError]:
     return DifferencesFound if isinstance(error, DifferencesFound) else MigrationFailed
 
 
-def differences_message(result: VerifyResult) -> str:
-    first = result.examples[0] if result.examples else None
-    example = f"; first: {first.kind} key {list(first.key)}" if first else ""
-    return (
-        f"verify found {result.differences} difference(s) in {result.rows_compared:,} rows:"
-        f" {result.missing} missing, {result.extra} extra, {result.changed} changed{example}"
-    )
-
-
 def one_line(error: BaseException) -> str:
     if isinstance(error, psycopg.Error) and error.diag.message_primary:
         sqlstate = f" ({error.sqlstate})" if error.sqlstate else ""
@@ -116,6 +104,7 @@ class Executor:
         self.store = store
         self.reporter = reporter or Reporter(bar=False)
         self.force = force
+        self.checks = Checks(store, loaded, self.reporter)
 
     # ---------------------------------------------------------------- apply
 
@@ -192,10 +181,7 @@ class Executor:
                     f"plan {self.name} changed its phases since the migration started; --force"
                     " accepts changed settings and expressions, not different phases"
                 )
-            conn.execute(
-                self.store._q("UPDATE {s}.migrations SET plan_hash = %s WHERE name = %s"),
-                (self.loaded.sha256, self.name),
-            )
+            self.store.set_plan_hash(conn, self.name, self.loaded.sha256)
             self.store.event(
                 conn, self.name, "plan changed (--force)", detail={"plan_hash": self.loaded.sha256}
             )
@@ -249,15 +235,15 @@ class Executor:
                         slowest_batch_ms=round(outcome.slowest_batch_seconds * 1000),
                     )
                 elif isinstance(step, VerifyStep):
-                    self._verify_phase(conn, compiled, phase, step)
+                    self.checks.verify_phase(conn, compiled, phase, step)
                     with conn.transaction():
                         self.store.step_done(conn, self.name, phase.index, number + 1)
                 elif isinstance(step, ShadowReadStep):
-                    self._shadow_read(conn, phase, step)
+                    self.checks.shadow_read(conn, phase, step)
                     with conn.transaction():
                         self.store.step_done(conn, self.name, phase.index, number + 1)
                 elif isinstance(step, GateStep):
-                    self._pass_gate(conn, compiled, phase, step)
+                    self.checks.pass_gate(conn, compiled, phase, step)
                     with conn.transaction():
                         self.store.step_done(conn, self.name, phase.index, number + 1)
                 else:
@@ -287,120 +273,6 @@ class Executor:
         self.store.set_phase(conn, self.name, phase.index, "done")
         self.store.event(conn, self.name, "phase done", phase=phase.name)
         self.reporter.event("phase done", migration=self.name, phase=phase.name)
-
-    def _pass_gate(
-        self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase, step: GateStep
-    ) -> None:
-        """Return when the gate is open; otherwise record that it waits, and why, and raise
-        GateWaiting (exit 3): not a failure, nothing is rolled back."""
-        state = self.store.get(conn, self.name)
-        assert state is not None
-        gate_state = state.phase(phase.index)
-        plan_file = self.loaded.source.file
-        closed: list[str] = []
-        if step.approval and not (gate_state.checkpoint or {}).get("approved_by"):
-            closed.append(
-                f"an approval (`migrate approve {plan_file} {step.gate} --by WHO`,"
-                f" or `migrate apply {plan_file} --approve {step.gate}`)"
-            )
-        if step.wait:
-            since = (
-                state.phase(phase.index - 1).finished_at if phase.index > 0 else state.created_at
-            )
-            row = conn.execute("SELECT clock_timestamp()").fetchone()
-            assert row is not None
-            if since is not None and row[0] < since + step.wait:
-                left = since + step.wait - row[0]
-                closed.append(
-                    f"its soak time: {format_duration(step.wait)} after the previous phase,"
-                    f" {format_duration(timedelta(seconds=round(left.total_seconds())))} from now"
-                )
-        if step.require_verify and not closed:
-            # only once nothing else keeps the gate shut: a verify reads the whole table
-            closed += self._verify_for_gate(conn, compiled)
-        if not closed:
-            self.store.set_throttle(conn, self.name, None)
-            self.store.event(conn, self.name, "gate passed", phase=step.gate)
-            return
-        reason = f"gate {step.gate} waits for " + " and ".join(closed)
-        self.store.set_phase(conn, self.name, phase.index, "waiting")
-        self.store.set_status(conn, self.name, "waiting")
-        self.store.set_throttle(conn, self.name, reason)
-        self.store.event(
-            conn, self.name, "gate waiting", phase=step.gate, detail={"reason": reason}
-        )
-        if any(c.startswith("a clean verify") for c in closed):
-            raise DifferencesFound(reason)  # exit 4: differences, not merely time or approval
-        raise GateWaiting(reason)
-
-    def _verify_phase(
-        self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase, step: VerifyStep
-    ) -> None:
-        fresh = self.store.get(conn, self.name)
-        assert fresh is not None
-        result = run_verify(
-            conn,
-            compiled,
-            chunk_size=step.chunk_size,
-            throttle=Throttle(conn, self.store, self.name, self.plan.settings),
-            reporter=self.reporter,
-            checkpoint=fresh.phase(phase.index).checkpoint,
-            save=save_to_phase(conn, self.store._q, self.name, phase.index),
-        )
-        self._record_verify(conn, phase.index, result)
-        if result.differences:
-            raise DifferencesFound(differences_message(result))
-
-    def _shadow_read(
-        self, conn: psycopg.Connection[Any], phase: Phase, step: ShadowReadStep
-    ) -> None:
-        result = run_shadow_read(conn, step)
-        conn.execute(
-            self.store._q(
-                "UPDATE {s}.phases SET checkpoint = %s, rows_done = %s"
-                " WHERE migration = %s AND idx = %s"
-            ),
-            (Jsonb({"result": result.to_json()}), result.runs, self.name, phase.index),
-        )
-        self.store.event(
-            conn,
-            self.name,
-            "shadow read",
-            phase=phase.name,
-            detail={"runs": result.runs, "mismatches": result.mismatches},
-        )
-        if result.mismatches > step.max_mismatches:
-            first = result.examples[0]
-            raise DifferencesFound(
-                f"shadow_read: {result.mismatches} of {result.runs} query run(s) returned other"
-                f" rows on the new shape (max_mismatches {step.max_mismatches}); first:"
-                f" {first['query']!r} { ({k: v for k, v in first.items() if k != 'query'}) }"
-            )
-
-    def _record_verify(self, conn: psycopg.Connection[Any], idx: int, result: VerifyResult) -> None:
-        """The result stays with the phase (the report's `verify`) and in the event log."""
-        data = {"result": result.to_json()}
-        conn.execute(
-            self.store._q(
-                "UPDATE {s}.phases SET checkpoint = %s, rows_done = %s"
-                " WHERE migration = %s AND idx = %s"
-            ),
-            (Jsonb(data), result.rows_compared, self.name, idx),
-        )
-        detail = {k: v for k, v in result.to_json().items() if k != "examples"}
-        self.store.event(conn, self.name, "verified", phase="verify", detail=detail)
-
-    def _verify_for_gate(self, conn: psycopg.Connection[Any], compiled: CompiledPlan) -> list[str]:
-        result = run_verify(
-            conn,
-            compiled,
-            chunk_size=10_000,
-            throttle=Throttle(conn, self.store, self.name, self.plan.settings),
-            reporter=self.reporter,
-        )
-        detail = {k: v for k, v in result.to_json().items() if k != "examples"}
-        self.store.event(conn, self.name, "verified", detail=detail)
-        return [f"a clean verify ({differences_message(result)})"] if result.differences else []
 
     def _recorder(self, idx: int, steps_done: int) -> Callable[[psycopg.Connection[Any]], None]:
         """Records a step as done; runs inside the step's own transaction when it has one."""

@@ -324,6 +324,23 @@ class StateStore:
                 self.event(conn, name, "approved", phase=gate, detail={"by": by}, actor=by)
         return cur.rowcount > 0
 
+    def save_result(
+        self, conn: psycopg.Connection[Any], name: str, idx: int, data: Any, rows: int
+    ) -> None:
+        """A check's checkpoint or result (verify, shadow read) kept with its phase."""
+        conn.execute(
+            self._q(
+                "UPDATE {s}.phases SET checkpoint = %s, rows_done = %s"
+                " WHERE migration = %s AND idx = %s"
+            ),
+            (Jsonb(data), rows, name, idx),
+        )
+
+    def set_plan_hash(self, conn: psycopg.Connection[Any], name: str, plan_hash: str) -> None:
+        conn.execute(
+            self._q("UPDATE {s}.migrations SET plan_hash = %s WHERE name = %s"), (plan_hash, name)
+        )
+
     def set_paused(self, conn: psycopg.Connection[Any], name: str, paused: bool) -> bool:
         if not self.exists(conn):
             return False

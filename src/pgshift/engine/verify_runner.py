@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from pgshift.compile import CompiledPlan
 from pgshift.engine.failpoints import failpoint
@@ -86,20 +85,3 @@ def run_verify(
     result.extra += base["extra"]
     result.changed += base["changed"]
     return result
-
-
-def save_to_phase(
-    conn: psycopg.Connection[Any], schema_q: Callable[[str], Any], name: str, idx: int
-) -> Callable[[dict[str, Any]], None]:
-    """A `save` callback that writes the verify checkpoint into the phase row."""
-
-    def save(data: dict[str, Any]) -> None:
-        conn.execute(
-            schema_q(
-                "UPDATE {s}.phases SET checkpoint = %s, rows_done = %s"
-                " WHERE migration = %s AND idx = %s"
-            ),
-            (Jsonb(data), data["rows_compared"], name, idx),
-        )
-
-    return save

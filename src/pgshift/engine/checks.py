@@ -1,0 +1,147 @@
+"""The phases that check rather than change: gates, the verify phase and shadow reads. Each
+either returns (the phase passes) or raises: GateWaiting (exit 3) for a closed gate,
+DifferencesFound (exit 4) when the new shape does not match."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from pgshift.compile import CompiledPlan
+from pgshift.engine.progress import Reporter
+from pgshift.engine.shadow_read_runner import run_shadow_read
+from pgshift.engine.state import StateStore
+from pgshift.engine.throttle import Throttle
+from pgshift.engine.verify_runner import run_verify
+from pgshift.errors import DifferencesFound, GateWaiting
+from pgshift.phases.base import GateStep, Phase, ShadowReadStep, VerifyStep
+from pgshift.plan.durations import format_duration
+from pgshift.plan.load import LoadedPlan
+from pgshift.verify.rowhash import VerifyResult
+
+
+def differences_message(result: VerifyResult) -> str:
+    first = result.examples[0] if result.examples else None
+    example = f"; first: {first.kind} key {list(first.key)}" if first else ""
+    return (
+        f"verify found {result.differences} difference(s) in {result.rows_compared:,} rows:"
+        f" {result.missing} missing, {result.extra} extra, {result.changed} changed{example}"
+    )
+
+
+class Checks:
+    def __init__(self, store: StateStore, loaded: LoadedPlan, reporter: Reporter) -> None:
+        self.store = store
+        self.loaded = loaded
+        self.plan = loaded.plan
+        self.name = loaded.plan.name
+        self.reporter = reporter
+
+    def pass_gate(
+        self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase, step: GateStep
+    ) -> None:
+        """Return when the gate is open; otherwise record that it waits, and why, and raise
+        GateWaiting (exit 3): not a failure, nothing is rolled back."""
+        state = self.store.get(conn, self.name)
+        assert state is not None
+        gate_state = state.phase(phase.index)
+        plan_file = self.loaded.source.file
+        closed: list[str] = []
+        if step.approval and not (gate_state.checkpoint or {}).get("approved_by"):
+            closed.append(
+                f"an approval (`migrate approve {plan_file} {step.gate} --by WHO`,"
+                f" or `migrate apply {plan_file} --approve {step.gate}`)"
+            )
+        if step.wait:
+            since = (
+                state.phase(phase.index - 1).finished_at if phase.index > 0 else state.created_at
+            )
+            row = conn.execute("SELECT clock_timestamp()").fetchone()
+            assert row is not None
+            if since is not None and row[0] < since + step.wait:
+                left = since + step.wait - row[0]
+                closed.append(
+                    f"its soak time: {format_duration(step.wait)} after the previous phase,"
+                    f" {format_duration(timedelta(seconds=round(left.total_seconds())))} from now"
+                )
+        if step.require_verify and not closed:
+            # only once nothing else keeps the gate shut: a verify reads the whole table
+            closed += self._verify_for_gate(conn, compiled)
+        if not closed:
+            self.store.set_throttle(conn, self.name, None)
+            self.store.event(conn, self.name, "gate passed", phase=step.gate)
+            return
+        reason = f"gate {step.gate} waits for " + " and ".join(closed)
+        self.store.set_phase(conn, self.name, phase.index, "waiting")
+        self.store.set_status(conn, self.name, "waiting")
+        self.store.set_throttle(conn, self.name, reason)
+        self.store.event(
+            conn, self.name, "gate waiting", phase=step.gate, detail={"reason": reason}
+        )
+        if any(c.startswith("a clean verify") for c in closed):
+            raise DifferencesFound(reason)  # exit 4: differences, not merely time or approval
+        raise GateWaiting(reason)
+
+    def verify_phase(
+        self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase, step: VerifyStep
+    ) -> None:
+        fresh = self.store.get(conn, self.name)
+        assert fresh is not None
+        result = run_verify(
+            conn,
+            compiled,
+            chunk_size=step.chunk_size,
+            throttle=Throttle(conn, self.store, self.name, self.plan.settings),
+            reporter=self.reporter,
+            checkpoint=fresh.phase(phase.index).checkpoint,
+            save=lambda data: self.store.save_result(
+                conn, self.name, phase.index, data, data["rows_compared"]
+            ),
+        )
+        self._record_verify(conn, phase.index, result)
+        if result.differences:
+            raise DifferencesFound(differences_message(result))
+
+    def shadow_read(
+        self, conn: psycopg.Connection[Any], phase: Phase, step: ShadowReadStep
+    ) -> None:
+        result = run_shadow_read(conn, step)
+        self.store.save_result(
+            conn, self.name, phase.index, {"result": result.to_json()}, result.runs
+        )
+        self.store.event(
+            conn,
+            self.name,
+            "shadow read",
+            phase=phase.name,
+            detail={"runs": result.runs, "mismatches": result.mismatches},
+        )
+        if result.mismatches > step.max_mismatches:
+            first = result.examples[0]
+            raise DifferencesFound(
+                f"shadow_read: {result.mismatches} of {result.runs} query run(s) returned other"
+                f" rows on the new shape (max_mismatches {step.max_mismatches}); first:"
+                f" {first['query']!r} { ({k: v for k, v in first.items() if k != 'query'}) }"
+            )
+
+    def _record_verify(self, conn: psycopg.Connection[Any], idx: int, result: VerifyResult) -> None:
+        """The result stays with the phase (the report's `verify`) and in the event log."""
+        self.store.save_result(
+            conn, self.name, idx, {"result": result.to_json()}, result.rows_compared
+        )
+        detail = {k: v for k, v in result.to_json().items() if k != "examples"}
+        self.store.event(conn, self.name, "verified", phase="verify", detail=detail)
+
+    def _verify_for_gate(self, conn: psycopg.Connection[Any], compiled: CompiledPlan) -> list[str]:
+        result = run_verify(
+            conn,
+            compiled,
+            chunk_size=10_000,
+            throttle=Throttle(conn, self.store, self.name, self.plan.settings),
+            reporter=self.reporter,
+        )
+        detail = {k: v for k, v in result.to_json().items() if k != "examples"}
+        self.store.event(conn, self.name, "verified", detail=detail)
+        return [f"a clean verify ({differences_message(result)})"] if result.differences else []
