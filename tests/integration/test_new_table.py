@@ -249,3 +249,27 @@ def test_identity_keys_continue_across_cutover_and_rollback(
     finally:
         conn.execute("DROP TABLE IF EXISTS events, events_v2, events_pgshift_old CASCADE")
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(reader)))
+
+
+@pytest.mark.parametrize(
+    ("mapping", "fragment"),
+    [
+        ("columns:\n    email: upper(nosuchcol)", "new_table.columns does not work"),
+        ("columns:\n    email: email; DROP TABLE accounts", "not a SQL expression"),
+        ("columns:\n    balance: email", "new_table.columns does not work"),
+        ("reverse:\n    balance: now()", "new_table.reverse does not work"),
+    ],
+)
+def test_mappings_are_checked_before_anything_runs(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path, mapping: str, fragment: str
+) -> None:
+    create_accounts(conn, 100)
+    text = (
+        (PLANS / "accounts_bigint_key.yaml")
+        .read_text()
+        .replace("\nphases:", f"\n  {mapping.replace(chr(10), chr(10) + '  ')}\n\nphases:")
+    )
+    result = cli(dsn, "apply", write_plan(tmp_path, text))
+    assert result.exit_code == 2, result.output
+    assert fragment in error_line(result)
+    assert conn.execute("SELECT to_regclass('accounts_v2')").fetchone() == (None,)

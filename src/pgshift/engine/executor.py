@@ -35,7 +35,14 @@ from pgshift.phases.base import (
     SqlStep,
     VerifyStep,
 )
-from pgshift.plan.check import check_plan, parse_columns, probe_new_table, resolve_key
+from pgshift.plan.check import (
+    check_copy,
+    check_plan,
+    parse_columns,
+    parse_mappings,
+    probe_new_table,
+    resolve_key,
+)
 from pgshift.plan.load import LoadedPlan
 from pgshift.verify.rowhash import VerifyResult
 
@@ -65,13 +72,20 @@ def prepare(
         if state.snapshot.get("new_table"):
             new_table = table_from_snapshot(state.snapshot["new_table"])
         key = resolve_key(plan, table)
+        # a --force'd change must still be one expression each
         if plan.columns is not None:
-            parse_columns(plan)  # a --force'd change must still be one expression each
+            parse_columns(plan)
+        else:
+            parse_mappings(plan)
     else:
         table = load_table(conn, plan.table)
         key = check_plan(conn, plan, table)
         if plan.new_table is not None:
+            parse_mappings(plan)
             new_table = probe_new_table(conn, plan, table)
+            compiled = compile_plan(plan, table, key, store.schema, new_table)
+            check_copy(conn, plan, compiled.context.shape.probes())
+            return compiled, state
     return compile_plan(plan, table, key, store.schema, new_table), state
 
 

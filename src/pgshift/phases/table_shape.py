@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from pgshift.catalog import Column, Constraint, Table
-from pgshift.db import derived_name
+from pgshift.db import Query, derived_name
 from pgshift.errors import PlanError
 from pgshift.plan.model import Plan
 
@@ -51,6 +51,29 @@ class TableShape:
     reverse_function: sql.Identifier
     forward_trigger: str
     reverse_trigger: str
+
+    def probes(self) -> list[tuple[str, Query]]:
+        """Both copies over no row, for plan-time checks of the mappings."""
+        return [
+            (
+                "columns",
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE false").format(
+                    self.new.qualified,
+                    self.forward_columns(),
+                    self.forward_select(),
+                    self.old.qualified,
+                ),
+            ),
+            (
+                "reverse",
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE false").format(
+                    self.old.qualified,
+                    sql.SQL(", ").join(sql.Identifier(c) for c in self.reverse),
+                    sql.SQL(", ").join(sql.SQL(e) for e in self.reverse.values()),
+                    self.new.qualified,
+                ),
+            ),
+        ]
 
     def forward_select(self) -> sql.Composed:
         return sql.SQL(", ").join(sql.SQL(e) for e in self.forward.values())

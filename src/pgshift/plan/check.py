@@ -218,6 +218,33 @@ def probe_new_table(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> 
         raise PlanError(f"create fails: {detail}", path=("new_table", "create")) from error
 
 
+def parse_mappings(plan: Plan) -> None:
+    """new_table.columns and new_table.reverse: one SQL expression each."""
+    assert plan.new_table is not None
+    for field in ("columns", "reverse"):
+        for column, expression in getattr(plan.new_table, field).items():
+            parse_expression(expression, ("new_table", field, column))
+
+
+def check_copy(conn: psycopg.Connection[Any], plan: Plan, probes: list[tuple[str, Query]]) -> None:
+    """Run each (mapping, statement) probe, a copy that selects no row, with the new table
+    created in a transaction that is rolled back: every mapping must assign to its column's
+    type, as the triggers will."""
+    assert plan.new_table is not None
+    parse_mappings(plan)
+    for direction, probe in probes:
+        try:
+            with conn.transaction(force_rollback=True):
+                for statement in create_statements(plan):
+                    conn.execute(sql.SQL(statement))
+                conn.execute(probe)
+        except psycopg.Error as error:
+            detail = error.diag.message_primary or str(error).splitlines()[0]
+            raise PlanError(
+                f"new_table.{direction} does not work: {detail}", path=("new_table", direction)
+            ) from error
+
+
 def check_plan(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> tuple[str, ...]:
     """Raise PlanError (with the plan path at fault) on the first problem; return the key."""
     key = resolve_key(plan, table)
