@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from pgshift.demo.seed import create_accounts
 from tests.integration.helpers import cli, definition, error_line, run_process, write_plan
@@ -161,3 +162,61 @@ def test_failed_non_transactional_sql_phase_is_undone(
     assert result.exit_code == 1
     assert "rolled back" in error_line(result)
     assert definition(accounts) == before
+
+
+MIXED_SQL_PLAN = """version: 1
+name: mixed_sql
+table: public.accounts
+columns:
+  balance: {type: bigint}
+settings: {lock_timeout: 200ms, lock_retries: 2}
+phases:
+  - expand
+  - sql:
+      name: index_then_alter
+      up: |
+        CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_status_idx ON accounts (status);
+        ALTER TABLE accounts ADD COLUMN note text;
+      down: |
+        ALTER TABLE accounts DROP COLUMN IF EXISTS note;
+        DROP INDEX CONCURRENTLY IF EXISTS accounts_status_idx;
+"""
+
+
+def test_strong_locks_outside_a_transaction_keep_lock_timeout(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """Only the CONCURRENTLY forms wait without a limit: an ALTER beside them in a sql phase
+    still gives up after lock_timeout, instead of queueing every reader behind it."""
+    path = write_plan(tmp_path, MIXED_SQL_PLAN)
+    assert cli(dsn, "apply", path, "--until", "expand").exit_code == 0
+    with psycopg.connect(dsn) as holder:
+        holder.execute("SELECT 1 FROM accounts LIMIT 1")  # ACCESS SHARE held until rollback
+        started = time.monotonic()
+        result = cli(dsn, "apply", path)
+        waited = time.monotonic() - started
+        holder.rollback()
+    assert result.exit_code == 1
+    assert "could not get its lock" in error_line(result)
+    assert waited < 5  # two attempts of 200ms and a short backoff, not the holder's lifetime
+
+
+def test_long_batches_ignore_a_short_database_statement_timeout(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    create_accounts(conn, 200_000)
+    database = conn.info.dbname
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} SET statement_timeout = '250ms'").format(
+            sql.Identifier(database)
+        )
+    )
+    text = PLAN.format(column="balance", spec="    type: bigint").replace(
+        "phases: [expand, dual_write, backfill,",
+        "phases: [expand, dual_write, {backfill: {batch_size: 200000}},",
+    )
+    result = cli(dsn, "apply", write_plan(tmp_path, text), "--until", "backfill")
+    assert result.exit_code == 0, result.output  # one 200,000-row UPDATE takes far longer
+    assert conn.execute(
+        "SELECT rows_done FROM pgshift.phases WHERE kind = 'backfill'"
+    ).fetchone() == (200_000,)

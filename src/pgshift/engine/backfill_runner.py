@@ -100,7 +100,8 @@ def run_backfill(
                 size: int = size, last: list[str] | None = last, number: int = batches + 1
             ) -> tuple[list[str] | None, int]:
                 with conn.transaction():
-                    set_timeouts(conn, settings.lock_timeout, None, local=True)
+                    # a batch is bounded by batch_time, not by the server's statement_timeout
+                    set_timeouts(conn, settings.lock_timeout, timedelta(0), local=True)
                     for name, value in step.session_settings:
                         conn.execute("SELECT set_config(%s, %s, true)", (name, value))
                     if last is None:

@@ -42,10 +42,10 @@ def set_timeouts(
     statement_timeout: timedelta | None,
     local: bool,
 ) -> None:
-    """lock_timeout always (0 waits without limit); statement_timeout only when one is given,
-    so 0 leaves the role's or database's own setting in force."""
+    """lock_timeout always (0 waits without limit); statement_timeout only when one is given
+    (0 then means no limit), so None leaves the role's or database's own setting in force."""
     conn.execute("SELECT set_config('lock_timeout', %s, %s)", (f"{to_ms(lock_timeout)}ms", local))
-    if statement_timeout:
+    if statement_timeout is not None:
         conn.execute(
             "SELECT set_config('statement_timeout', %s, %s)",
             (f"{to_ms(statement_timeout)}ms", local),

@@ -45,6 +45,24 @@ def drop_invalid_index(conn: psycopg.Connection[Any], schema: str, name: str) ->
         )
 
 
+def step_statement_timeout(step: SqlStep, settings: Settings) -> timedelta | None:
+    """A step that scans (index builds, VALIDATE, ANALYZE) takes as long as the table is big:
+    no limit, whatever the server's default. Catalog-only DDL gets the plan's
+    statement_timeout, or the server's when the plan sets none."""
+    if step.scans:
+        return timedelta(0)
+    return settings.statement_timeout or None
+
+
+def patient(statement: Query) -> bool:
+    """The CONCURRENTLY forms (and VACUUM) wait, by design, for older transactions to end, and
+    their SHARE UPDATE EXCLUSIVE lock blocks no read or write meanwhile. Under a short
+    lock_timeout one long transaction anywhere would make every attempt throw the work away,
+    so they wait without a limit; every other statement keeps lock_timeout."""
+    text = statement.as_string().upper()
+    return "CONCURRENTLY" in text or text.lstrip().startswith("VACUUM")
+
+
 def run_sql_step(
     conn: psycopg.Connection[Any],
     step: SqlStep,
@@ -53,7 +71,7 @@ def run_sql_step(
     label: str,
 ) -> bool:
     """Run the step; True when it was found already done and skipped."""
-    statement_timeout = None if step.scans else settings.statement_timeout
+    statement_timeout = step_statement_timeout(step, settings)
     if step.transactional:
 
         def attempt() -> bool:
@@ -83,11 +101,8 @@ def run_sql_step(
             def run(statement: Query = statement) -> None:
                 if step.builds_index is not None:
                     drop_invalid_index(conn, *step.builds_index)
-                # The CONCURRENTLY forms wait, by design, for older transactions to end; their
-                # SHARE UPDATE EXCLUSIVE lock blocks no read or write meanwhile. Under a short
-                # lock_timeout one long transaction anywhere would make every attempt throw
-                # the build away, so they wait without a limit.
-                set_timeouts(conn, timedelta(0), statement_timeout, local=False)
+                lock_timeout = timedelta(0) if patient(statement) else settings.lock_timeout
+                set_timeouts(conn, lock_timeout, statement_timeout, local=False)
                 conn.execute(statement)
 
             with_lock_retries(
