@@ -26,6 +26,7 @@ class Column:
     owned_sequence: tuple[str, str] | None  # (schema, name) of the sequence this column owns
     sequence_type: str | None  # that sequence's data type
     collation: str | None = None  # a collation other than its type's default
+    default_sequence: tuple[str, str] | None = None  # the sequence its default takes from
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,11 @@ def _columns(cur: psycopg.Cursor[dict[str, Any]], oid: int) -> dict[str, Column]
         SELECT a.attname, a.attnum, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull,
                pg_get_expr(d.adbin, d.adrelid) AS default, a.attidentity::text AS identity,
                a.attgenerated::text AS generated,
+               (SELECT ARRAY[sn.nspname::text, s.relname::text]
+                  FROM pg_depend dep JOIN pg_class s ON s.oid = dep.refobjid
+                  JOIN pg_namespace sn ON sn.oid = s.relnamespace
+                 WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
+                   AND s.relkind = 'S' LIMIT 1) AS default_sequence,
                (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
                   FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
                   JOIN pg_type t ON t.oid = a.atttypid
@@ -248,6 +254,7 @@ def _columns(cur: psycopg.Cursor[dict[str, Any]], oid: int) -> dict[str, Column]
             owned_sequence=tuple(r["owned_sequence"]) if r["owned_sequence"] else None,
             sequence_type=r["sequence_type"],
             collation=r["collation"],
+            default_sequence=tuple(r["default_sequence"]) if r["default_sequence"] else None,
         )
         for r in rows
     }
@@ -438,7 +445,13 @@ def table_to_snapshot(table: Table) -> dict[str, Any]:
 def table_from_snapshot(data: dict[str, Any]) -> Table:
     columns = {
         name: Column(
-            **{**c, "owned_sequence": tuple(c["owned_sequence"]) if c["owned_sequence"] else None}
+            **{
+                **c,
+                "owned_sequence": tuple(c["owned_sequence"]) if c["owned_sequence"] else None,
+                "default_sequence": tuple(c["default_sequence"])
+                if c.get("default_sequence")
+                else None,
+            }
         )
         for name, c in data["columns"].items()
     }

@@ -198,6 +198,9 @@ def _reported(options: Options, name: str, report: str | None, action: Callable[
     except PgshiftError as error:
         code = error.exit_code
         raise
+    except KeyboardInterrupt:
+        code = 130  # what the command line exits with on Ctrl-C
+        raise
     except Exception:
         code = ExitCode.FAILED
         raise

@@ -273,3 +273,31 @@ def test_mappings_are_checked_before_anything_runs(
     assert result.exit_code == 2, result.output
     assert fragment in error_line(result)
     assert conn.execute("SELECT to_regclass('accounts_v2')").fetchone() == (None,)
+
+
+def test_self_referencing_foreign_key_is_refused(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    create_accounts(conn, 100)
+    conn.execute("ALTER TABLE accounts ADD COLUMN parent int REFERENCES accounts (id)")
+    result = cli(dsn, "plan", str(PLANS / "accounts_bigint_key.yaml"))
+    assert result.exit_code == 2
+    assert "references itself through foreign key accounts_parent_fkey" in error_line(result)
+
+
+def test_sequence_the_key_does_not_own_is_refused(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    create_accounts(conn, 100)
+    conn.execute("CREATE SEQUENCE shared_ids")
+    conn.execute("ALTER TABLE accounts ALTER COLUMN id SET DEFAULT nextval('shared_ids')")
+    result = cli(dsn, "plan", str(PLANS / "accounts_bigint_key.yaml"))
+    assert result.exit_code == 2
+    assert "from a sequence it does not own" in error_line(result)
+
+
+def test_demo_table_seeds_past_integer_overflow_of_its_generators(
+    conn: psycopg.Connection[Any],
+) -> None:
+    create_accounts(conn, 300_000)  # i * 7919 passes 2^31 at ~271,000 rows
+    assert conn.execute("SELECT count(*) FROM accounts").fetchone() == (300_000,)

@@ -77,7 +77,8 @@ def create_accounts(
                        c,
                        CASE WHEN i % 3 = 0 THEN NULL ELSE c + random() * (now() - c) END
                 FROM (SELECT i, now() - random() * interval '1000 days' AS c
-                      FROM generate_series(1, {rows}) AS i) AS g,
+                      -- bigint: i * 7919 and i * 31 overflow integer past ~271,000 rows
+                      FROM generate_series(1::bigint, {rows}) AS i) AS g,
                      (SELECT {first} AS f, {last} AS l, {domains} AS d, {statuses} AS s) AS a"""
             ).format(
                 name=name,

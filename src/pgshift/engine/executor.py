@@ -392,7 +392,7 @@ class Executor:
             status = "rolled_back" if target == -1 else "paused"
             self.store.set_status(conn, self.name, status)
             self.store.event(conn, self.name, "rollback done", detail={"to": to})
-            where = "every phase" if to is None else f"back to just after {to}"
+            where = "every phase" if to is None else f"the phases after {to}"
             return RunResult(self.name, status, f"rolled back {where}", to, undone)
 
     def _rollback_phases(

@@ -425,6 +425,13 @@ def _foreign_keys(shape: TableShape) -> tuple[list[Query], list[SqlStep]]:
         validate.append(
             SqlStep(
                 description=f"validate foreign key {fk.name} on {fk.referenced_table}",
+                # nothing to do when the swap never happened (or validation already ran)
+                done_if=exists_query(
+                    "SELECT 1 FROM pg_constraint WHERE conname = {} AND conrelid = {}::regclass"
+                    " AND convalidated",
+                    fk.name,
+                    child.as_string(),
+                ),
                 statements=(
                     sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
                         child, sql.Identifier(fk.name)

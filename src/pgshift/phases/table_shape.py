@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from pgshift.catalog import Column, Constraint, Table
-from pgshift.db import Query, derived_name
+from pgshift.db import Query, derived_name, split_name
 from pgshift.errors import PlanError
 from pgshift.plan.model import Plan
 
@@ -160,6 +160,13 @@ def build_table_shape(
                 path=("new_table", "reverse"),
             )
     for fk in old.referencing_fks:
+        if fk.referenced_table is not None and _same_table(fk.referenced_table, old):
+            raise PlanError(
+                f"{old.display} references itself through foreign key {fk.name}: pgshift does"
+                " not move self-references yet; drop it before the migration and add it on the"
+                " new table after cutover (NOT VALID, then VALIDATE), with sql phases",
+                path=("table",),
+            )
         if not any(set(fk.columns) == set(k) for k in (new.primary_key, *new.unique_keys)):
             raise PlanError(
                 f"foreign key {fk.name} on {fk.referenced_table} references"
@@ -186,6 +193,11 @@ def build_table_shape(
     )
 
 
+def _same_table(name: str, table: Table) -> bool:
+    schema, relname = split_name(name)
+    return relname == table.name and schema in (None, table.schema)
+
+
 def _feeds(old: Table, new: Table, forward: dict[str, str]) -> list[KeyFeed]:
     feeds = []
     for name, column in old.columns.items():
@@ -193,6 +205,12 @@ def _feeds(old: Table, new: Table, forward: dict[str, str]) -> list[KeyFeed]:
         if not fed or name not in new.columns or forward.get(name) != _plain(name):
             continue
         target: Column = new.columns[name]
+        if not column.identity and column.default_sequence != column.owned_sequence:
+            raise PlanError(
+                f"{old.display}.{name} takes its values from a sequence it does not own: run"
+                f" ALTER SEQUENCE ... OWNED BY {old.display}.{name} first, so cutover can move it",
+                path=("table",),
+            )
         if column.identity and not target.identity:
             raise PlanError(
                 f"{old.display}.{name} is an identity column: make {new.display}.{name} one too"
