@@ -220,3 +220,22 @@ def test_long_batches_ignore_a_short_database_statement_timeout(
     assert conn.execute(
         "SELECT rows_done FROM pgshift.phases WHERE kind = 'backfill'"
     ).fetchone() == (200_000,)
+
+
+def test_lock_waits_stay_below_deadlock_timeout(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """With lock_timeout 1s and the server's deadlock_timeout 1s, an application session queued
+    behind pgshift could be picked as a deadlock's victim; pgshift waits half as long."""
+    text = PLAN.format(column="balance", spec="    type: bigint").replace(
+        "{lock_timeout: 200ms, lock_retries: 3}", "{lock_timeout: 1s, lock_retries: 1}"
+    )
+    deadlock = accounts.execute("SHOW deadlock_timeout").fetchone()
+    assert deadlock == ("1s",)  # the server default these numbers assume
+    with psycopg.connect(dsn) as holder:
+        holder.execute("SELECT 1 FROM accounts LIMIT 1")
+        result = cli(dsn, "apply", write_plan(tmp_path, text))
+        holder.rollback()
+    assert result.exit_code == 1
+    assert "within lock_timeout=500ms" in error_line(result)
+    assert "lock_timeout capped below the server's deadlock_timeout" in result.stderr

@@ -38,6 +38,7 @@ class Checks:
         self.plan = loaded.plan
         self.name = loaded.plan.name
         self.reporter = reporter
+        self.settings = loaded.plan.settings  # the executor caps lock_timeout on connecting
 
     def pass_gate(
         self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase, step: GateStep
@@ -93,7 +94,7 @@ class Checks:
             conn,
             compiled,
             chunk_size=step.chunk_size,
-            throttle=Throttle(conn, self.store, self.name, self.plan.settings),
+            throttle=Throttle(conn, self.store, self.name, self.settings),
             reporter=self.reporter,
             checkpoint=fresh.phase(phase.index).checkpoint,
             save=lambda data: self.store.save_result(
@@ -139,7 +140,7 @@ class Checks:
             conn,
             compiled,
             chunk_size=10_000,
-            throttle=Throttle(conn, self.store, self.name, self.plan.settings),
+            throttle=Throttle(conn, self.store, self.name, self.settings),
             reporter=self.reporter,
         )
         detail = {k: v for k, v in result.to_json().items() if k != "examples"}

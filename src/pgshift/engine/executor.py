@@ -20,7 +20,7 @@ from pgshift.db import connect
 from pgshift.engine.backfill_runner import BatchPolicy, run_backfill
 from pgshift.engine.checks import Checks
 from pgshift.engine.failpoints import failpoint
-from pgshift.engine.locks import migration_lock
+from pgshift.engine.locks import below_deadlock_timeout, migration_lock
 from pgshift.engine.progress import Reporter
 from pgshift.engine.state import MigrationState, StateStore
 from pgshift.engine.steps import run_sql_step
@@ -118,7 +118,12 @@ class Executor:
         self.store = store
         self.reporter = reporter or Reporter(bar=False)
         self.force = force
+        self.settings = loaded.plan.settings  # capped below deadlock_timeout on connecting
         self.checks = Checks(store, loaded, self.reporter)
+
+    def _connected(self, conn: psycopg.Connection[Any]) -> None:
+        self.settings = below_deadlock_timeout(conn, self.plan.settings)
+        self.checks.settings = self.settings
 
     # ---------------------------------------------------------------- apply
 
@@ -127,6 +132,7 @@ class Executor:
             migration_lock(self.dsn, self.name, "apply"),
             connect(self.dsn, role=f"apply {self.name}") as conn,
         ):
+            self._connected(conn)
             self.store.ensure_schema(conn)
             compiled, state = prepare(conn, self.loaded, self.store)
             if until is not None:
@@ -235,9 +241,9 @@ class Executor:
                         checkpoint=ps.checkpoint,
                         rows_done=ps.rows_done,
                         rows_total=ps.rows_total,
-                        settings=self.plan.settings,
-                        policy=BatchPolicy.of(self.plan.settings, phase.options),
-                        throttle=Throttle(conn, self.store, self.name, self.plan.settings),
+                        settings=self.settings,
+                        policy=BatchPolicy.of(self.settings, phase.options),
+                        throttle=Throttle(conn, self.store, self.name, self.settings),
                         reporter=self.reporter,
                     )
                     self.reporter.event(
@@ -264,7 +270,7 @@ class Executor:
                     skipped = run_sql_step(
                         conn,
                         step,
-                        self.plan.settings,
+                        self.settings,
                         self._recorder(phase.index, number + 1),
                         label,
                     )
@@ -358,8 +364,9 @@ class Executor:
             migration_lock(self.dsn, self.name, "verify"),
             connect(self.dsn, role=f"verify {self.name}") as conn,
         ):
+            self._connected(conn)
             compiled, state = prepare(conn, self.loaded, self.store)
-            throttle = Throttle(conn, self.store, self.name, self.plan.settings) if state else None
+            throttle = Throttle(conn, self.store, self.name, self.settings) if state else None
             result = run_verify(
                 conn, compiled, chunk_size=chunk_size, throttle=throttle, reporter=self.reporter
             )
@@ -375,6 +382,7 @@ class Executor:
             migration_lock(self.dsn, self.name, "rollback"),
             connect(self.dsn, role=f"rollback {self.name}") as conn,
         ):
+            self._connected(conn)
             self.store.ensure_schema(conn)
             compiled, state = prepare(conn, self.loaded, self.store)
             if state is None:
@@ -428,7 +436,7 @@ class Executor:
                 run_sql_step(
                     conn,
                     step,
-                    self.plan.settings,
+                    self.settings,
                     lambda c: None,
                     f"{phase.name}:rollback:{number}",
                 )

@@ -30,6 +30,7 @@ from pgshift.db import connect
 from pgshift.engine.state import LOCK_CLASS
 from pgshift.errors import LockHeld, MigrationFailed
 from pgshift.plan.durations import format_duration, to_ms
+from pgshift.plan.model import Settings
 
 log = structlog.get_logger("pgshift.locks")
 T = TypeVar("T")
@@ -50,6 +51,28 @@ def set_timeouts(
             "SELECT set_config('statement_timeout', %s, %s)",
             (f"{to_ms(statement_timeout)}ms", local),
         )
+
+
+def below_deadlock_timeout(conn: psycopg.Connection[Any], settings: Settings) -> Settings:
+    """The settings pgshift runs with: each lock wait shorter than the server's
+    deadlock_timeout. When a DDL transaction holding one lock waits for another that an
+    application transaction holds while queued behind the first, PostgreSQL breaks the
+    deadlock in whichever session checks first, after deadlock_timeout. Giving up sooner
+    (and retrying) makes pgshift that session, never the application."""
+    row = conn.execute(
+        "SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'"
+    ).fetchone()
+    deadlock = timedelta(milliseconds=row[0]) if row else timedelta(seconds=1)
+    if settings.lock_timeout < deadlock:
+        return settings
+    capped = max(deadlock / 2, timedelta(milliseconds=1))
+    log.warning(
+        "lock_timeout capped below the server's deadlock_timeout",
+        lock_timeout=format_duration(settings.lock_timeout),
+        deadlock_timeout=format_duration(deadlock),
+        used=format_duration(capped),
+    )
+    return settings.model_copy(update={"lock_timeout": capped})
 
 
 def with_lock_retries(
