@@ -298,3 +298,29 @@ def test_throttle_query_holds_the_backfill(
     finally:
         process.kill()
     assert _status(dsn)["status"] == "done"
+
+
+def test_failed_validate_takes_its_check_back_so_writes_go_on(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """on_failure: pause keeps the state, but not a NOT VALID check that rejects writes."""
+    spec = "    type: bigint\n    up: nullif(balance::bigint * (id % 50), 0)\n    nullable: false"
+    text = plan_text(spec=spec).replace("phases:", "settings: {on_failure: pause}\nphases:")
+    path = write_plan(tmp_path, text)
+    assert cli(dsn, "apply", path).exit_code == 1
+    assert not [
+        c for c in definition(accounts)["constraints"] if "pgshift_nn" in c[0]
+    ]  # the check is gone
+    # a write whose new value is NULL (id a multiple of 50) still goes through
+    accounts.execute("INSERT INTO accounts (id, balance, email) VALUES (100050, 5, 'x@y.z')")
+    status = json.loads(cli(dsn, "status", path, "--json").stdout)
+    cutover = status["phases"][3]
+    assert cutover["status"] == "failed"
+    # fix the data, and apply starts cutover over: the check is added and validated again
+    accounts.execute("UPDATE accounts SET balance = 1 WHERE id % 50 = 0")
+    accounts.execute(
+        "SET pgshift.backfill = 'on'; UPDATE accounts SET _pgshift_balance = balance"
+        " WHERE _pgshift_balance IS NULL; RESET pgshift.backfill"
+    )
+    result = cli(dsn, "apply", path)
+    assert result.exit_code == 0, result.output

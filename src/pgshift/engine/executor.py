@@ -33,6 +33,7 @@ from pgshift.phases.base import (
     Phase,
     ShadowReadStep,
     SqlStep,
+    Step,
     VerifyStep,
 )
 from pgshift.plan.check import (
@@ -220,6 +221,7 @@ class Executor:
         self.store.set_phase(conn, self.name, phase.index, "running")
         self.store.event(conn, self.name, "phase started", phase=phase.name)
         self.reporter.event("phase started", migration=self.name, phase=phase.name)
+        step: Step | None = None
         try:
             for number in range(phase_state.steps_done, len(phase.forward)):
                 step = phase.forward[number]
@@ -289,10 +291,30 @@ class Executor:
             self.store.event(conn, self.name, "interrupted", phase=phase.name)
             raise
         except Exception as error:
+            if isinstance(step, SqlStep) and step.undo_on_failure:
+                self._undo(conn, phase, step)
             self._fail(conn, compiled, phase, error)
         self.store.set_phase(conn, self.name, phase.index, "done")
         self.store.event(conn, self.name, "phase done", phase=phase.name)
         self.reporter.event("phase done", migration=self.name, phase=phase.name)
+
+    def _undo(self, conn: psycopg.Connection[Any], phase: Phase, step: SqlStep) -> None:
+        """Take back what a failed step's phase left in force, and start the phase over."""
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        undo = SqlStep(
+            description=f"take back: {step.description}",
+            statements=step.undo_on_failure,
+            lock="ACCESS EXCLUSIVE",
+        )
+        try:
+            run_sql_step(
+                conn, undo, self.settings, self._recorder(phase.index, 0), f"{phase.name}:undo"
+            )
+        except Exception as error:  # the failure being handled matters more; say it and go on
+            log.error(
+                "could not take back a failed step", step=step.description, error=one_line(error)
+            )
 
     def _recorder(self, idx: int, steps_done: int) -> Callable[[psycopg.Connection[Any]], None]:
         """Records a step as done; runs inside the step's own transaction when it has one."""

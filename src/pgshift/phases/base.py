@@ -54,6 +54,9 @@ class SqlStep:
     # (schema, index) built CONCURRENTLY here: an INVALID leftover is dropped before a retry
     builds_index: tuple[str, str] | None = None
     hold: str = "milliseconds"  # expected time the lock is held, for plan and runbook
+    # When this step fails: statements taking back what the phase's earlier steps left in
+    # force (a NOT VALID check that would reject writes), after which the phase starts over.
+    undo_on_failure: tuple[Query, ...] = ()
 
 
 @dataclass(frozen=True)

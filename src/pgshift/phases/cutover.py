@@ -251,6 +251,18 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
                 scans=True,
                 done_if=swapped_query(ctx),
                 hold="one scan of the table (writes continue)",
+                # a check left NOT VALID would reject every write whose new value is NULL
+                undo_on_failure=(
+                    _alter(
+                        ctx,
+                        sql.SQL(", ").join(
+                            sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(
+                                sql.Identifier(c.check_name)
+                            )
+                            for c in not_null
+                        ),
+                    ),
+                ),
             )
         )
     for ix in shape.indexes:
