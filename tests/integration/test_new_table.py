@@ -301,3 +301,22 @@ def test_demo_table_seeds_past_integer_overflow_of_its_generators(
 ) -> None:
     create_accounts(conn, 300_000)  # i * 7919 passes 2^31 at ~271,000 rows
     assert conn.execute("SELECT count(*) FROM accounts").fetchone() == (300_000,)
+
+
+def test_partitions_get_the_owner_and_grants_too(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    create_accounts(conn, 100)
+    reader = f"pgshift_reader_{uuid.uuid4().hex[:8]}"
+    conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(reader)))
+    try:
+        conn.execute(sql.SQL("GRANT SELECT ON accounts TO {}").format(sql.Identifier(reader)))
+        assert (
+            cli(dsn, "apply", str(PLANS / "partition_accounts.yaml"), "--until", "expand").exit_code
+            == 0
+        )
+        for table in ("accounts_part", "accounts_part_p0", "accounts_part_rest"):
+            assert conn.execute(
+                "SELECT has_table_privilege(%s, %s, 'SELECT')", (reader, table)
+            ).fetchone() == (True,), table
+        assert cli(dsn, "rollback", str(PLANS / "partition_accounts.yaml")).exit_code == 0
+    finally:
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(reader)))

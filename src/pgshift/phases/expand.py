@@ -15,7 +15,7 @@ from pgshift.db import Query
 from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.phases.table_shape import TableShape
-from pgshift.plan.check import create_statements
+from pgshift.plan.check import create_statements, created_tables
 
 
 def view_schema_step(
@@ -150,18 +150,21 @@ def _compile_create(ctx: CompileContext, index: int) -> Phase:
     shape: TableShape = ctx.shape
     new, old = shape.new, shape.old
     assert ctx.plan.new_table is not None
-    access: list[Query] = [
-        sql.SQL("ALTER TABLE {} OWNER TO {}").format(new.qualified, sql.Identifier(old.owner))
-    ]
-    access += [
-        sql.SQL("GRANT {} ON {} TO {}{}").format(
-            sql.SQL(privilege),  # a privilege keyword from aclexplode, e.g. SELECT
-            new.qualified,
-            sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee),
-            sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+    access: list[Query] = []
+    for name in created_tables(ctx.plan):  # the new table and its partitions alike
+        table = sql.Identifier(new.schema, name)
+        access.append(
+            sql.SQL("ALTER TABLE {} OWNER TO {}").format(table, sql.Identifier(old.owner))
         )
-        for grantee, privilege, grantable in old.grants
-    ]
+        access += [
+            sql.SQL("GRANT {} ON {} TO {}{}").format(
+                sql.SQL(privilege),  # a privilege keyword from aclexplode, e.g. SELECT
+                table,
+                sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee),
+                sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+            )
+            for grantee, privilege, grantable in old.grants
+        ]
     forward = [
         SqlStep(
             description=f"create {new.display}",

@@ -150,6 +150,15 @@ def check_columns(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> No
 
 
 def create_statements(plan: Plan) -> list[str]:
+    return _create(plan)[0]
+
+
+def created_tables(plan: Plan) -> list[str]:
+    """The tables `create` makes: the new table and its partitions."""
+    return _create(plan)[1]
+
+
+def _create(plan: Plan) -> tuple[list[str], list[str]]:
     """The `create` DDL, statement by statement, refused unless it only creates the new table
     (its partitions too) and indexes on what it creates: rollback drops the new table, so
     nothing else may be made there."""
@@ -161,6 +170,7 @@ def create_statements(plan: Plan) -> list[str]:
         raise PlanError(f"create does not parse: {error}", path=path) from error
     schema, name = split_name(plan.new_table.name)
     created: set[str] = set()
+    order: list[str] = []
     statements: list[str] = []
     text = plan.new_table.create
     for raw in parsed:
@@ -181,6 +191,7 @@ def create_statements(plan: Plan) -> list[str]:
             if node.relation.schemaname not in (None, schema) and schema is not None:
                 raise PlanError("create names another schema than new_table.name", path=path)
             created.add(target)
+            order.append(target)
         elif kind == "IndexStmt":
             if node.relation.relname not in created:
                 raise PlanError(
@@ -196,7 +207,7 @@ def create_statements(plan: Plan) -> list[str]:
         statements.append(statement)
     if name not in created:
         raise PlanError(f"create does not create {plan.new_table.name}", path=path)
-    return statements
+    return statements, [t for t in order if t in created]
 
 
 def probe_new_table(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> Table:
