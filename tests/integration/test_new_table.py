@@ -319,4 +319,5 @@ def test_partitions_get_the_owner_and_grants_too(dsn: str, conn: psycopg.Connect
             ).fetchone() == (True,), table
         assert cli(dsn, "rollback", str(PLANS / "partition_accounts.yaml")).exit_code == 0
     finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(reader)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(reader)))
