@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from pgshift.demo.seed import create_accounts
-from tests.integration.helpers import cli, definition, error_line, rows, write_plan
+from tests.integration.helpers import PLANS, cli, definition, error_line, rows, write_plan
 
 BASE = """version: 1
 name: cli_test
@@ -324,3 +324,19 @@ def test_failed_validate_takes_its_check_back_so_writes_go_on(
     )
     result = cli(dsn, "apply", path)
     assert result.exit_code == 0, result.output
+
+
+def test_plan_warns_about_the_tables_own_triggers(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    accounts.execute(
+        "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS"
+        " 'BEGIN NEW.updated_at = now(); RETURN NEW; END'"
+    )
+    accounts.execute(
+        "CREATE TRIGGER touch BEFORE UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION touch()"
+    )
+    in_place = json.loads(cli(dsn, "plan", write_plan(tmp_path, plan_text()), "--json").stdout)
+    assert any("backfill's UPDATEs fire them" in w for w in in_place["warnings"])
+    copy = json.loads(cli(dsn, "plan", str(PLANS / "accounts_bigint_key.yaml"), "--json").stdout)
+    assert any("after cutover they no longer fire" in w for w in copy["warnings"])

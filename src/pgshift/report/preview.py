@@ -114,10 +114,16 @@ def preview_data(compiled: CompiledPlan, rows_per_second: float | None = None) -
 def warnings(compiled: CompiledPlan) -> list[str]:
     table = compiled.table
     out = []
-    if table.triggers:
+    if table.triggers and compiled.plan.target == "columns":
         out.append(
             f"{table.display} has trigger(s) {', '.join(table.triggers)}: the backfill's UPDATEs"
             " fire them for every row (an updated_at trigger will touch every row)"
+        )
+    elif table.triggers:
+        out.append(
+            f"{table.display} has trigger(s) {', '.join(table.triggers)}, which the new table"
+            " does not: after cutover they no longer fire; create them on the new table with a"
+            " sql phase before cutover"
         )
     return out
 
