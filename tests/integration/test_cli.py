@@ -76,8 +76,7 @@ def test_plans_the_database_refuses_exit_2_with_file_line(
     for command in ("plan", "apply"):
         result = cli(dsn, command, path)
         assert result.exit_code == 2, (case, result.output)
-        message = result.stderr.strip()
-        assert len(message.splitlines()) == 1, message
+        message = error_line(result)
         assert f"{path}:{line}:" in message, (case, message)
         assert fragment in message, (case, message)
         assert "Traceback" not in result.output

@@ -66,7 +66,7 @@ def below_deadlock_timeout(conn: psycopg.Connection[Any], settings: Settings) ->
     if settings.lock_timeout < deadlock:
         return settings
     capped = max(deadlock / 2, timedelta(milliseconds=1))
-    log.warning(
+    log.info(  # the default settings always land here: worth a line, not a warning
         "lock_timeout capped below the server's deadlock_timeout",
         lock_timeout=format_duration(settings.lock_timeout),
         deadlock_timeout=format_duration(deadlock),
