@@ -32,8 +32,10 @@ from pgshift.phases.base import (
     GateStep,
     LockLevel,
     Phase,
+    ShadowReadStep,
     SqlStep,
     Step,
+    VerifyStep,
 )
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.plan.durations import format_duration, to_ms
@@ -543,7 +545,7 @@ class _Renderer:
             self.add(
                 f"The **{POINT_OF_NO_RETURN.lower()}** is phase {self.no_return.index + 1},"
                 f" `{self.no_return.name}`: every phase before it can be rolled back; once it"
-                " has run, `migrate rollback` refuses.",
+                " has started, `migrate rollback` refuses.",
                 "",
             )
         self.add(*self.mermaid(), "")
@@ -744,7 +746,7 @@ class _Renderer:
             self.add("---", "", f"{title} — {POINT_OF_NO_RETURN}", "")
             self.add(
                 "> [!CAUTION]",
-                f"> **{POINT_OF_NO_RETURN}.** `{phase.name}` has no rollback. Once it has run,"
+                f"> **{POINT_OF_NO_RETURN}.** `{phase.name}` has no rollback. Once it has started,"
                 " `migrate rollback` refuses, and going back needs a new migration. Start it only"
                 " when the application has run on the new shape long enough that you will not"
                 " want to go back.",
@@ -850,10 +852,18 @@ class _Renderer:
             if lock != "none"
             else "- **Lock:** none",
         ]
-        if lock != "none":
+        if lock != "none" and isinstance(step, SqlStep) and not step.transactional:
+            lines.append(
+                f"- **Held:** {data['lock_held']}; a CONCURRENTLY statement waits for older"
+                " transactions without a time limit (its lock blocks no reads or writes); any"
+                f" other statement waits at most lock_timeout {timeout}, retried up to"
+                f" {self.settings.lock_retries} times with backoff"
+            )
+        elif lock != "none":
             lines.append(
                 f"- **Held:** {data['lock_held']}; each attempt waits at most lock_timeout"
-                f" {timeout}, retried up to {self.settings.lock_retries} times with backoff"
+                f" {timeout} (less when the server's deadlock_timeout is shorter), retried up to"
+                f" {self.settings.lock_retries} times with backoff"
             )
         lines += [
             f"- **Table work:** {'none' if isinstance(step, GateStep) else _table_work(data)}",
@@ -878,6 +888,10 @@ class _Renderer:
                 "changes nothing: `migrate apply` stops here (exit status 3) until the gate"
                 " passes, then continues"
             )
+        if isinstance(step, VerifyStep):
+            return "one short REPEATABLE READ transaction per chunk, each checkpointed"
+        if isinstance(step, ShadowReadStep):
+            return "one REPEATABLE READ, read-only transaction for every query on both shapes"
         if data["in_transaction"]:
             return "in one transaction with its checkpoint"
         return (
@@ -995,7 +1009,7 @@ class _Renderer:
             if phase is self.no_return:
                 self.add(
                     f"None: this is the **{POINT_OF_NO_RETURN.lower()}**. Before this phase"
-                    " starts, the previous phase's rollback still applies; once it has run,"
+                    " starts, the previous phase's rollback still applies; once it has started,"
                     " `migrate rollback` refuses.",
                     "",
                 )
@@ -1044,7 +1058,7 @@ class _Renderer:
         elif blocked:
             self.add(
                 f"A full rollback is refused: `{self.no_return.name if self.no_return else ''}`"
-                " has run.",
+                " has started.",
                 "",
             )
 
