@@ -59,6 +59,27 @@ class SqlStep:
     undo_on_failure: tuple[Query, ...] = ()
 
 
+def index_build(
+    description: str,
+    definition: Query,
+    index: tuple[str, str],
+    done_if: Query | None = None,
+    hold: str = "the index build (writes continue)",
+) -> SqlStep:
+    """A CREATE INDEX CONCURRENTLY step: outside a transaction, an INVALID leftover of an
+    interrupted build dropped before each attempt."""
+    return SqlStep(
+        description=description,
+        statements=(definition,),
+        lock="SHARE UPDATE EXCLUSIVE",
+        scans=True,
+        transactional=False,
+        builds_index=index,
+        done_if=done_if,
+        hold=hold,
+    )
+
+
 @dataclass(frozen=True)
 class BackfillStep:
     """Fill the new shape for rows that existed before dual-write, batch by batch in key order.

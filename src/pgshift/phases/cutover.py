@@ -15,7 +15,7 @@ from typing import Any
 from psycopg import sql
 
 from pgshift.db import Query, split_name
-from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query
+from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query, index_build
 from pgshift.phases.columns_shape import ColumnsShape, RebuiltIndex, ShadowColumn
 from pgshift.phases.dual_write import (
     forward_body,
@@ -268,25 +268,18 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
     for ix in shape.indexes:
         if ix.constraint and ix.spare is not None:
             forward.append(
-                SqlStep(
-                    description=f"keep a unique index on the old column(s) for rollback ({ix.old})",
-                    statements=(ix.spare,),
-                    lock="SHARE UPDATE EXCLUSIVE",
-                    scans=True,
-                    transactional=False,
-                    builds_index=(table.schema, ix.old),
+                index_build(
+                    f"keep a unique index on the old column(s) for rollback ({ix.old})",
+                    ix.spare,
+                    (table.schema, ix.old),
                     done_if=swapped_query(ctx),
-                    hold="the index build (writes continue)",
                 )
             )
             forward.append(
-                SqlStep(
-                    description=f"make sure {ix.shadow} exists (a rollback of cutover drops it)",
-                    statements=(ix.definition,),
-                    lock="SHARE UPDATE EXCLUSIVE",
-                    scans=True,
-                    transactional=False,
-                    builds_index=(table.schema, ix.shadow),
+                index_build(
+                    f"make sure {ix.shadow} exists (a rollback of cutover drops it)",
+                    ix.definition,
+                    (table.schema, ix.shadow),
                     done_if=swapped_query(ctx),
                     hold="nothing when expand's index exists; else the index build",
                 )

@@ -12,7 +12,7 @@ from typing import Any
 from psycopg import sql
 
 from pgshift.db import Query
-from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query
+from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query, index_build
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.phases.table_shape import TableShape
 from pgshift.plan.check import create_statements, created_tables
@@ -71,14 +71,10 @@ def compile_expand(ctx: CompileContext, index: int, spec: Any) -> Phase:
     ]
     for rebuilt in shape.indexes:
         forward.append(
-            SqlStep(
-                description=f"build {rebuilt.original.name} again on the shadow columns",
-                statements=(rebuilt.definition,),
-                lock="SHARE UPDATE EXCLUSIVE",
-                scans=True,
-                transactional=False,
-                builds_index=(table.schema, rebuilt.shadow),
-                hold="the index build (writes continue)",
+            index_build(
+                f"build {rebuilt.original.name} again on the shadow columns",
+                rebuilt.definition,
+                (table.schema, rebuilt.shadow),
             )
         )
     forward.append(view_schema_step(ctx, _new_shape_columns(ctx), table.qualified))
