@@ -199,3 +199,18 @@ def test_bundled_plans_apply_roll_back_and_apply(
     for plan in in_place:
         result = cli(dsn, "apply", str(plan))
         assert result.exit_code == 0, (plan.name, result.output)
+
+
+def test_batches_walk_the_key_in_its_own_order(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """1,000 rows in batches of 100: ten full batches and a last empty one. Sorting the keys as
+    text (1, 10, 100, 1000, 101, ...) would give other ranges and another count."""
+    create_accounts(conn, 1_000)
+    text = PK_PLAN.replace("batch_size: 500", "batch_size: 100").replace(
+        "widen_accounts_id", "walk"
+    )
+    assert cli(dsn, "apply", write_plan(tmp_path, text), "--until", "backfill").exit_code == 0
+    assert conn.execute(
+        "SELECT rows_done, batches, checkpoint -> 'last' FROM pgshift.phases WHERE kind = 'backfill'"
+    ).fetchone() == (1_000, 11, ["1000"])
