@@ -48,7 +48,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from pgshift import db
-from pgshift.demo.seed import DOMAINS, FIRST_NAMES, LAST_NAMES, STATUSES
+from pgshift.demo.seed import create_accounts
 from pgshift.engine.executor import Executor
 from pgshift.engine.progress import BatchReport, Reporter
 from pgshift.engine.state import StateStore
@@ -78,33 +78,6 @@ phases:
   - dual_write
   - backfill
 """
-
-# The demo's `accounts` (pgshift.demo.seed.create_accounts), its rows numbered in bigint so
-# any --rows fits; indexes built after the load, as there.
-CREATE = """
-CREATE TABLE accounts (
-    id serial PRIMARY KEY,
-    balance integer NOT NULL,
-    email text NOT NULL,
-    status text,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz
-) WITH (autovacuum_enabled = off)"""
-
-FILL = """
-INSERT INTO accounts (balance, email, status, created_at, updated_at)
-SELECT (random() * 1000000)::integer,
-       f[1 + i % {nf}] || '.' || l[1 + (i / {nf}) % {nl}] || i || '@' || d[1 + (i * 7919) % {nd}],
-       CASE WHEN i % 17 = 0 THEN NULL ELSE s[1 + (i * 31) % {ns}] END,
-       c,
-       CASE WHEN i % 3 = 0 THEN NULL ELSE c + random() * (now() - c) END
-FROM (SELECT i, now() - random() * interval '1000 days' AS c
-      FROM generate_series(1::bigint, {rows}) AS i) AS g,
-     (SELECT {first} AS f, {last} AS l, {domains} AS d, {statuses} AS s) AS a"""
-
-
-def text_array(values: tuple[str, ...]) -> sql.Composable:
-    return sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(map(sql.Literal, values)))
 
 
 class ServerCpu:
@@ -201,26 +174,10 @@ class Run:
 
 
 def fresh_table(conn: psycopg.Connection[Any], rows: int) -> None:
-    """A new `accounts` of `rows` rows with nothing of an earlier run left."""
+    """A new `accounts` of `rows` rows with nothing of an earlier run left: the demo's table."""
     for schema in (STATE_SCHEMA, f"pgshift_{NAME}"):
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-    conn.execute("DROP TABLE IF EXISTS accounts CASCADE")
-    conn.execute(CREATE)
-    conn.execute(
-        sql.SQL(FILL).format(
-            rows=sql.Literal(rows),
-            nf=sql.Literal(len(FIRST_NAMES)),
-            nl=sql.Literal(len(LAST_NAMES)),
-            nd=sql.Literal(len(DOMAINS)),
-            ns=sql.Literal(len(STATUSES)),
-            first=text_array(FIRST_NAMES),
-            last=text_array(LAST_NAMES),
-            domains=text_array(DOMAINS),
-            statuses=text_array(STATUSES),
-        )
-    )
-    conn.execute("CREATE INDEX accounts_email_idx ON accounts (email)")
-    conn.execute("CREATE INDEX accounts_balance_idx ON accounts (balance)")
+    create_accounts(conn, rows, replace=True)
 
 
 def settle(conn: psycopg.Connection[Any]) -> None:
