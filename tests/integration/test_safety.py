@@ -125,7 +125,7 @@ def test_index_build_waits_for_a_long_transaction_instead_of_failing(
         outcome: dict[str, Any] = {}
         worker = threading.Thread(
             target=lambda: outcome.update(
-                result=cli(dsn, "apply", plan(tmp_path), "--until", "expand")
+                result=cli(dsn, "apply", plan(tmp_path), "--until", "backfill")
             )
         )
         worker.start()

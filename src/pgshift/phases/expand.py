@@ -12,7 +12,7 @@ from typing import Any
 from psycopg import sql
 
 from pgshift.db import Query
-from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query, index_build
+from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.phases.table_shape import TableShape
 from pgshift.plan.check import create_statements, created_tables
@@ -69,14 +69,8 @@ def compile_expand(ctx: CompileContext, index: int, spec: Any) -> Phase:
             lock="ACCESS EXCLUSIVE",
         )
     ]
-    for rebuilt in shape.indexes:
-        forward.append(
-            index_build(
-                f"build {rebuilt.original.name} again on the shadow columns",
-                rebuilt.definition,
-                (table.schema, rebuilt.shadow),
-            )
-        )
+    # The index copies on the shadow columns are built at the end of backfill, not here: built
+    # now, every backfilled row would update them one by one (and could never be a HOT update).
     forward.append(view_schema_step(ctx, _new_shape_columns(ctx), table.qualified))
     rollback: list[SqlStep] = [drop_view_schema_step(ctx)]
     for rebuilt in shape.indexes:
@@ -113,8 +107,7 @@ def compile_expand(ctx: CompileContext, index: int, spec: Any) -> Phase:
         name="expand",
         forward=tuple(forward),
         rollback=tuple(rollback),
-        summary=f"add {len(shape.columns)} shadow column(s), rebuild {len(shape.indexes)} index(es)"
-        f" concurrently, create view schema {ctx.view_schema}",
+        summary=f"add {len(shape.columns)} shadow column(s), create view schema {ctx.view_schema}",
     )
 
 
