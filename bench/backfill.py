@@ -386,10 +386,20 @@ def main() -> None:
         action="store_true",
         help="also time the baseline with pgshift's index and trigger in place",
     )
+    parser.add_argument(
+        "--table-copy",
+        action="store_true",
+        help="also measure the new_table copy against one INSERT ... SELECT (bench/table_copy.py)",
+    )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
     with server(args) as dsn, scratch_database(dsn) as scratch:
         bench(scratch, args)
+        if args.table_copy:
+            from table_copy import measure  # bench/ is this script's own folder on sys.path
+
+            print("\ntable copy:")
+            measure(dsn, args.rows, args.runs)
 
 
 if __name__ == "__main__":

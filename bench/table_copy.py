@@ -120,17 +120,22 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     configure("console", 0)  # warnings only: the numbers are the output
+    measure(args.dsn, args.rows, args.runs)
+
+
+def measure(server_dsn: str, rows: int, runs: int) -> None:
+    """Print each run and the medians; the database is a scratch one, dropped afterwards."""
     base: list[float] = []
     locked: list[float] = []
     ours: list[float] = []
     slowest: list[float] = []
-    with scratch_database(args.dsn) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+    with scratch_database(server_dsn) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         version = conn.execute("SHOW server_version").fetchone()
-        print(f"server {version[0] if version else '?'}, {args.rows:,} rows, {args.runs} runs")
-        for run in range(args.runs):
-            base.append(baseline(conn, args.rows))
-            locked.append(baseline(conn, args.rows, lock=True))
-            rate, batch_ms = pgshift(conn, dsn, args.rows)
+        print(f"server {version[0] if version else '?'}, {rows:,} rows, {runs} runs")
+        for run in range(runs):
+            base.append(baseline(conn, rows))
+            locked.append(baseline(conn, rows, lock=True))
+            rate, batch_ms = pgshift(conn, dsn, rows)
             ours.append(rate)
             slowest.append(batch_ms)
             print(
