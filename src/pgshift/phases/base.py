@@ -80,6 +80,18 @@ def index_build(
     )
 
 
+def index_drop(description: str, index: tuple[str, str]) -> SqlStep:
+    """A DROP INDEX CONCURRENTLY IF EXISTS step, outside a transaction."""
+    return SqlStep(
+        description=description,
+        statements=(
+            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(*index)),
+        ),
+        lock="SHARE UPDATE EXCLUSIVE",
+        transactional=False,
+    )
+
+
 @dataclass(frozen=True)
 class BackfillStep:
     """Fill the new shape for rows that existed before dual-write, batch by batch in key order.

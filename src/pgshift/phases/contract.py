@@ -12,7 +12,7 @@ from typing import Any
 from psycopg import sql
 
 from pgshift.db import Query
-from pgshift.phases.base import CompileContext, Phase, SqlStep
+from pgshift.phases.base import CompileContext, Phase, SqlStep, index_drop
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.phases.table_shape import TableShape
 
@@ -23,17 +23,7 @@ def compile_contract(ctx: CompileContext, index: int, spec: Any) -> Phase:
     shape: ColumnsShape = ctx.shape
     table = ctx.table
     steps: list[SqlStep] = [
-        SqlStep(
-            description=f"drop the old index {ix.old}",
-            statements=(
-                sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                    sql.Identifier(table.schema, ix.old)
-                ),
-            ),
-            lock="SHARE UPDATE EXCLUSIVE",
-            transactional=False,
-        )
-        for ix in shape.indexes
+        index_drop(f"drop the old index {ix.old}", (table.schema, ix.old)) for ix in shape.indexes
     ]
     statements: list[Query] = [
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(

@@ -15,7 +15,14 @@ from typing import Any
 from psycopg import sql
 
 from pgshift.db import Query, split_name
-from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query, index_build
+from pgshift.phases.base import (
+    CompileContext,
+    Phase,
+    SqlStep,
+    exists_query,
+    index_build,
+    index_drop,
+)
 from pgshift.phases.columns_shape import ColumnsShape, RebuiltIndex, ShadowColumn
 from pgshift.phases.dual_write import (
     forward_body,
@@ -338,13 +345,9 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
     for ix in shape.indexes:
         if ix.constraint:
             rollback.append(
-                SqlStep(
-                    description=f"drop the spare index {ix.old} if cutover stopped before the swap",
-                    statements=(
-                        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(_index(ctx, ix.old)),
-                    ),
-                    lock="SHARE UPDATE EXCLUSIVE",
-                    transactional=False,
+                index_drop(
+                    f"drop the spare index {ix.old} if cutover stopped before the swap",
+                    (table.schema, ix.old),
                 )
             )
     return Phase(

@@ -12,7 +12,7 @@ from typing import Any
 from psycopg import sql
 
 from pgshift.db import Query
-from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query
+from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query, index_drop
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.phases.table_shape import TableShape
 from pgshift.plan.check import create_statements, created_tables
@@ -75,16 +75,7 @@ def compile_expand(ctx: CompileContext, index: int, spec: Any) -> Phase:
     rollback: list[SqlStep] = [drop_view_schema_step(ctx)]
     for rebuilt in shape.indexes:
         rollback.append(
-            SqlStep(
-                description=f"drop the index copy {rebuilt.shadow}",
-                statements=(
-                    sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                        sql.Identifier(table.schema, rebuilt.shadow)
-                    ),
-                ),
-                lock="SHARE UPDATE EXCLUSIVE",
-                transactional=False,
-            )
+            index_drop(f"drop the index copy {rebuilt.shadow}", (table.schema, rebuilt.shadow))
         )
     rollback.append(
         SqlStep(
