@@ -366,35 +366,63 @@ def _constraints(cur: psycopg.Cursor[dict[str, Any]], oid: int) -> tuple[Constra
     )
 
 
+# Every view (and other relation with a rule) reading `target`, directly or through other
+# views, with its depth: a view is deeper than each view it reads.
+VIEW_CLOSURE = """
+WITH RECURSIVE reads(oid, depth) AS (
+    SELECT r.ev_class, 1
+      FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+     WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+       AND d.refobjid = {target} AND r.ev_class <> {target}
+    UNION ALL
+    SELECT r.ev_class, reads.depth + 1
+      FROM reads
+      JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = reads.oid
+      JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+     WHERE r.ev_class <> reads.oid AND reads.depth < 100
+)
+SELECT oid, max(depth) AS depth FROM reads GROUP BY oid
+"""
+
+
 def _dependents(
     cur: psycopg.Cursor[dict[str, Any]], oid: int
 ) -> tuple[tuple[Dependent, ...], tuple[Constraint, ...]]:
     found: list[Dependent] = []
+    # views reading the table, directly or through other views (and relations whose rules
+    # read it): relkind tells a view from a materialized view or a table's rule
+    closure = VIEW_CLOSURE.format(target="%(oid)s")
     views = cur.execute(
-        """
-        SELECT DISTINCT (SELECT nspname FROM pg_namespace WHERE oid = v.relnamespace)
-                        || '.' || v.relname AS name,
-               coalesce(array_agg(DISTINCT a.attname) FILTER (WHERE a.attname IS NOT NULL), '{}')
-                 AS columns
-          FROM pg_depend d
-          JOIN pg_rewrite r ON r.oid = d.objid
-          JOIN pg_class v ON v.oid = r.ev_class
-          LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-         WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = %s AND v.oid <> %s
-         GROUP BY v.oid
+        f"""
+        SELECT n.nspname || '.' || v.relname AS name, v.relkind, c.depth,
+               coalesce((SELECT array_agg(DISTINCT a.attname)
+                           FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+                           JOIN pg_attribute a ON a.attrelid = d.refobjid
+                                              AND a.attnum = d.refobjsubid
+                          WHERE d.classid = 'pg_rewrite'::regclass AND r.ev_class = v.oid
+                            AND d.refobjid = %(oid)s), '{{}}') AS columns
+          FROM ({closure}) c JOIN pg_class v ON v.oid = c.oid
+          JOIN pg_namespace n ON n.oid = v.relnamespace
+         ORDER BY c.depth, 1
         """,
-        (oid, oid),
+        {"oid": oid},
     ).fetchall()
-    found += [Dependent("view", r["name"], tuple(r["columns"])) for r in views]
+    kinds = {"v": "view", "m": "materialized view"}
+    found += [
+        Dependent(kinds.get(r["relkind"], "rule"), r["name"], tuple(r["columns"])) for r in views
+    ]
     found += [
         Dependent("policy", r["polname"], tuple(r["columns"]))
         for r in cur.execute(
-            "SELECT p.polname, coalesce(array_agg(a.attname) FILTER (WHERE a.attname IS NOT NULL),"
-            " '{}') AS columns FROM pg_policy p LEFT JOIN pg_depend d"
-            " ON d.classid = 'pg_policy'::regclass AND d.objid = p.oid AND d.refobjid = p.polrelid"
+            "SELECT CASE WHEN p.polrelid = %(oid)s THEN quote_ident(p.polname)"
+            " ELSE quote_ident(p.polname) || ' on ' || p.polrelid::regclass::text END AS polname,"
+            " coalesce(array_agg(a.attname) FILTER (WHERE a.attname IS NOT NULL), '{}') AS columns"
+            " FROM pg_policy p JOIN pg_depend d"
+            " ON d.classid = 'pg_policy'::regclass AND d.objid = p.oid"
+            " AND d.refclassid = 'pg_class'::regclass AND d.refobjid = %(oid)s"
             " LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
-            " WHERE p.polrelid = %s GROUP BY p.polname",
-            (oid,),
+            " GROUP BY p.polname, p.polrelid ORDER BY 1",
+            {"oid": oid},
         )
     ]
     found += [

@@ -170,14 +170,6 @@ def test_writers_see_no_error_through_the_whole_copy(
     assert stats.deletes > 0 and stats.key_updates > 0
 
 
-def test_views_on_the_live_table_are_refused(dsn: str, conn: psycopg.Connection[Any]) -> None:
-    create_accounts(conn, 100)
-    conn.execute("CREATE VIEW rich AS SELECT id FROM accounts WHERE balance > 100")
-    result = cli(dsn, "plan", str(PLANS / "accounts_bigint_key.yaml"))
-    assert result.exit_code == 2
-    assert "view public.rich reads public.accounts" in error_line(result)
-
-
 def test_create_may_only_create_the_new_table(
     dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:

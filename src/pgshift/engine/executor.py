@@ -37,6 +37,7 @@ from pgshift.phases.base import (
     VerifyStep,
 )
 from pgshift.plan.check import (
+    check_carried,
     check_copy,
     check_plan,
     parse_columns,
@@ -86,6 +87,7 @@ def prepare(
             new_table = probe_new_table(conn, plan, table)
             compiled = compile_plan(plan, table, key, store.schema, new_table)
             check_copy(conn, plan, compiled.context.shape.probes())
+            check_carried(conn, plan, table, new_table, compiled.context.view_schema)
             return compiled, state
     return compile_plan(plan, table, key, store.schema, new_table), state
 

@@ -31,6 +31,7 @@ from pgshift.phases.dual_write import (
     reverse_body,
     reverse_copy,
 )
+from pgshift.phases.repoint import capture_and_drop, drop_policies, recreate
 from pgshift.phases.table_shape import KeyFeed, TableShape
 
 INTEGER_TYPES = ("smallint", "integer", "bigint")
@@ -453,6 +454,16 @@ def _foreign_keys(shape: TableShape) -> tuple[list[Query], list[SqlStep]]:
     return swap, validate
 
 
+def _carried(shape: TableShape) -> str:
+    """What the swap carries over besides the table, for the plan's step list."""
+    parts = []
+    if shape.views:
+        parts.append(f"view(s) {', '.join(shape.views)} created again on it")
+    if shape.policies:
+        parts.append(f"row security policy(ies) {', '.join(shape.policies)} carried over")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def _compile_swap(ctx: CompileContext, index: int) -> Phase:
     shape: TableShape = ctx.shape
     old, new = shape.old, shape.new
@@ -467,12 +478,16 @@ def _compile_swap(ctx: CompileContext, index: int) -> Phase:
         "SELECT 1 WHERE to_regclass({}) IS NULL", _regclass_text(schema, shape.old_name)
     )
     swap = SqlStep(
-        description=f"swap: {new.display} takes the name {old.name}; writes now flow back to"
-        f" {shape.old_name}",
+        description=f"swap: {new.display} takes the name {old.name}{_carried(shape)}; writes"
+        f" now flow back to {shape.old_name}",
         statements=(
             sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
                 sql.Identifier(shape.forward_trigger), old.qualified
             ),
+            # views and policies follow the name, not the table: recorded and dropped here,
+            # created again once the names are swapped
+            drop_policies(new.qualified),
+            capture_and_drop(old.qualified, ctx.view_schema, copy_policies=True),
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(
                 old.qualified, sql.Identifier(shape.old_name)
             ),
@@ -480,6 +495,7 @@ def _compile_swap(ctx: CompileContext, index: int) -> Phase:
             *_feed_statements(shape, old.name, shape.old_name, forward=True),
             *fk_swap,
             *reverse_copy(shape, live_after, old_after),
+            recreate(),
         ),
         lock="ACCESS EXCLUSIVE",
         done_if=old_exists,
@@ -493,10 +509,13 @@ def _compile_swap(ctx: CompileContext, index: int) -> Phase:
                 sql.Identifier(shape.reverse_trigger), live_after
             ),
             *_feed_statements(shape, old.name, shape.old_name, forward=False),
+            # the old table kept its own policies; what reads the live name follows it back
+            capture_and_drop(live_after, ctx.view_schema, copy_policies=False),
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(live_after, sql.Identifier(new.name)),
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(old_after, sql.Identifier(old.name)),
             *fk_swap,
             *forward_copy(shape),
+            recreate(),
         ),
         lock="ACCESS EXCLUSIVE",
         done_if=old_gone,

@@ -47,6 +47,8 @@ class TableShape:
     old_overriding: bool
     feeds: tuple[KeyFeed, ...]
     foreign_keys: tuple[Constraint, ...]  # in other tables, pointing at the live table
+    views: tuple[str, ...]  # views reading the live table, re-created on the swapped one
+    policies: tuple[str, ...]  # its row security policies and other tables' reading it
     forward_function: sql.Identifier
     reverse_function: sql.Identifier
     forward_trigger: str
@@ -186,6 +188,12 @@ def build_table_shape(
         old_overriding=any(old.columns[c].identity == "a" for c in reverse),
         feeds=tuple(_feeds(old, new, forward)),
         foreign_keys=old.referencing_fks,
+        views=tuple(
+            d.name
+            for d in old.dependents
+            if d.kind == "view" and not d.name.startswith(view_schema + ".")
+        ),
+        policies=tuple(d.name for d in old.dependents if d.kind == "policy"),
         forward_function=sql.Identifier(view_schema, "copy_" + plan.name),
         reverse_function=sql.Identifier(view_schema, "copy_back_" + plan.name),
         forward_trigger=derived_name("zz_pgshift_", plan.name),
@@ -242,24 +250,26 @@ def _feeds(old: Table, new: Table, forward: dict[str, str]) -> list[KeyFeed]:
 
 
 def _refuse_dependents(old: Table) -> None:
-    """What the table swap cannot carry over yet is refused before anything runs."""
+    """What the table swap cannot carry over is refused before anything runs. Views and row
+    security policies are carried (phases/repoint.py); foreign keys are moved (cutover)."""
     for dep in old.dependents:
-        if dep.kind == "view":
+        if dep.kind == "materialized view":
             raise PlanError(
-                f"view {dep.name} reads {old.display}: after cutover it would keep reading the"
-                " old table; drop it before cutover and create it again after, with sql phases",
+                f"materialized view {dep.name} reads {old.display}: it cannot follow the table"
+                " swap; drop it before cutover and create it again after, with sql phases",
                 path=("table",),
             )
-        if dep.kind == "policy":
+        if dep.kind == "rule":
             raise PlanError(
-                f"{old.display} has row security policy {dep.name}, which pgshift does not carry"
-                " to the new table yet: drop the policies before the migration and create them"
-                " on the new table after cutover, with sql phases",
+                f"a rule of table {dep.name} reads {old.display}: drop it before cutover and"
+                " create it again after, with sql phases",
                 path=("table",),
             )
         if dep.kind == "publication":
             raise PlanError(
-                f"{old.display} is in publication {dep.name}: add the new table to it and drop"
-                " the old one from it around cutover, with sql phases",
+                f"{old.display} is in publication {dep.name}, whose subscribers would not follow"
+                " the swap: take it out of the publication before the migration; after"
+                " cutover add it back and run ALTER SUBSCRIPTION ... REFRESH PUBLICATION WITH"
+                " (copy_data = false) on each subscriber",
                 path=("table",),
             )

@@ -9,9 +9,10 @@ import pglast
 import psycopg
 from psycopg import sql
 
-from pgshift.catalog import Table, load_table, resolve_table
+from pgshift.catalog import VIEW_CLOSURE, Table, load_table, resolve_table
 from pgshift.db import Query, split_name
 from pgshift.errors import PlanError
+from pgshift.phases.repoint import capture_query
 from pgshift.plan.model import Plan
 
 
@@ -262,3 +263,55 @@ def check_plan(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> tuple
     if plan.columns is not None:
         check_columns(conn, plan, table)
     return key
+
+
+def check_carried(
+    conn: psycopg.Connection[Any], plan: Plan, old: Table, new: Table, view_schema: str
+) -> None:
+    """Try now what cutover will carry over to the new table: in a transaction that is rolled
+    back, the views reading the live table (and the views reading those) and its row security
+    policies are created as temporary objects over a temporary table that has the live name
+    and the new table's columns. A view the new shape cannot hold is refused here, not
+    discovered inside the swap. Other tables' policies are carried too but not tried: that
+    would lock their tables."""
+    if not any(d.kind in ("view", "policy") for d in old.dependents):
+        return
+    closure = sql.SQL(VIEW_CLOSURE.format(target="{target}")).format(target=sql.Literal(old.oid))
+    failing = ""
+    try:
+        with conn.transaction(force_rollback=True):
+            for statement in create_statements(plan):
+                conn.execute(sql.SQL(statement))
+            # names visible on this path are written unqualified, so the temporary objects
+            # made below stand in for them
+            conn.execute(
+                sql.SQL(
+                    "SELECT set_config('search_path', string_agg(quote_ident(s), ', '"
+                    " ORDER BY o), true) FROM (SELECT {} AS s, 0 AS o UNION SELECT n.nspname, 1"
+                    " FROM ({}) c JOIN pg_class v ON v.oid = c.oid"
+                    " JOIN pg_namespace n ON n.oid = v.relnamespace) paths"
+                ).format(sql.Literal(old.schema), closure)
+            )
+            captured = conn.execute(capture_query(old.qualified, view_schema, True)).fetchall()
+            refused = [row[2] for row in captured if row[2]]
+            if refused:
+                raise PlanError(refused[0], path=("table",))
+            conn.execute(
+                sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {})").format(
+                    sql.Identifier(old.name), new.qualified
+                )
+            )
+            for name, _depth, _refuse, _drop, _create, probes in sorted(
+                captured, key=lambda r: r[1]
+            ):
+                failing = name
+                for probe in probes or ():
+                    conn.execute(sql.SQL(probe))
+    except psycopg.Error as error:
+        detail = error.diag.message_primary or str(error).splitlines()[0]
+        raise PlanError(
+            f"{failing} would not work on {new.display} after cutover: {detail}; change it"
+            " before the migration, or drop it and create it again after cutover with sql"
+            " phases",
+            path=("new_table", "create"),
+        ) from error

@@ -1,0 +1,274 @@
+"""What reads the live table follows its name through a `new_table` cutover and back: views
+(and views over them) with their owner, grants and comments, the table's row security
+policies, other tables' policies reading it. What cannot follow is refused at plan time."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgshift.demo.seed import create_accounts
+from tests.integration.helpers import PLANS, cli, create_customers, error_line, write_plan
+
+BIGINT_KEY = str(PLANS / "accounts_bigint_key.yaml")
+
+
+@pytest.fixture
+def role(conn: psycopg.Connection[Any]) -> Iterator[str]:
+    """A role of this test's own (roles are shared by every database of the server)."""
+    name = f"pgshift_role_{uuid.uuid4().hex[:8]}"
+    conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def reads(conn: psycopg.Connection[Any], view: str) -> str:
+    """The table a view reads, by what its OID is called now."""
+    row = conn.execute(
+        "SELECT DISTINCT d.refobjid::regclass::text FROM pg_depend d"
+        " JOIN pg_rewrite r ON r.oid = d.objid WHERE d.classid = 'pg_rewrite'::regclass"
+        " AND r.ev_class = %s::regclass AND d.refobjid <> r.ev_class",
+        (view,),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def column_type(conn: psycopg.Connection[Any], relation: str, column: str) -> str:
+    row = conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = %s::regclass AND attname = %s",
+        (relation, column),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def views_on_accounts(conn: psycopg.Connection[Any], role: str) -> None:
+    create_accounts(conn, 500)
+    conn.execute("CREATE SCHEMA reporting")
+    conn.execute(
+        "CREATE VIEW rich WITH (security_barrier) AS"
+        " SELECT id, balance, email FROM accounts WHERE balance > 100"
+    )
+    conn.execute("CREATE VIEW reporting.richest AS SELECT id FROM rich WHERE balance > 5000")
+    conn.execute("COMMENT ON VIEW rich IS 'accounts worth a call'")
+    conn.execute("COMMENT ON COLUMN rich.email IS 'where to call'")
+    conn.execute(sql.SQL("GRANT SELECT ON rich TO {}").format(sql.Identifier(role)))
+    conn.execute(
+        sql.SQL("GRANT SELECT (id) ON reporting.richest TO {}").format(sql.Identifier(role))
+    )
+
+
+def view_facts(conn: psycopg.Connection[Any], role: str) -> tuple[Any, ...]:
+    return (
+        conn.execute(
+            "SELECT obj_description('rich'::regclass, 'pg_class'),"
+            " col_description('rich'::regclass, 3),"
+            " (SELECT reloptions FROM pg_class WHERE oid = 'rich'::regclass),"
+            " has_table_privilege(%s, 'rich', 'SELECT'),"
+            " has_column_privilege(%s, 'reporting.richest', 'id', 'SELECT')",
+            (role, role),
+        ).fetchone(),
+        conn.execute("SELECT count(*) FROM reporting.richest").fetchone(),
+    )
+
+
+def test_views_follow_cutover_rollback_and_contract(
+    dsn: str, conn: psycopg.Connection[Any], role: str
+) -> None:
+    views_on_accounts(conn, role)
+    facts = view_facts(conn, role)
+    assert facts[0] == (
+        "accounts worth a call",
+        "where to call",
+        ["security_barrier=true"],
+        True,
+        True,
+    )
+
+    plan = cli(dsn, "plan", BIGINT_KEY)
+    assert plan.exit_code == 0, plan.output
+    assert "view(s) public.rich, reporting.richest created again on it" in plan.output
+
+    assert cli(dsn, "apply", BIGINT_KEY, "--until", "cutover").exit_code == 0
+    assert reads(conn, "rich") == "accounts"  # the new table, under the live name
+    assert reads(conn, "reporting.richest") == "rich"
+    assert column_type(conn, "rich", "id") == "bigint"
+    assert view_facts(conn, role) == facts
+    conn.execute("INSERT INTO accounts (balance, email) VALUES (9999, 'late@cutover.dev')")
+    late = conn.execute("SELECT id FROM rich WHERE email = 'late@cutover.dev'").fetchone()
+    assert late is not None
+
+    assert cli(dsn, "rollback", BIGINT_KEY).exit_code == 0
+    assert reads(conn, "rich") == "accounts"  # the old table again
+    assert column_type(conn, "rich", "id") == "integer"
+    assert conn.execute("SELECT id FROM rich WHERE email = 'late@cutover.dev'").fetchone() == late
+    assert view_facts(conn, role)[0] == facts[0]
+
+    result = cli(dsn, "apply", BIGINT_KEY)  # through contract: the old table is dropped
+    assert result.exit_code == 0, result.output
+    assert conn.execute("SELECT to_regclass('accounts_pgshift_old')").fetchone() == (None,)
+    assert column_type(conn, "rich", "id") == "bigint"
+    assert view_facts(conn, role)[0] == facts[0]
+
+
+def test_row_security_policies_are_carried_over_and_back(
+    dsn: str, conn: psycopg.Connection[Any], role: str
+) -> None:
+    create_accounts(conn, 300)
+    conn.execute("CREATE TABLE notes (account_id int, body text)")
+    conn.execute("INSERT INTO notes SELECT id, 'n' FROM accounts WHERE id <= 10")
+    conn.execute("ALTER TABLE accounts ENABLE ROW LEVEL SECURITY")
+    conn.execute("ALTER TABLE accounts FORCE ROW LEVEL SECURITY")
+    conn.execute(
+        sql.SQL("CREATE POLICY positive ON accounts FOR SELECT TO {} USING (balance > 0)").format(
+            sql.Identifier(role)
+        )
+    )
+    conn.execute("CREATE POLICY everyone ON accounts USING (true)")
+    conn.execute("ALTER TABLE notes ENABLE ROW LEVEL SECURITY")
+    conn.execute(
+        "CREATE POLICY of_rich ON notes USING"
+        " (EXISTS (SELECT 1 FROM accounts a WHERE a.id = account_id AND a.balance > 100))"
+    )
+
+    def policies(table: str) -> list[Any]:
+        return conn.execute(
+            "SELECT polname, polcmd, polroles::regrole[]::text[], pg_get_expr(polqual, polrelid)"
+            " FROM pg_policy WHERE polrelid = %s::regclass ORDER BY 1",
+            (table,),
+        ).fetchall()
+
+    def switches(table: str) -> Any:
+        return conn.execute(
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = %s::regclass",
+            (table,),
+        ).fetchone()
+
+    def notes_policy_reads() -> set[int]:
+        """The OIDs of the tables policy of_rich on notes reads."""
+        return {
+            row[0]
+            for row in conn.execute(
+                "SELECT d.refobjid FROM pg_depend d JOIN pg_policy p ON p.oid = d.objid"
+                " WHERE d.classid = 'pg_policy'::regclass AND p.polname = 'of_rich'"
+                " AND d.refobjid <> p.polrelid"
+            )
+        }
+
+    def accounts_oid() -> int:
+        row = conn.execute("SELECT 'accounts'::regclass::oid").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    before = policies("accounts")
+    assert len(before) == 2
+    old_oid = accounts_oid()
+
+    assert cli(dsn, "apply", BIGINT_KEY, "--until", "cutover").exit_code == 0
+    assert accounts_oid() != old_oid
+    assert policies("accounts") == before
+    assert switches("accounts") == (True, True)
+    assert policies("accounts_pgshift_old") == before  # kept for a rollback
+    assert notes_policy_reads() == {accounts_oid()}
+
+    assert cli(dsn, "rollback", BIGINT_KEY).exit_code == 0
+    assert accounts_oid() == old_oid
+    assert policies("accounts") == before
+    assert notes_policy_reads() == {old_oid}
+
+    # applied again: the copies the first cutover made on accounts_v2 are replaced, not doubled
+    result = cli(dsn, "apply", BIGINT_KEY)
+    assert result.exit_code == 0, result.output
+    assert policies("accounts") == before
+    assert switches("accounts") == (True, True)
+
+
+def test_a_view_the_new_shape_cannot_hold_is_refused_at_plan_time(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    create_customers(conn, 100)
+    conn.execute("CREATE VIEW names AS SELECT id, upper(full_name) AS shout FROM customers")
+    conn.execute("CREATE VIEW loud AS SELECT shout FROM names")
+    result = cli(dsn, "plan", str(PLANS / "split_full_name.yaml"))
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "public.names would not work on public.customers_v2 after cutover" in line
+    assert "full_name" in line
+    # nothing was left behind by the try
+    assert conn.execute("SELECT to_regclass('customers_v2')").fetchone() == (None,)
+
+
+def test_a_nested_view_the_new_shape_cannot_hold_is_refused_too(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """The inner view works on the new table, but changes a column type the outer one needs."""
+    create_accounts(conn, 100)
+    conn.execute("CREATE VIEW ids AS SELECT id FROM accounts")
+    conn.execute("CREATE FUNCTION only_int(integer) RETURNS integer LANGUAGE sql AS 'SELECT $1'")
+    conn.execute("CREATE VIEW small_ids AS SELECT only_int(id) AS id FROM ids")
+    result = cli(dsn, "plan", BIGINT_KEY)
+    assert result.exit_code == 2
+    assert "public.small_ids would not work on public.accounts_v2" in error_line(result)
+
+
+def test_what_cannot_follow_the_swap_is_refused(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    create_accounts(conn, 100)
+    conn.execute("CREATE MATERIALIZED VIEW totals AS SELECT count(*) FROM accounts")
+    result = cli(dsn, "plan", BIGINT_KEY)
+    assert result.exit_code == 2
+    assert "materialized view public.totals reads public.accounts" in error_line(result)
+
+    conn.execute("DROP MATERIALIZED VIEW totals")
+    conn.execute("CREATE PUBLICATION accounts_out FOR TABLE accounts")
+    result = cli(dsn, "plan", BIGINT_KEY)
+    assert result.exit_code == 2
+    assert "REFRESH PUBLICATION" in error_line(result)
+
+
+def test_a_view_made_after_plan_time_is_carried_too(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """Definitions are read inside the swap, so a view created mid-migration follows as well."""
+    create_accounts(conn, 200)
+    assert cli(dsn, "apply", BIGINT_KEY, "--until", "backfill").exit_code == 0
+    conn.execute("CREATE VIEW late AS SELECT id, email FROM accounts")
+    assert cli(dsn, "apply", BIGINT_KEY, "--until", "cutover").exit_code == 0
+    assert reads(conn, "late") == "accounts"
+    assert column_type(conn, "late", "id") == "bigint"
+    text = (PLANS / "accounts_bigint_key.yaml").read_text()
+    assert write_plan(tmp_path, text)  # the plan itself did not change
+
+
+def test_a_view_that_no_longer_fits_at_cutover_stops_it_cleanly(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """A view created after plan time that the new shape cannot hold: the swap transaction
+    fails as a whole, with a line naming the view; the live table and the view are untouched."""
+    create_customers(conn, 200)
+    text = (
+        (PLANS / "split_full_name.yaml")
+        .read_text()
+        .replace("phases:\n", "settings:\n  on_failure: pause\nphases:\n")
+    )
+    plan = write_plan(tmp_path, text)
+    assert cli(dsn, "apply", plan, "--until", "backfill").exit_code == 0
+    live = conn.execute("SELECT 'customers'::regclass::oid").fetchone()
+    conn.execute("CREATE VIEW names AS SELECT id, full_name FROM customers")
+    result = cli(dsn, "apply", plan, "--until", "cutover")
+    assert result.exit_code == 1
+    assert "public.names cannot be created again on the swapped table" in error_line(result)
+    assert conn.execute("SELECT 'customers'::regclass::oid").fetchone() == live
+    assert reads(conn, "names") == "customers"
+    assert conn.execute("SELECT count(*) FROM names").fetchone() == (200,)
+    assert conn.execute("SELECT to_regclass('customers_pgshift_old')").fetchone() == (None,)
