@@ -366,14 +366,15 @@ def _constraints(cur: psycopg.Cursor[dict[str, Any]], oid: int) -> tuple[Constra
     )
 
 
-# Every view (and other relation with a rule) reading `target`, directly or through other
-# views, with its depth: a view is deeper than each view it reads.
+# Every view (and other relation with a rule) reading `target` (where the dependency `d` meets
+# `first`: all of them, or those reading some columns), directly or through other views, with
+# its depth: a view is deeper than each view it reads.
 VIEW_CLOSURE = """
 WITH RECURSIVE reads(oid, depth) AS (
     SELECT r.ev_class, 1
       FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
      WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-       AND d.refobjid = {target} AND r.ev_class <> {target}
+       AND d.refobjid = {target} AND r.ev_class <> {target} AND ({first})
     UNION ALL
     SELECT r.ev_class, reads.depth + 1
       FROM reads
@@ -391,7 +392,7 @@ def _dependents(
     found: list[Dependent] = []
     # views reading the table, directly or through other views (and relations whose rules
     # read it): relkind tells a view from a materialized view or a table's rule
-    closure = VIEW_CLOSURE.format(target="%(oid)s")
+    closure = VIEW_CLOSURE.format(target="%(oid)s", first="true")
     views = cur.execute(
         f"""
         SELECT n.nspname || '.' || v.relname AS name, v.relkind, c.depth,

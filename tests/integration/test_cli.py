@@ -82,13 +82,13 @@ def test_plans_the_database_refuses_exit_2_with_file_line(
         assert "Traceback" not in result.output
 
 
-def test_view_on_changed_column_is_refused(
+def test_materialized_view_on_changed_column_is_refused(
     dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
-    accounts.execute("CREATE VIEW rich AS SELECT id, balance FROM accounts WHERE balance > 10")
+    accounts.execute("CREATE MATERIALIZED VIEW rich AS SELECT id, balance FROM accounts")
     result = cli(dsn, "plan", write_plan(tmp_path, plan_text()))
     assert result.exit_code == 2
-    assert "view public.rich reads column(s) balance" in result.stderr
+    assert "materialized view public.rich reads column(s) balance" in result.stderr
 
 
 def test_identity_column_is_refused(

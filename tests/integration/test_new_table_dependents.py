@@ -1,6 +1,7 @@
 """What reads the live table follows its name through a `new_table` cutover and back: views
 (and views over them) with their owner, grants and comments, the table's row security
-policies, other tables' policies reading it. What cannot follow is refused at plan time."""
+policies, other tables' policies reading it. The same for views and policies on the columns a
+`columns` cutover swaps. What cannot follow is refused at plan time."""
 
 from __future__ import annotations
 
@@ -272,3 +273,84 @@ def test_a_view_that_no_longer_fits_at_cutover_stops_it_cleanly(
     assert reads(conn, "names") == "customers"
     assert conn.execute("SELECT count(*) FROM names").fetchone() == (200,)
     assert conn.execute("SELECT to_regclass('customers_pgshift_old')").fetchone() == (None,)
+
+
+WIDEN = str(PLANS / "widen_account_balance.yaml")
+
+
+def attribute_read(conn: psycopg.Connection[Any], view: str) -> list[str]:
+    """The accounts columns a view reads, by the names they have now."""
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT DISTINCT a.attname FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid"
+            " JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
+            " WHERE d.classid = 'pg_rewrite'::regclass AND r.ev_class = %s::regclass"
+            " AND d.refobjid = 'accounts'::regclass ORDER BY 1",
+            (view,),
+        )
+    ]
+
+
+def test_columns_cutover_carries_views_and_policies_on_changed_columns(
+    dsn: str, conn: psycopg.Connection[Any], role: str
+) -> None:
+    create_accounts(conn, 400)
+    conn.execute("CREATE VIEW rich AS SELECT id, balance FROM accounts WHERE balance > 100")
+    conn.execute("CREATE VIEW richest AS SELECT id, balance FROM rich WHERE balance > 5000")
+    conn.execute("CREATE VIEW emails AS SELECT id, email FROM accounts")  # no changed column
+    conn.execute(sql.SQL("GRANT SELECT ON rich TO {}").format(sql.Identifier(role)))
+    conn.execute("ALTER TABLE accounts ENABLE ROW LEVEL SECURITY")
+    conn.execute("CREATE POLICY positive ON accounts USING (balance >= 0)")
+    emails_oid = conn.execute("SELECT 'emails'::regclass::oid").fetchone()
+    counts = conn.execute(
+        "SELECT (SELECT count(*) FROM rich), (SELECT count(*) FROM richest)"
+    ).fetchone()
+
+    assert cli(dsn, "apply", WIDEN, "--until", "cutover").exit_code == 0
+    assert column_type(conn, "rich", "balance") == "bigint"
+    assert column_type(conn, "richest", "balance") == "bigint"
+    assert attribute_read(conn, "rich") == ["balance", "id"]  # the new column, by its live name
+    assert conn.execute("SELECT 'emails'::regclass::oid").fetchone() == emails_oid  # untouched
+    assert conn.execute("SELECT has_table_privilege(%s, 'rich', 'SELECT')", (role,)).fetchone() == (
+        True,
+    )
+    assert conn.execute(
+        "SELECT pg_get_expr(polqual, polrelid) FROM pg_policy WHERE polname = 'positive'"
+    ).fetchone() == ("(balance >= 0)",)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_depend d JOIN pg_policy p ON p.oid = d.objid"
+        " JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
+        " WHERE p.polname = 'positive' AND a.attname = 'balance'"
+    ).fetchone() == (1,)
+    assert (
+        conn.execute(
+            "SELECT (SELECT count(*) FROM rich), (SELECT count(*) FROM richest)"
+        ).fetchone()
+        == counts.fetchone()
+    )
+
+    assert cli(dsn, "rollback", WIDEN).exit_code == 0
+    assert column_type(conn, "rich", "balance") == "integer"
+    assert attribute_read(conn, "rich") == ["balance", "id"]
+
+    result = cli(dsn, "apply", WIDEN)  # contract drops the old column: nothing may read it
+    assert result.exit_code == 0, result.output
+    assert column_type(conn, "richest", "balance") == "bigint"
+
+
+def test_columns_plan_refuses_a_view_the_new_type_breaks(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    create_accounts(conn, 100)
+    conn.execute("CREATE VIEW doubled AS SELECT id, balance * 2 AS twice FROM accounts")
+    text = (
+        (PLANS / "widen_account_balance.yaml")
+        .read_text()
+        .replace("type: bigint", "type: text")
+        .replace("up: balance::bigint", "up: balance::text")
+    )
+    result = cli(dsn, "plan", write_plan(tmp_path, text))
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "public.doubled would not work on the new columns of public.accounts" in line

@@ -40,6 +40,8 @@ from pgshift.plan.check import (
     check_carried,
     check_copy,
     check_plan,
+    columns_stand_in,
+    new_table_stand_in,
     parse_columns,
     parse_mappings,
     probe_new_table,
@@ -87,8 +89,15 @@ def prepare(
             new_table = probe_new_table(conn, plan, table)
             compiled = compile_plan(plan, table, key, store.schema, new_table)
             check_copy(conn, plan, compiled.context.shape.probes())
-            check_carried(conn, plan, table, new_table, compiled.context.view_schema)
+            view_schema = compiled.context.view_schema
+            stand_in = new_table_stand_in(plan, table, new_table)
+            check_carried(conn, table, view_schema=view_schema, **stand_in)
             return compiled, state
+        compiled = compile_plan(plan, table, key, store.schema, new_table)
+        view_schema = compiled.context.view_schema
+        changes = [(c.name, c.type, c.is_new) for c in compiled.context.shape.columns]
+        check_carried(conn, table, view_schema=view_schema, **columns_stand_in(table, changes))
+        return compiled, state
     return compile_plan(plan, table, key, store.schema, new_table), state
 
 

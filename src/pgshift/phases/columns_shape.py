@@ -176,17 +176,19 @@ def _refuse_unsafe(table: Table, changed: dict[str, ShadowColumn]) -> None:
     """What a rename-based cutover would silently get wrong is refused here, with what to do."""
     for dep in table.dependents:
         hit = set(dep.columns) & changed.keys()
-        if dep.kind == "view" and hit:
+        # views and policies on changed columns are carried by cutover (phases/repoint.py)
+        if dep.kind == "materialized view" and hit:
             raise _at(
                 hit,
-                f"view {dep.name} reads column(s) {', '.join(sorted(hit))}: cutover would leave it"
-                " reading the old column; drop it before and recreate it after with sql phases",
+                f"materialized view {dep.name} reads column(s) {', '.join(sorted(hit))}: it"
+                " cannot follow the swap; drop it before and create it again after, with sql"
+                " phases",
             )
-        if dep.kind == "policy" and hit:
+        if dep.kind == "rule" and hit:
             raise _at(
                 hit,
-                f"row security policy {dep.name} uses {', '.join(sorted(hit))}: it would keep"
-                " the old column; drop it before and recreate it after, with sql phases",
+                f"a rule of table {dep.name} reads column(s) {', '.join(sorted(hit))}: drop it"
+                " before and create it again after, with sql phases",
             )
         if dep.kind == "foreign key" and hit:
             raise _at(

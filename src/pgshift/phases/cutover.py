@@ -73,9 +73,20 @@ def _sequence_widens(col: ShadowColumn) -> bool:
     )
 
 
+def _carry(ctx: CompileContext) -> list[Query]:
+    """Views reading a changed column, and the table's policies, hold column numbers: they
+    are recorded and dropped before the renames, created again after them (`recreate`)."""
+    shape: ColumnsShape = ctx.shape
+    changed = tuple(c.name for c in shape.changed())
+    return [
+        capture_and_drop(ctx.table.qualified, ctx.view_schema, copy_policies=True, columns=changed),
+        drop_policies(ctx.table.qualified),
+    ]
+
+
 def swap_statements(ctx: CompileContext) -> tuple[Query, ...]:
     shape: ColumnsShape = ctx.shape
-    out: list[Query] = []
+    out: list[Query] = _carry(ctx)
     for ix in shape.indexes:
         if ix.constraint:
             out.append(
@@ -133,6 +144,7 @@ def swap_statements(ctx: CompileContext) -> tuple[Query, ...]:
                 )
             )
     out.append(function_ddl(shape, reverse_body(shape)))
+    out.append(recreate())
     return tuple(out)
 
 
@@ -140,7 +152,7 @@ def unswap_statements(ctx: CompileContext) -> tuple[Query, ...]:
     """The inverse of `swap_statements`. Constraints move back first: a column cannot lose
     NOT NULL while a primary key still stands on it."""
     shape: ColumnsShape = ctx.shape
-    out: list[Query] = [function_ddl(shape, forward_body(shape))]
+    out: list[Query] = [*_carry(ctx), function_ddl(shape, forward_body(shape))]
     for ix in reversed(shape.indexes):
         if ix.constraint:
             # the constraint's index on the new column goes with it; expand's copy is rebuilt
@@ -193,6 +205,7 @@ def unswap_statements(ctx: CompileContext) -> tuple[Query, ...]:
                         ),
                     )
                 )
+    out.append(recreate())
     return tuple(out)
 
 

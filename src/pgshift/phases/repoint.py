@@ -43,9 +43,7 @@ _POLICY_DDL = """format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s', p.polna
 # temporary object over a temporary table standing in for the table taking the live name.
 CAPTURE = (
     """
-WITH views AS ("""
-    + VIEW_CLOSURE
-    + """), named AS (
+WITH views AS ({closure}), named AS (
     SELECT c.oid, c.relkind, c.relowner, c.reloptions, c.relacl, c.relname, n.nspname, v.depth,
            format('%I.%I', n.nspname, c.relname) AS name
       FROM views v JOIN pg_class c ON c.oid = v.oid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -133,20 +131,45 @@ SELECT format('row security of %s', {target}::regclass), 1001, NULL, NULL,
 )
 
 
-def capture_query(table: sql.Identifier, excluded_schema: str, copy_policies: bool) -> Query:
-    """The objects to carry across a swap of `table` (see CAPTURE)."""
+def closure_query(table: sql.Identifier, columns: tuple[str, ...] | None) -> Query:
+    """VIEW_CLOSURE for `table`: every view reading it, or (with `columns`) those reading one
+    of these columns, and the views over them."""
+    target = sql.SQL("{}::regclass::oid").format(sql.Literal(table.as_string()))
+    first: Query = sql.SQL("true")
+    if columns is not None:
+        first = sql.SQL(
+            "d.refobjsubid IN (SELECT attnum FROM pg_attribute WHERE attrelid = {} AND attname"
+            " = ANY({}))"
+        ).format(target, sql.Literal(list(columns)))
+    return sql.SQL(VIEW_CLOSURE).format(target=target, first=first)
+
+
+def capture_query(
+    table: sql.Identifier,
+    excluded_schema: str,
+    copy_policies: bool,
+    columns: tuple[str, ...] | None = None,
+) -> Query:
+    """The objects to carry across a swap of `table` (see CAPTURE); with `columns`, only the
+    views reading those columns (the rest keep reading what they read)."""
     return sql.SQL(CAPTURE).format(
+        closure=closure_query(table, columns),
         target=sql.SQL("{}::regclass::oid").format(sql.Literal(table.as_string())),
         excluded=sql.Literal(excluded_schema),
         copy_policies=sql.Literal(copy_policies),
     )
 
 
-def capture_and_drop(table: sql.Identifier, excluded_schema: str, copy_policies: bool) -> Query:
+def capture_and_drop(
+    table: sql.Identifier,
+    excluded_schema: str,
+    copy_policies: bool,
+    columns: tuple[str, ...] | None = None,
+) -> Query:
     """Before the renames: record every object reading `table` (by OID) and drop it. With
-    `copy_policies`, the table's own policies are recorded too, to be created on the table
-    that takes the name; the policies that table already has (from an earlier cutover that was
-    rolled back) are dropped first by the caller's `drop_policies`."""
+    `copy_policies`, the table's own policies are recorded too, to be created on whichever
+    table holds the name afterwards; dropping the policies that table has is the caller's
+    (`drop_policies`)."""
     return sql.SQL(
         """DO $pgshift$
 DECLARE
@@ -174,7 +197,7 @@ BEGIN
 END
 $pgshift$"""
     ).format(
-        capture=capture_query(table, excluded_schema, copy_policies),
+        capture=capture_query(table, excluded_schema, copy_policies, columns),
         setting=sql.Literal(SETTING),
     )
 

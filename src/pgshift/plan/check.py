@@ -3,16 +3,17 @@ and every SQL expression, each tried in a transaction that is always rolled back
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pglast
 import psycopg
 from psycopg import sql
 
-from pgshift.catalog import VIEW_CLOSURE, Table, load_table, resolve_table
+from pgshift.catalog import Table, load_table, resolve_table
 from pgshift.db import Query, split_name
 from pgshift.errors import PlanError
-from pgshift.phases.repoint import capture_query
+from pgshift.phases.repoint import capture_query, closure_query
 from pgshift.plan.model import Plan
 
 
@@ -266,22 +267,29 @@ def check_plan(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> tuple
 
 
 def check_carried(
-    conn: psycopg.Connection[Any], plan: Plan, old: Table, new: Table, view_schema: str
+    conn: psycopg.Connection[Any],
+    table: Table,
+    *,
+    setup: Sequence[Query],
+    stand_in: Sequence[Query],
+    shape: str,
+    view_schema: str,
+    columns: tuple[str, ...] | None = None,
+    path: tuple[str | int, ...],
 ) -> None:
-    """Try now what cutover will carry over to the new table: in a transaction that is rolled
-    back, the views reading the live table (and the views reading those) and its row security
-    policies are created as temporary objects over a temporary table that has the live name
-    and the new table's columns. A view the new shape cannot hold is refused here, not
-    discovered inside the swap. Other tables' policies are carried too but not tried: that
-    would lock their tables."""
-    if not any(d.kind in ("view", "policy") for d in old.dependents):
+    """Try now what cutover will carry over: in a transaction that is rolled back (after
+    `setup`), the views reading the live table (or, with `columns`, those columns), the views
+    reading those, and the table's row security policies are created as temporary objects over
+    a temporary table with the live name and the new shape (`stand_in` makes it). A view the
+    new shape cannot hold is refused here, not discovered inside the swap. Other tables'
+    policies are carried too but not tried: that would lock their tables."""
+    if not any(d.kind in ("view", "policy") for d in table.dependents):
         return
-    closure = sql.SQL(VIEW_CLOSURE.format(target="{target}")).format(target=sql.Literal(old.oid))
     failing = ""
     try:
         with conn.transaction(force_rollback=True):
-            for statement in create_statements(plan):
-                conn.execute(sql.SQL(statement))
+            for statement in setup:
+                conn.execute(statement)
             # names visible on this path are written unqualified, so the temporary objects
             # made below stand in for them
             conn.execute(
@@ -290,17 +298,16 @@ def check_carried(
                     " ORDER BY o), true) FROM (SELECT {} AS s, 0 AS o UNION SELECT n.nspname, 1"
                     " FROM ({}) c JOIN pg_class v ON v.oid = c.oid"
                     " JOIN pg_namespace n ON n.oid = v.relnamespace) paths"
-                ).format(sql.Literal(old.schema), closure)
+                ).format(sql.Literal(table.schema), closure_query(table.qualified, columns))
             )
-            captured = conn.execute(capture_query(old.qualified, view_schema, True)).fetchall()
+            captured = conn.execute(
+                capture_query(table.qualified, view_schema, True, columns)
+            ).fetchall()
             refused = [row[2] for row in captured if row[2]]
             if refused:
                 raise PlanError(refused[0], path=("table",))
-            conn.execute(
-                sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {})").format(
-                    sql.Identifier(old.name), new.qualified
-                )
-            )
+            for statement in stand_in:
+                conn.execute(statement)
             for name, _depth, _refuse, _drop, _create, probes in sorted(
                 captured, key=lambda r: r[1]
             ):
@@ -310,8 +317,43 @@ def check_carried(
     except psycopg.Error as error:
         detail = error.diag.message_primary or str(error).splitlines()[0]
         raise PlanError(
-            f"{failing} would not work on {new.display} after cutover: {detail}; change it"
-            " before the migration, or drop it and create it again after cutover with sql"
-            " phases",
-            path=("new_table", "create"),
+            f"{failing} would not work on {shape} after cutover: {detail}; change it before the"
+            " migration, or drop it and create it again after cutover with sql phases",
+            path=path,
         ) from error
+
+
+def new_table_stand_in(plan: Plan, old: Table, new: Table) -> dict[str, Any]:
+    """check_carried's arguments for a `new_table` plan: the new table as `create` makes it."""
+    return {
+        "setup": [sql.SQL(s) for s in create_statements(plan)],
+        "stand_in": [
+            sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {})").format(
+                sql.Identifier(old.name), new.qualified
+            )
+        ],
+        "shape": new.display,
+        "path": ("new_table", "create"),
+    }
+
+
+def columns_stand_in(table: Table, changes: Sequence[tuple[str, str, bool]]) -> dict[str, Any]:
+    """check_carried's arguments for a `columns` plan: the live table with each planned
+    (column, type, is new) changed or added, as an empty temporary copy (nothing to rewrite)."""
+    temp = sql.Identifier(table.name)
+    stand_in: list[Query] = [
+        sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {})").format(temp, table.qualified)
+    ]
+    for name, type_, is_new in changes:
+        action = "ADD COLUMN {} {}" if is_new else "ALTER COLUMN {} TYPE {} USING NULL"
+        stand_in.append(
+            sql.SQL("ALTER TABLE {} ").format(temp)
+            + sql.SQL(action).format(sql.Identifier(name), sql.SQL(type_))
+        )
+    return {
+        "setup": [],
+        "stand_in": stand_in,
+        "shape": f"the new columns of {table.display}",
+        "columns": tuple(name for name, _type, is_new in changes if not is_new),
+        "path": ("columns", changes[0][0]),
+    }
