@@ -119,7 +119,7 @@ def test_kill_at_random_moments_in_backfill(
 ) -> None:
     plan = write_plan(
         tmp_path,
-        PLAN.replace("{batch_size: 100}", "{batch_size: 40, batch_pause: 10ms}"),
+        PLAN.replace("{batch_size: 100}", "{batch_size: 20, batch_pause: 50ms}"),
     )
     _fresh(conn)
     assert cli(dsn, "apply", plan, "--until", "dual_write").exit_code == 0
