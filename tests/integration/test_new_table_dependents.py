@@ -327,7 +327,7 @@ def test_columns_cutover_carries_views_and_policies_on_changed_columns(
         conn.execute(
             "SELECT (SELECT count(*) FROM rich), (SELECT count(*) FROM richest)"
         ).fetchone()
-        == counts.fetchone()
+        == counts
     )
 
     assert cli(dsn, "rollback", WIDEN).exit_code == 0
