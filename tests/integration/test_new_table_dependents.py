@@ -5,6 +5,7 @@ policies, other tables' policies reading it. The same for views and policies on 
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,14 @@ import pytest
 from psycopg import sql
 
 from pgshift.demo.seed import create_accounts
-from tests.integration.helpers import PLANS, cli, create_customers, error_line, write_plan
+from tests.integration.helpers import (
+    PLANS,
+    cli,
+    create_customers,
+    error_line,
+    run_process,
+    write_plan,
+)
 
 BIGINT_KEY = str(PLANS / "accounts_bigint_key.yaml")
 
@@ -354,3 +362,30 @@ def test_columns_plan_refuses_a_view_the_new_type_breaks(
     assert result.exit_code == 2
     line = error_line(result)
     assert "public.doubled would not work on the new columns of public.accounts" in line
+
+
+def test_a_kill_inside_the_swap_leaves_the_views_as_they_were(
+    dsn: str, conn: psycopg.Connection[Any], role: str
+) -> None:
+    views_on_accounts(conn, role)
+    facts = view_facts(conn, role)
+    live = conn.execute("SELECT 'accounts'::regclass::oid").fetchone()
+    assert cli(dsn, "apply", BIGINT_KEY, "--until", "backfill").exit_code == 0
+    # cutover's steps: ANALYZE, then the swap (1); killed after its statements, before commit
+    crashed = run_process(
+        dsn,
+        "apply",
+        BIGINT_KEY,
+        "--until",
+        "cutover",
+        env={"PGSHIFT_FAILPOINT": "cutover:1:in-transaction"},
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    assert conn.execute("SELECT 'accounts'::regclass::oid").fetchone() == live
+    assert reads(conn, "rich") == "accounts"
+    assert column_type(conn, "rich", "id") == "integer"
+    assert view_facts(conn, role) == facts
+
+    assert cli(dsn, "apply", BIGINT_KEY, "--until", "cutover").exit_code == 0
+    assert column_type(conn, "rich", "id") == "bigint"
+    assert view_facts(conn, role) == facts
