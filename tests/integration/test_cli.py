@@ -193,6 +193,15 @@ def test_lock_pause_and_resume_from_another_shell(
         second = cli(dsn, "apply", path)
         assert second.exit_code == 1
         assert "is being run by pgshift apply cli_test" in second.stderr
+        # another migration of the same table, under another name, waits its turn too
+        other = write_plan(
+            tmp_path,
+            plan_text(column="status", spec="    type: varchar(40)").replace("cli_test", "other"),
+            "o.yaml",
+        )
+        third = cli(dsn, "apply", other)
+        assert third.exit_code == 1
+        assert "table public.accounts is being migrated by pgshift apply cli_test" in third.stderr
 
         assert cli(dsn, "pause", "cli_test").exit_code == 0
         _wait_for(lambda: _status(dsn)["waiting_for"] is not None)
@@ -209,6 +218,29 @@ def test_lock_pause_and_resume_from_another_shell(
     assert _status(dsn)["status"] == "done"
     events = [r[0] for r in accounts.execute("SELECT event FROM pgshift.events ORDER BY id")]
     assert "paused" in events and "resumed" in events
+
+
+def test_a_second_migration_of_a_table_waits_for_the_first_to_finish(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    first = write_plan(tmp_path, plan_text())
+    second = write_plan(
+        tmp_path,
+        plan_text(column="status", spec="    type: varchar(40)").replace("cli_test", "other"),
+        "o.yaml",
+    )
+    assert cli(dsn, "apply", first, "--until", "dual_write").exit_code == 0
+    result = cli(dsn, "apply", second)
+    assert result.exit_code == 1
+    assert (
+        "migration cli_test of public.accounts is unfinished (paused): apply it to the end or"
+        " roll it back before starting other"
+    ) in error_line(result)
+    assert accounts.execute(
+        "SELECT count(*) FROM pgshift.phases WHERE migration = 'other' AND status <> 'pending'"
+    ).fetchone() == (0,)
+    assert cli(dsn, "rollback", first).exit_code == 0
+    assert cli(dsn, "apply", second, "--until", "expand").exit_code == 0  # its turn now
 
 
 def _status(dsn: str) -> dict[str, Any]:

@@ -14,13 +14,13 @@ from typing import Any
 import psycopg
 import structlog
 
-from pgshift.catalog import load_table, table_from_snapshot, table_to_snapshot
+from pgshift.catalog import load_table, resolve_table, table_from_snapshot, table_to_snapshot
 from pgshift.compile import CompiledPlan, compile_plan
 from pgshift.db import connect
 from pgshift.engine.backfill_runner import BatchPolicy, run_backfill
 from pgshift.engine.checks import Checks
 from pgshift.engine.failpoints import failpoint
-from pgshift.engine.locks import below_deadlock_timeout, migration_lock
+from pgshift.engine.locks import below_deadlock_timeout, migration_lock, table_lock
 from pgshift.engine.progress import Reporter
 from pgshift.engine.state import MigrationState, StateStore
 from pgshift.engine.steps import run_sql_step
@@ -146,6 +146,7 @@ class Executor:
         ):
             self._connected(conn)
             self.store.ensure_schema(conn)
+            self._one_migration_per_table(conn)
             compiled, state = prepare(conn, self.loaded, self.store)
             if until is not None:
                 compiled.phase(until)  # an unknown name is a usage error before anything runs
@@ -179,6 +180,26 @@ class Executor:
             self.store.set_status(conn, self.name, "done")
             self.store.event(conn, self.name, "done")
             return RunResult(self.name, "done", f"migration {self.name} done", None, run)
+
+    def _one_migration_per_table(self, conn: psycopg.Connection[Any]) -> None:
+        """Two migrations of one table would each compile against a table the other changes:
+        the table's advisory lock keeps a second apply or rollback out while one runs, and a
+        migration does not start while another of its table is unfinished."""
+        found = resolve_table(conn, self.plan.table)
+        if found is None:
+            return  # prepare says what is wrong with `table`
+        table = f"{found[0]}.{found[1]}"
+        table_lock(conn, table)
+        state = self.store.get(conn, self.name)
+        if state is not None and state.started:
+            return
+        others = self.store.unfinished_on(conn, table, self.name)
+        if others:
+            other, status = others[0]
+            raise MigrationFailed(
+                f"migration {other} of {table} is unfinished ({status}): apply it to the end or"
+                f" roll it back before starting {self.name}"
+            )
 
     def _record(
         self, conn: psycopg.Connection[Any], compiled: CompiledPlan, state: MigrationState | None
@@ -422,6 +443,7 @@ class Executor:
                 raise UsageError(
                     f"migration {self.name} has never been applied here; nothing to roll back"
                 )
+            table_lock(conn, compiled.table.display)  # the snapshot's name: it may be renamed
             if state.plan_hash != self.loaded.sha256 and not self.force:
                 raise UsageError(
                     f"plan {self.name} changed since this migration started: rollback would run"

@@ -33,6 +33,8 @@ from pgshift.plan.durations import format_duration, to_ms
 from pgshift.plan.model import Settings
 
 log = structlog.get_logger("pgshift.locks")
+
+TABLE_LOCK_CLASS = LOCK_CLASS + 1  # "pgsi": the first key of the per-table lock
 T = TypeVar("T")
 RETRYABLE = (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected)
 
@@ -123,6 +125,36 @@ def advisory_key(name: str) -> int:
     return value - (1 << 32) if value >= (1 << 31) else value
 
 
+def _holder(conn: psycopg.Connection[Any], classid: int, key: int) -> str:
+    """Who holds the advisory lock (classid, key) in this database, for the message."""
+    holder = conn.execute(
+        """
+        SELECT a.pid, a.application_name, a.backend_start::text FROM pg_locks l
+          JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s
+           AND l.objsubid = 2 AND l.granted AND l.database = (SELECT oid FROM pg_database
+           WHERE datname = current_database())
+        """,
+        (classid, key & 0xFFFFFFFF),
+    ).fetchone()
+    if holder is None:
+        return "another session"
+    return f"{holder[1] or 'a session'} (backend pid {holder[0]}, since {holder[2]})"
+
+
+def table_lock(conn: psycopg.Connection[Any], table: str) -> None:
+    """Held by `conn` until it closes: one apply or rollback per table at a time, whatever the
+    migration's name (two migrations of one table would each compile against a table the other
+    is changing)."""
+    key = advisory_key(table)
+    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (TABLE_LOCK_CLASS, key)).fetchone()
+    if not row or not row[0]:
+        raise LockHeld(
+            f"table {table} is being migrated by {_holder(conn, TABLE_LOCK_CLASS, key)}; one"
+            " migration of a table at a time: wait for it to finish or stop it first"
+        )
+
+
 @contextmanager
 def migration_lock(dsn: str, name: str, role: str) -> Iterator[psycopg.Connection[Any]]:
     """Hold the migration's advisory lock for the duration; a second holder exits 1 naming the
@@ -132,23 +164,9 @@ def migration_lock(dsn: str, name: str, role: str) -> Iterator[psycopg.Connectio
         key = advisory_key(name)
         row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, key)).fetchone()
         if not row or not row[0]:
-            holder = conn.execute(
-                """
-                SELECT a.pid, a.application_name, a.backend_start::text FROM pg_locks l
-                  JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s
-                   AND l.objsubid = 2 AND l.granted AND l.database = (SELECT oid FROM pg_database
-                   WHERE datname = current_database())
-                """,
-                (LOCK_CLASS, key & 0xFFFFFFFF),
-            ).fetchone()
-            who = (
-                f"{holder[1] or 'a session'} (backend pid {holder[0]}, since {holder[2]})"
-                if holder
-                else "another session"
-            )
             raise LockHeld(
-                f"migration {name} is being run by {who}; wait for it to finish or stop it first"
+                f"migration {name} is being run by {_holder(conn, LOCK_CLASS, key)}; wait for it"
+                " to finish or stop it first"
             )
         yield conn
     finally:

@@ -161,6 +161,24 @@ class StateStore:
             ).fetchall()
         return MigrationState(phases=[PhaseState(**p) for p in phases], **row)
 
+    def unfinished_on(
+        self, conn: psycopg.Connection[Any], table: str, other_than: str
+    ) -> list[tuple[str, str]]:
+        """(name, status) of the other migrations of `table` that have applied something and
+        are neither done nor rolled back."""
+        if not self.exists(conn):
+            return []
+        rows = conn.execute(
+            self._q(
+                "SELECT m.name, m.status FROM {s}.migrations m"
+                " WHERE m.table_name = %s AND m.name <> %s AND m.status <> 'done'"
+                " AND EXISTS (SELECT 1 FROM {s}.phases p WHERE p.migration = m.name"
+                " AND p.status IN ('running', 'done', 'failed')) ORDER BY m.created_at"
+            ),
+            (table, other_than),
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
     def names(self, conn: psycopg.Connection[Any]) -> list[str]:
         if not self.exists(conn):
             return []

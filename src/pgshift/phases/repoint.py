@@ -95,9 +95,11 @@ SELECT v.name, v.depth,
                       FROM pg_trigger t WHERE t.tgrelid = v.oid AND NOT t.tgisinternal), '[]')
        || jsonb_build_array(format('ALTER VIEW %s OWNER TO %I', v.name,
                                    pg_get_userbyid(v.relowner))) AS "create",
+       -- (not tried when it has the table's own name: the stand-in table holds that name)
+       CASE WHEN v.relname <> (SELECT relname FROM pg_class WHERE oid = {target}) THEN
        jsonb_build_array(format('CREATE TEMPORARY VIEW %I%s AS %s', v.relname,
               coalesce(' WITH (' || array_to_string(v.reloptions, ', ') || ')', ''),
-              rtrim(pg_get_viewdef(v.oid), ';'))) AS probe
+              rtrim(pg_get_viewdef(v.oid), ';'))) END AS probe
   FROM named v
 UNION ALL
 -- policies of other tables reading the table: created last, so dropped first
