@@ -1,9 +1,15 @@
-"""Pre-flight checks `migrate plan` runs against the database: how big the table is, how much
-free disk the migration needs, how far behind the replicas are, and which open transactions
-would hold up the cutover's lock. A snapshot of now, for deciding whether to start."""
+"""Pre-flight checks against the live database: how big the table is, how much free disk the
+migration needs, how far behind the replicas are (and what slots retain), and which open
+transactions would hold up the strong locks. A snapshot of now, for deciding whether to start.
+
+One set of queries, built as SQL with literals (no parameters), so the runbook prints exactly
+the query that produced each number, runnable as is in psql; `migrate plan` prints a summary of
+the same data, with warnings.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -12,132 +18,247 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from pgshift.compile import CompiledPlan
+from pgshift.db import Query
 from pgshift.phases.columns_shape import ColumnsShape
+from pgshift.plan.durations import to_ms
 
-_SIZE_QUERY = """
-SELECT pg_table_size(c.oid) AS table_bytes,
-       pg_total_relation_size(c.oid) AS total_bytes,
-       c.reltuples AS reltuples
+
+def size_query(regclass: str) -> Query:
+    return sql.SQL(
+        """SELECT pg_size_pretty(pg_table_size(c.oid)) AS table_size,
+       pg_size_pretty(pg_total_relation_size(c.oid)) AS total_size,
+       c.reltuples::bigint AS row_estimate,
+       greatest(s.last_analyze, s.last_autoanalyze) AS analyzed_at,
+       pg_table_size(c.oid) AS table_bytes,
+       pg_total_relation_size(c.oid) AS total_bytes
   FROM pg_class c
- WHERE c.oid = to_regclass(%s)
-"""
+  LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+ WHERE c.oid = {}::regclass"""
+    ).format(sql.Literal(regclass))
+
+
+def rebuilt_indexes(compiled: CompiledPlan) -> list[tuple[str, str, str, int]]:
+    """(what, index name, index as regclass text, copies built) for each index over a changed
+    column of a `columns` plan: the copy on the new column, and for a constraint's index a
+    spare on the old one too (rollback needs it)."""
+    shape = compiled.context.shape
+    if not isinstance(shape, ColumnsShape):
+        return []
+    schema = compiled.table.schema
+    out = []
+    for ix in shape.indexes:
+        name = f"{schema}.{ix.original.name}"
+        spare = ix.constraint is not None and ix.spare is not None
+        out.append(
+            (
+                f"2 copies of index {name} (the new one, and a spare on the old columns)"
+                if spare
+                else f"copy of index {name} on the new columns",
+                ix.original.name,
+                sql.Identifier(schema, ix.original.name).as_string(),
+                2 if spare else 1,
+            )
+        )
+    return out
+
+
+def disk_query(compiled: CompiledPlan) -> Query:
+    """Extra disk the migration needs at its peak. `columns`: the backfill writes a new version
+    of every row (the old ones stay as dead tuples until vacuum), and each index over a changed
+    column is built again. `new_table`: a copy of every row in the new table, with indexes of
+    its own (taken as the live table's). pg_table_size, not the heap alone: counting TOAST too
+    errs on the safe side."""
+    regclass = sql.Literal(compiled.table.regclass)
+    if not isinstance(compiled.context.shape, ColumnsShape):
+        parts: list[Query] = [
+            sql.SQL(
+                "SELECT 'copy of every row in the new table, with its indexes' AS what,"
+                " NULL::text AS index_name, pg_total_relation_size({}::regclass) AS bytes"
+            ).format(regclass)
+        ]
+    else:
+        parts = [
+            sql.SQL(
+                "SELECT 'new version of every row (old ones stay until vacuum)' AS what,"
+                " NULL::text AS index_name, pg_table_size({}::regclass) AS bytes"
+            ).format(regclass)
+        ]
+    indexes = rebuilt_indexes(compiled)
+    if indexes:
+        parts.append(
+            sql.SQL(
+                "SELECT what, index_name, copies * coalesce(pg_relation_size(to_regclass(name)), 0)\n"
+                "    FROM (VALUES {}) AS i(what, index_name, name, copies)"
+            ).format(
+                sql.SQL(",\n                 ").join(
+                    sql.SQL("({}, {}, {}, {})").format(*map(sql.Literal, index))
+                    for index in indexes
+                )
+            )
+        )
+    return sql.SQL(
+        """WITH needed(what, index_name, bytes) AS (
+  {}
+)
+SELECT what, index_name, pg_size_pretty(bytes::bigint) AS size, bytes::bigint AS bytes
+  FROM needed
+UNION ALL
+SELECT 'total', NULL, pg_size_pretty(sum(bytes)::bigint), sum(bytes)::bigint FROM needed"""
+    ).format(sql.SQL("\n  UNION ALL\n  ").join(parts))
+
 
 # What PostgreSQL reports, as is: the throttle measures lag itself while it runs, this is the
-# picture before anything starts. Without pg_monitor a walsender shows its pid and no more.
-_REPLICAS_QUERY = """
-SELECT coalesce(nullif(application_name, '') || coalesce(' at ' || host(client_addr), ''),
-                host(client_addr), 'pid ' || pid) AS name,
-       state,
-       extract(epoch FROM replay_lag)::float8 AS lag_seconds,
-       CASE WHEN NOT pg_is_in_recovery()  -- on a standby pg_current_wal_lsn() raises
-            THEN pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint END AS behind_bytes
+# picture before anything starts. replay_lag keeps its last value while a standby's replay
+# stalls (and is NULL when idle), so the WAL not replayed yet is shown too: a replica that has
+# caught up is near 0 bytes. Without pg_monitor a walsender shows its pid and no more; on a
+# standby pg_current_wal_lsn() raises, hence the guard.
+REPLICAS_QUERY = sql.SQL(
+    """SELECT coalesce(nullif(application_name, '') || coalesce(' at ' || host(client_addr), ''),
+                host(client_addr), 'pid ' || pid) AS replica,
+       state, sync_state,
+       round(extract(epoch FROM replay_lag)::numeric, 1) AS replay_lag_seconds,
+       CASE WHEN NOT pg_is_in_recovery()
+            THEN pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint END AS behind_bytes,
+       CASE WHEN NOT pg_is_in_recovery()
+            THEN pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)) END
+         AS not_replayed
   FROM pg_stat_replication
- ORDER BY 1
-"""
+ ORDER BY 1"""
+)
 
-# Client sessions of this database inside a transaction older than lock_timeout: the cutover
-# queues behind any lock they hold on the table, and everything else queues behind the
-# cutover. Background workers (autovacuum gives way to a lock request) are left out.
-_LONG_TRANSACTIONS_QUERY = """
-SELECT a.pid,
-       extract(epoch FROM clock_timestamp() - a.xact_start)::float8 AS age_seconds,
+# Slots keep WAL until their consumer reads it, and the backfill writes a lot of it.
+SLOTS_QUERY = sql.SQL(
+    """SELECT slot_name, slot_type, active,
+       pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)) AS wal_retained
+  FROM pg_replication_slots
+ ORDER BY 1"""
+)
+
+
+def long_transactions_query(regclass: str, lock_timeout: timedelta) -> Query:
+    """Client sessions of this database inside a transaction older than lock_timeout: any of
+    them holding a lock on the table makes every strong-lock attempt of the migration time out
+    (and queue the application's queries behind it for up to lock_timeout each time).
+    Background workers are left out (autovacuum gives way to a lock request)."""
+    return sql.SQL(
+        """SELECT a.pid,
+       round(extract(epoch FROM clock_timestamp() - a.xact_start)::numeric, 1)::float8
+         AS age_seconds,
        a.state,
        a.application_name,
-       left(a.query, 80) AS query,
        EXISTS (SELECT 1 FROM pg_locks l
-                WHERE l.pid = a.pid AND l.granted
-                  AND l.locktype = 'relation' AND l.relation = to_regclass(%(table)s)
-       ) AS holds_table_lock
+                WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation'
+                  AND l.relation = {table}::regclass) AS locks_table,
+       left(regexp_replace(a.query, '[[:space:]]+', ' ', 'g'), 80) AS query
   FROM pg_stat_activity a
  WHERE a.datname = current_database()
    AND a.pid <> pg_backend_pid()
    AND a.backend_type = 'client backend'
-   AND a.xact_start < clock_timestamp() - %(threshold)s
- ORDER BY a.xact_start
-"""
+   AND a.xact_start < clock_timestamp() - {timeout}::interval
+ ORDER BY a.xact_start"""
+    ).format(
+        table=sql.Literal(regclass),
+        timeout=sql.Literal(f"{to_ms(lock_timeout)} milliseconds"),
+    )
+
+
+@dataclass(frozen=True)
+class Preflight:
+    database: str
+    server_version: str
+    size: dict[str, Any]
+    disk: list[dict[str, Any]]
+    replicas: list[dict[str, Any]]
+    slots: list[dict[str, Any]] | None  # None: not readable here (a standby, or no privilege)
+    long_transactions: list[dict[str, Any]]
+    queries: dict[str, Query]
+
+
+def _rows(conn: psycopg.Connection[Any], query: Query) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query).fetchall()
+
+
+def read_preflight(
+    conn: psycopg.Connection[Any], compiled: CompiledPlan, lock_timeout: timedelta | None = None
+) -> Preflight:
+    """Run every pre-flight query now (lock_timeout: the plan's unless given)."""
+    regclass = compiled.table.regclass
+    timeout = compiled.plan.settings.lock_timeout if lock_timeout is None else lock_timeout
+    queries: dict[str, Query] = {
+        "size": size_query(regclass),
+        "disk": disk_query(compiled),
+        "replicas": REPLICAS_QUERY,
+        "slots": SLOTS_QUERY,
+        "long_transactions": long_transactions_query(regclass, timeout),
+    }
+    info = _rows(
+        conn,
+        sql.SQL("SELECT current_database() AS db, current_setting('server_version') AS version"),
+    )[0]
+    slots: list[dict[str, Any]] | None
+    try:
+        with conn.transaction():
+            slots = _rows(conn, queries["slots"])
+    except psycopg.Error:
+        slots = None
+    return Preflight(
+        database=info["db"],
+        server_version="PostgreSQL " + str(info["version"]).split(" ")[0],
+        size=_rows(conn, queries["size"])[0],
+        disk=_rows(conn, queries["disk"]),
+        replicas=_rows(conn, queries["replicas"]),
+        slots=slots,
+        long_transactions=_rows(conn, queries["long_transactions"]),
+        queries=queries,
+    )
 
 
 def preflight(
     conn: psycopg.Connection[Any], compiled: CompiledPlan, lock_timeout: timedelta
 ) -> dict[str, Any]:
-    """The pre-flight numbers for `compiled`'s table, read now."""
-    table = compiled.table
-    with conn.cursor(row_factory=dict_row) as cur:
-        size = cur.execute(_SIZE_QUERY, (table.regclass,)).fetchone()
-        if size is None:
-            table_bytes, total_bytes, rows = table.table_bytes, table.total_bytes, None
-        else:
-            table_bytes, total_bytes = int(size["table_bytes"]), int(size["total_bytes"])
-            # reltuples is -1 for a table never vacuumed or analyzed: unknown, not empty
-            rows = int(size["reltuples"]) if size["reltuples"] >= 0 else None
-        replicas = cur.execute(_REPLICAS_QUERY).fetchall()
-        long_transactions = cur.execute(
-            _LONG_TRANSACTIONS_QUERY,
-            {"table": table.regclass, "threshold": lock_timeout},
-        ).fetchall()
-    rebuilt = _rebuilt_index_bytes(conn, compiled)
+    """`migrate plan`'s pre-flight data for `compiled`'s table, read now."""
+    pre = read_preflight(conn, compiled, lock_timeout)
+    size = pre.size
+    # reltuples is -1 for a table never vacuumed or analyzed: unknown, not empty
+    rows = int(size["row_estimate"]) if size["row_estimate"] >= 0 else None
     settings = compiled.plan.settings
     return {
-        "table": table.display,
-        "table_bytes": table_bytes,
-        "total_bytes": total_bytes,
+        "table": compiled.table.display,
+        "table_bytes": int(size["table_bytes"]),
+        "total_bytes": int(size["total_bytes"]),
         "rows_estimate": rows,
-        "free_disk_needed_bytes": _disk_needed(compiled, table_bytes, total_bytes, rebuilt),
-        "rebuilt_index_bytes": rebuilt,
+        "free_disk_needed_bytes": int(next(r["bytes"] for r in pre.disk if r["what"] == "total")),
+        "rebuilt_index_bytes": {
+            r["index_name"]: int(r["bytes"]) for r in pre.disk if r["index_name"] is not None
+        },
         "replicas": [
             {
-                "name": r["name"],
+                "name": r["replica"],
                 "state": r["state"],
-                "lag_seconds": _rounded(r["lag_seconds"]),
+                "lag_seconds": _number(r["replay_lag_seconds"]),
                 "behind_bytes": r["behind_bytes"],
             }
-            for r in replicas
+            for r in pre.replicas
         ],
         "long_transactions": [
             {
                 "pid": t["pid"],
-                "age_seconds": _rounded(t["age_seconds"]),
+                "age_seconds": t["age_seconds"],
                 "state": t["state"],
                 "application_name": t["application_name"],
                 "query": t["query"],
-                "holds_table_lock": t["holds_table_lock"],
+                "holds_table_lock": t["locks_table"],
             }
-            for t in long_transactions
+            for t in pre.long_transactions
         ],
         "lock_timeout_seconds": lock_timeout.total_seconds(),
         "max_replication_lag_seconds": settings.max_replication_lag.total_seconds(),
     }
 
 
-def _rebuilt_index_bytes(conn: psycopg.Connection[Any], compiled: CompiledPlan) -> dict[str, int]:
-    """Current size of each index the migration builds a copy of, by name."""
-    shape = compiled.context.shape
-    if not isinstance(shape, ColumnsShape):
-        return {}
-    out: dict[str, int] = {}
-    for index in shape.indexes:
-        name = index.original.name
-        qualified = sql.Identifier(compiled.table.schema, name).as_string(conn)
-        row = conn.execute(
-            "SELECT coalesce(pg_relation_size(to_regclass(%s)), 0)", (qualified,)
-        ).fetchone()
-        out[name] = int(row[0]) if row else 0
-    return out
-
-
-def _disk_needed(
-    compiled: CompiledPlan, table_bytes: int, total_bytes: int, rebuilt: dict[str, int]
-) -> int:
-    if not isinstance(compiled.context.shape, ColumnsShape):
-        # new_table: every row copied, with indexes of its own (taken as the live table's)
-        return total_bytes
-    # The backfill's UPDATE writes a new version of every row (the old ones are only reused
-    # after vacuum), and each changed column's indexes are built anew beside the old ones.
-    return table_bytes + sum(rebuilt.values())
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _size(n: int) -> str:

@@ -12,17 +12,17 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, get_args
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 
 from pgshift import __version__
 from pgshift.compile import CompiledPlan
 from pgshift.db import Query
 from pgshift.engine.executor import prepare
+from pgshift.engine.preflight import Preflight, read_preflight
 from pgshift.engine.state import MigrationState, StateStore
 from pgshift.errors import PlanError
 from pgshift.phases.base import (
@@ -38,7 +38,7 @@ from pgshift.phases.base import (
     VerifyStep,
 )
 from pgshift.phases.columns_shape import ColumnsShape
-from pgshift.plan.durations import format_duration, to_ms
+from pgshift.plan.durations import format_duration
 from pgshift.plan.load import LoadedPlan
 from pgshift.plan.plan_lint import lint_plan
 from pgshift.report import preview
@@ -46,98 +46,6 @@ from pgshift.report.report import phase_report
 
 POINT_OF_NO_RETURN = "POINT OF NO RETURN"
 LOCK_ORDER: tuple[str, ...] = get_args(LockLevel)  # weakest first
-
-# ------------------------------------------------------------------ pre-flight queries
-# Built as SQL with literals (no parameters) so the text printed for the reviewer is exactly
-# the query that produced the numbers, runnable as is in psql.
-
-
-def size_query(regclass: str) -> Query:
-    return sql.SQL(
-        """SELECT pg_size_pretty(pg_table_size(c.oid)) AS table_size,
-       pg_size_pretty(pg_total_relation_size(c.oid)) AS total_size,
-       c.reltuples::bigint AS row_estimate,
-       greatest(s.last_analyze, s.last_autoanalyze) AS analyzed_at,
-       pg_table_size(c.oid) AS table_bytes,
-       pg_total_relation_size(c.oid) AS total_bytes
-  FROM pg_class c
-  LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
- WHERE c.oid = {}::regclass"""
-    ).format(sql.Literal(regclass))
-
-
-def disk_query(regclass: str, indexes: list[tuple[str, str, int]]) -> Query:
-    """Extra disk the migration needs at its peak: the backfill writes a new version of every
-    row (the old ones stay as dead tuples until vacuum), and each index over a changed column is
-    built again (`copies`: 2 when cutover also keeps a spare for rollback). pg_table_size, not
-    the heap alone: counting TOAST too errs on the safe side."""
-    parts: list[Query] = [
-        sql.SQL(
-            "SELECT 'new version of every row (old ones stay until vacuum)' AS what,"
-            " pg_table_size({}::regclass) AS bytes"
-        ).format(sql.Literal(regclass))
-    ]
-    if indexes:
-        parts.append(
-            sql.SQL(
-                "SELECT what, copies * coalesce(pg_relation_size(to_regclass(name)), 0)\n"
-                "    FROM (VALUES {}) AS i(what, name, copies)"
-            ).format(
-                sql.SQL(",\n                 ").join(
-                    sql.SQL("({}, {}, {})").format(*map(sql.Literal, index)) for index in indexes
-                )
-            )
-        )
-    return sql.SQL(
-        """WITH needed(what, bytes) AS (
-  {}
-)
-SELECT what, pg_size_pretty(bytes::bigint) AS size, bytes::bigint AS bytes FROM needed
-UNION ALL
-SELECT 'total', pg_size_pretty(sum(bytes)::bigint), sum(bytes)::bigint FROM needed"""
-    ).format(sql.SQL("\n  UNION ALL\n  ").join(parts))
-
-
-# replay_lag keeps its last value while a standby's replay stalls (and is NULL when idle), so
-# the WAL it has not replayed yet is shown too: a replica that has caught up is near 0 bytes.
-REPLICAS_QUERY = sql.SQL(
-    """SELECT coalesce(application_name, client_addr::text, 'replica') AS replica,
-       state, sync_state,
-       round(extract(epoch FROM replay_lag)::numeric, 1) AS replay_lag_seconds,
-       pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)) AS not_replayed
-  FROM pg_stat_replication
- ORDER BY 1"""
-)
-
-# Slots keep WAL until their consumer reads it, and the backfill writes a lot of it.
-SLOTS_QUERY = sql.SQL(
-    """SELECT slot_name, slot_type, active,
-       pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)) AS wal_retained
-  FROM pg_replication_slots
- ORDER BY 1"""
-)
-
-
-def long_transactions_query(regclass: str, lock_timeout: timedelta) -> Query:
-    """Transactions open longer than lock_timeout: any of them holding a lock on the table makes
-    every ACCESS EXCLUSIVE attempt of the migration time out (and queue the application's
-    queries behind it for up to lock_timeout each time)."""
-    return sql.SQL(
-        """SELECT a.pid,
-       extract(epoch FROM clock_timestamp() - a.xact_start)::int AS age_seconds,
-       a.state,
-       EXISTS (SELECT 1 FROM pg_locks l
-                WHERE l.pid = a.pid AND l.relation = {table}::regclass) AS locks_table,
-       left(regexp_replace(a.query, '[[:space:]]+', ' ', 'g'), 80) AS query
-  FROM pg_stat_activity a
- WHERE a.datname = current_database()
-   AND a.pid <> pg_backend_pid()
-   AND a.xact_start < clock_timestamp() - {timeout}::interval
- ORDER BY a.xact_start"""
-    ).format(
-        table=sql.Literal(regclass),
-        timeout=sql.Literal(f"{to_ms(lock_timeout)} milliseconds"),
-    )
 
 
 def invalid_indexes_query(regclass: str) -> Query:
@@ -194,18 +102,6 @@ class Measured:
 
 
 @dataclass(frozen=True)
-class Preflight:
-    database: str
-    server_version: str
-    size: dict[str, Any]
-    disk: list[dict[str, Any]]
-    replicas: list[dict[str, Any]]
-    slots: list[dict[str, Any]] | None  # None: not readable here (a standby, or no privilege)
-    long_transactions: list[dict[str, Any]]
-    queries: dict[str, Query]
-
-
-@dataclass(frozen=True)
 class Runbook:
     loaded: LoadedPlan
     compiled: CompiledPlan
@@ -214,64 +110,6 @@ class Runbook:
     measured: dict[int, Measured]  # by phase index
     notes: list[str]
     generated_at: datetime
-
-
-def rebuilt_indexes(compiled: CompiledPlan) -> list[tuple[str, str, int]]:
-    """(what, index as regclass text, copies built) for each index over a changed column."""
-    shape = compiled.context.shape
-    if not isinstance(shape, ColumnsShape):
-        return []
-    schema = compiled.table.schema
-    out = []
-    for ix in shape.indexes:
-        name = f"{schema}.{ix.original.name}"
-        spare = ix.constraint is not None and ix.spare is not None
-        out.append(
-            (
-                f"2 copies of index {name} (the new one, and a spare on the old columns)"
-                if spare
-                else f"copy of index {name} on the new columns",
-                sql.Identifier(schema, ix.original.name).as_string(),
-                2 if spare else 1,
-            )
-        )
-    return out
-
-
-def _rows(conn: psycopg.Connection[Any], query: Query) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query).fetchall()
-
-
-def read_preflight(conn: psycopg.Connection[Any], compiled: CompiledPlan) -> Preflight:
-    regclass = compiled.table.regclass
-    queries: dict[str, Query] = {
-        "size": size_query(regclass),
-        "disk": disk_query(regclass, rebuilt_indexes(compiled)),
-        "replicas": REPLICAS_QUERY,
-        "slots": SLOTS_QUERY,
-        "long_transactions": long_transactions_query(regclass, compiled.plan.settings.lock_timeout),
-    }
-    info = _rows(
-        conn,
-        sql.SQL("SELECT current_database() AS db, current_setting('server_version') AS version"),
-    )[0]
-    slots: list[dict[str, Any]] | None
-    try:
-        with conn.transaction():
-            slots = _rows(conn, queries["slots"])
-    except psycopg.Error:
-        slots = None
-    return Preflight(
-        database=info["db"],
-        server_version="PostgreSQL " + str(info["version"]).split(" ")[0],
-        size=_rows(conn, queries["size"])[0],
-        disk=_rows(conn, queries["disk"]),
-        replicas=_rows(conn, queries["replicas"]),
-        slots=slots,
-        long_transactions=_rows(conn, queries["long_transactions"]),
-        queries=queries,
-    )
 
 
 def measured_backfills(compiled: CompiledPlan, state: MigrationState | None) -> dict[int, Measured]:
