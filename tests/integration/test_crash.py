@@ -169,6 +169,7 @@ new_table:
     CREATE TABLE public.accounts_v2 (id bigint PRIMARY KEY, balance bigint NOT NULL,
       email text NOT NULL, status text, created_at timestamptz NOT NULL DEFAULT now(),
       updated_at timestamptz);
+    CREATE INDEX accounts_v2_email_idx ON public.accounts_v2 (email);
 phases: [expand, dual_write, {backfill: {batch_size: 100}}, cutover, contract]
 """
 
@@ -188,6 +189,8 @@ def test_table_copy_killed_at_every_step_then_apply_finishes(
     fresh()
     labels = _labels(dsn, plan)
     assert any(label.startswith("cutover:1:in-transaction") for label in labels)
+    # the email index is built after the copy: killed after the build, before its record
+    assert "backfill:1:in-transaction" in labels
     assert cli(dsn, "apply", plan).exit_code == 0
     expected = definition(conn)
     for label in labels:

@@ -15,10 +15,18 @@ from psycopg import sql
 
 from pgshift.catalog import Table
 from pgshift.db import Query
-from pgshift.phases.base import BackfillStep, CompileContext, Phase, index_build
+from pgshift.phases.base import (
+    BackfillStep,
+    CompileContext,
+    Phase,
+    SqlStep,
+    exists_query,
+    index_build,
+)
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.phases.dual_write import BACKFILL_SETTING
 from pgshift.phases.table_shape import TableShape
+from pgshift.plan.check import deferred_indexes
 
 
 def key_range(table: Table, key: tuple[str, ...]) -> dict[str, Query]:
@@ -90,16 +98,45 @@ def _copy_step(ctx: CompileContext) -> BackfillStep:
     )
 
 
+def _index_builds(ctx: CompileContext) -> list[SqlStep]:
+    """new_table: the plain indexes of `create` that expand left out, each built CONCURRENTLY
+    now that the rows are in: one sort each, instead of one index insertion per copied row.
+    The writes the copy trigger makes meanwhile go on (SHARE UPDATE EXCLUSIVE on the new table
+    only). An interrupted build's INVALID leftover is dropped and built again; a finished one,
+    valid under its name on the new table, is not built twice."""
+    shape: TableShape = ctx.shape
+    new = shape.new
+    return [
+        index_build(
+            f"build {deferred.name} on {new.display} from `create`, now that the rows are in",
+            sql.SQL(deferred.definition),  # the plan's own DDL, as expand would have run it
+            (new.schema, deferred.name),
+            done_if=exists_query(
+                "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE i.indrelid = to_regclass({}) AND c.relname = {} AND i.indisvalid",
+                new.regclass,
+                deferred.name,
+            ),
+            hold="the index build, on the new table only (writes continue)",
+        )
+        for deferred in deferred_indexes(ctx.plan)
+    ]
+
+
 def compile_backfill(ctx: CompileContext, index: int, spec: Any) -> Phase:
     options = {k: v for k, v in spec.model_dump().items() if k != "kind" and v is not None}
     if ctx.plan.target == "new_table":
+        builds = _index_builds(ctx)
+        summary = f"copy ~{max(ctx.table.row_estimate, 0):,} rows in key order, in batches"
+        if builds:
+            summary += f", then build {len(builds)} index(es) of `create` concurrently"
         return Phase(
             index=index,
             kind="backfill",
             name="backfill",
-            forward=(_copy_step(ctx),),
+            forward=(_copy_step(ctx), *builds),
             rollback=(),
-            summary=f"copy ~{max(ctx.table.row_estimate, 0):,} rows in key order, in batches",
+            summary=summary,
             options=options,
         )
     shape: ColumnsShape = ctx.shape

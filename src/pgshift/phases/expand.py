@@ -15,7 +15,7 @@ from pgshift.db import Query
 from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query, index_drop
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.phases.table_shape import TableShape
-from pgshift.plan.check import create_statements, created_tables
+from pgshift.plan.check import created_tables, expand_statements
 
 
 def view_schema_step(
@@ -126,7 +126,9 @@ def _new_shape_columns(ctx: CompileContext) -> list[sql.Composable]:
 
 def _compile_create(ctx: CompileContext, index: int) -> Phase:
     """new_table: run the plan's `create`, give the new table the live table's owner and
-    grants, and create the view schema showing it."""
+    grants, and create the view schema showing it. The plain indexes `create` names on the new
+    table are left to the end of backfill (plan.check.deferred_indexes); rollback drops them
+    with the table."""
     shape: TableShape = ctx.shape
     new, old = shape.new, shape.old
     assert ctx.plan.new_table is not None
@@ -148,7 +150,7 @@ def _compile_create(ctx: CompileContext, index: int) -> Phase:
     forward = [
         SqlStep(
             description=f"create {new.display}",
-            statements=tuple(sql.SQL(s) for s in create_statements(ctx.plan)),
+            statements=tuple(sql.SQL(s) for s in expand_statements(ctx.plan)),
             lock="none",
             done_if=exists_query("SELECT 1 WHERE to_regclass({}) IS NOT NULL", new.regclass),
         ),

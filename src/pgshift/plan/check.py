@@ -4,10 +4,12 @@ and every SQL expression, each tried in a transaction that is always rolled back
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pglast
 import psycopg
+from pglast.stream import RawStream
 from psycopg import sql
 
 from pgshift.catalog import Table, load_table, resolve_table
@@ -152,15 +154,86 @@ def check_columns(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> No
 
 
 def create_statements(plan: Plan) -> list[str]:
-    return _create(plan)[0]
+    """Every statement of `create`, as written: what the probe runs, so the new table's
+    snapshot lists all its indexes."""
+    return [s.text for s in _create(plan).statements]
 
 
 def created_tables(plan: Plan) -> list[str]:
     """The tables `create` makes: the new table and its partitions."""
-    return _create(plan)[1]
+    return _create(plan).tables
 
 
-def _create(plan: Plan) -> tuple[list[str], list[str]]:
+@dataclass(frozen=True)
+class DeferredIndex:
+    """A plain index of `create` on the new table, built after the backfill has filled it."""
+
+    name: str  # as PostgreSQL stores it (unquoted names folded to lower case)
+    definition: str  # the statement as written, deparsed with CONCURRENTLY
+
+
+def expand_statements(plan: Plan) -> list[str]:
+    """The statements of `create` that expand runs: all of them but the deferred indexes."""
+    deferred = _deferred_positions(plan)
+    return [s.text for i, s in enumerate(_create(plan).statements) if i not in deferred]
+
+
+def deferred_indexes(plan: Plan) -> list[DeferredIndex]:
+    """The plain indexes of `create` that backfill builds CONCURRENTLY once the rows are in,
+    in `create`'s order: one sorted build each, where built in expand every copied row would
+    be inserted into each of them one by one. See `_deferred_positions` for which ones."""
+    statements = _create(plan).statements
+    return [d for i in sorted(_deferred_positions(plan)) if (d := statements[i].deferrable)]
+
+
+def _deferred_positions(plan: Plan) -> set[int]:
+    """Which statements of `create` wait for the end of the backfill: named, non-unique
+    CREATE INDEX on the new table itself. Everything else runs in expand, as written:
+
+    - the CREATE TABLE statements, and every UNIQUE index: uniqueness must hold while the
+      rows arrive, and the copy's ON CONFLICT needs its arbiters;
+    - all of them when the new table is partitioned: PostgreSQL cannot build an index
+      CONCURRENTLY on a partitioned table (building each partition's index, then the parent's
+      ON ONLY and attaching, is not done here), and a plain build would lock out the copy;
+    - all of them when the plan has no backfill phase to build them in;
+    - an index without a name. PostgreSQL picks that name when the index is created; a
+      build after the copy must know it beforehand, because the step has to be idempotent: it
+      finds (and drops) the INVALID leftover of an interrupted build, and recognises a finished
+      one, by name. Working the name out again (PostgreSQL's ChooseIndexName rules), or
+      carrying the one the probe saw through the snapshot to every later compile, is machinery
+      that can drift from what the server does; an index left unnamed is built in expand, as
+      before, under exactly the name PostgreSQL gives it. Naming an index in `create` is how
+      to have it built after the copy;
+    - an index followed in `create` by any statement that lets PostgreSQL choose a name (an
+      unnamed index, a CREATE TABLE with its constraint names): that choice avoided the
+      deferred index's name in `create`'s order, and might take it if the index were not
+      there yet. Deferring only after the last such statement keeps every name as `create`
+      makes it.
+    """
+    ddl = _create(plan)
+    if ddl.partitioned or not any(p.kind == "backfill" for p in plan.phases):
+        return set()
+    last_chooser = max((i for i, s in enumerate(ddl.statements) if s.chooses_names), default=-1)
+    return {
+        i for i, s in enumerate(ddl.statements) if s.deferrable is not None and i > last_chooser
+    }
+
+
+@dataclass(frozen=True)
+class _Statement:
+    text: str  # as written in `create`
+    chooses_names: bool  # PostgreSQL names something it creates (an index, a constraint)
+    deferrable: DeferredIndex | None  # a named, non-unique index on the new table itself
+
+
+@dataclass(frozen=True)
+class _CreateDDL:
+    statements: list[_Statement]
+    tables: list[str]  # the new table and its partitions, in order
+    partitioned: bool  # the new table is PARTITION BY
+
+
+def _create(plan: Plan) -> _CreateDDL:
     """The `create` DDL, statement by statement, refused unless it only creates the new table
     (its partitions too) and indexes on what it creates: rollback drops the new table, so
     nothing else may be made there."""
@@ -173,7 +246,8 @@ def _create(plan: Plan) -> tuple[list[str], list[str]]:
     schema, name = split_name(plan.new_table.name)
     created: set[str] = set()
     order: list[str] = []
-    statements: list[str] = []
+    statements: list[_Statement] = []
+    partitioned = False
     text = plan.new_table.create
     for raw in parsed:
         node: Any = raw.stmt
@@ -181,6 +255,7 @@ def _create(plan: Plan) -> tuple[list[str], list[str]]:
         location = raw.stmt_location or 0
         length = raw.stmt_len or len(text) - location
         statement = text[location : location + length].strip()
+        deferrable: DeferredIndex | None = None
         if kind == "CreateStmt":
             target = node.relation.relname
             parents = {p.relname for p in (node.inhRelations or ())}
@@ -192,24 +267,31 @@ def _create(plan: Plan) -> tuple[list[str], list[str]]:
                 )
             if node.relation.schemaname not in (None, schema) and schema is not None:
                 raise PlanError("create names another schema than new_table.name", path=path)
+            if target == name and node.partspec is not None:
+                partitioned = True
             created.add(target)
             order.append(target)
+            chooses_names = True
         elif kind == "IndexStmt":
             if node.relation.relname not in created:
                 raise PlanError(
                     f"create may only index the tables it creates, not {node.relation.relname}",
                     path=path,
                 )
+            chooses_names = not node.idxname
+            if node.idxname and not node.unique and node.relation.relname == name:
+                node.concurrent = True
+                deferrable = DeferredIndex(node.idxname, RawStream()(node))
         else:
             raise PlanError(
                 "create may hold only CREATE TABLE and CREATE INDEX statements for the new"
                 " table; use a sql phase for anything else",
                 path=path,
             )
-        statements.append(statement)
+        statements.append(_Statement(statement, chooses_names, deferrable))
     if name not in created:
         raise PlanError(f"create does not create {plan.new_table.name}", path=path)
-    return statements, [t for t in order if t in created]
+    return _CreateDDL(statements, [t for t in order if t in created], partitioned)
 
 
 def probe_new_table(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> Table:

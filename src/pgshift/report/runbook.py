@@ -295,6 +295,15 @@ class _Renderer:
     def cmd(self, *words: str) -> str:
         return " ".join([self.migrate, *words])
 
+    def indexed_table(self, phase: Phase) -> str:
+        """The table a phase's index builds are on, as regclass text: a `new_table` backfill
+        builds the deferred indexes of `create` on the new table; every other build is on
+        the live table."""
+        new = self.compiled.new_table
+        if new is not None and phase.kind == "backfill":
+            return new.regclass
+        return self.table.regclass
+
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
 
@@ -781,7 +790,7 @@ class _Renderer:
             )
         if any(isinstance(s, SqlStep) and s.builds_index is not None for s in phase.forward):
             self.add("- Index builds report their progress here:", "")
-            self.add(*_query_block(index_progress_query(self.table.regclass), "  "))
+            self.add(*_query_block(index_progress_query(self.indexed_table(phase)), "  "))
         if any(s.lock in BLOCKS_READS or s.lock in BLOCKS_WRITES for s in phase.forward):
             self.add(
                 "- Sessions waiting for a lock (the migration's own, or queued behind it):", ""
@@ -792,7 +801,7 @@ class _Renderer:
     def go(self, phase: Phase) -> None:
         status = self.cmd("status", self.name)
         items = [f"`{status}` shows `{phase.name}` `done`, with no error."]
-        regclass = self.table.regclass
+        regclass = self.indexed_table(phase)
         if any(isinstance(s, SqlStep) and not s.transactional for s in phase.forward):
             items.append(
                 "No INVALID index left on the table (this returns no row):\n\n"
