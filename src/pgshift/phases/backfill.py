@@ -5,6 +5,9 @@ batch's last key, then one UPDATE covers exactly that key range. The batch and i
 commit in one transaction (engine/backfill_runner.py), so a crash never loses or repeats a row.
 Rows written by the application meanwhile are already right: the dual-write trigger fills them,
 and the batch's UPDATE waits for, then re-reads, any row a writer holds.
+
+Then the indexes that were left until the rows are in are built CONCURRENTLY, one step each:
+the shadow columns' index copies (`columns`), the plain indexes of `create` (`new_table`).
 """
 
 from __future__ import annotations
