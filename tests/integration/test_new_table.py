@@ -313,3 +313,30 @@ def test_partitions_get_the_owner_and_grants_too(dsn: str, conn: psycopg.Connect
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(reader)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(reader)))
+
+
+def test_a_row_the_new_unique_index_rejects_fails_the_copy_instead_of_vanishing(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """Only a conflict on the new table's key means "the trigger copied it already": a row that
+    breaks another unique index of the new table must stop the backfill, not be skipped (no
+    verify phase here to notice a missing row before cutover)."""
+    create_accounts(conn, 300)
+    conn.execute(
+        "UPDATE accounts SET email = (SELECT email FROM accounts WHERE id = 1) WHERE id = 2"
+    )
+    text = (
+        (PLANS / "accounts_bigint_key.yaml")
+        .read_text()
+        .replace(
+            "    CREATE INDEX accounts_v2_email_idx ON public.accounts_v2 (email);",
+            "    CREATE UNIQUE INDEX accounts_v2_email_key ON public.accounts_v2 (email);",
+        )
+        .replace("  - verify\n", "")
+    )
+    plan = write_plan(
+        tmp_path, text.replace("phases:\n", "settings:\n  on_failure: pause\nphases:\n")
+    )
+    result = cli(dsn, "apply", plan, "--until", "backfill")
+    assert result.exit_code == 1
+    assert "accounts_v2_email_key" in error_line(result)

@@ -69,7 +69,9 @@ def _copy_step(ctx: CompileContext) -> BackfillStep:
     """new_table: INSERT ... SELECT ... FOR KEY SHARE ... ON CONFLICT DO NOTHING per key range.
     FOR KEY SHARE closes the delete race: a concurrent DELETE of a row being copied waits for
     the batch and its trigger then deletes the copy, or it committed first and the locking read
-    skips the row. ON CONFLICT DO NOTHING lets a copy the trigger wrote (always newer) win."""
+    skips the row. ON CONFLICT DO NOTHING lets a copy the trigger wrote (always newer) win; its
+    target is the new table's key, the only conflict that means "copied already": a row that
+    breaks another unique index of the new table fails the batch instead of being skipped."""
     shape: TableShape = ctx.shape
     table = ctx.table
     k = key_range(table, shape.key)
@@ -78,8 +80,9 @@ def _copy_step(ctx: CompileContext) -> BackfillStep:
     def statement(condition: Query) -> Query:
         return sql.SQL(
             "INSERT INTO {new} ({columns}){overriding} SELECT {values} FROM {old} WHERE {condition}"
-            " FOR KEY SHARE ON CONFLICT DO NOTHING"
+            " FOR KEY SHARE ON CONFLICT ({key}) DO NOTHING"
         ).format(
+            key=sql.SQL(", ").join(sql.Identifier(c) for c in shape.new_key),
             new=shape.new.qualified,
             columns=shape.forward_columns(),
             overriding=sql.SQL(" OVERRIDING SYSTEM VALUE" if shape.overriding else ""),
