@@ -340,3 +340,26 @@ def test_a_row_the_new_unique_index_rejects_fails_the_copy_instead_of_vanishing(
     result = cli(dsn, "apply", plan, "--until", "backfill")
     assert result.exit_code == 1
     assert "accounts_v2_email_key" in error_line(result)
+
+
+def test_truncate_is_carried_to_the_other_table_both_ways(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    create_accounts(conn, 300)
+    plan = str(PLANS / "accounts_bigint_key.yaml")
+    assert cli(dsn, "apply", plan, "--until", "backfill").exit_code == 0
+    assert conn.execute("SELECT count(*) FROM accounts_v2").fetchone() == (300,)
+    conn.execute("TRUNCATE accounts")
+    assert conn.execute("SELECT count(*) FROM accounts_v2").fetchone() == (0,)
+    conn.execute("INSERT INTO accounts (balance, email) VALUES (5, 'after@truncate.dev')")
+    assert cli(dsn, "apply", plan, "--until", "cutover").exit_code == 0
+    assert cli(dsn, "verify", plan).exit_code == 0
+
+    conn.execute("TRUNCATE accounts")  # the new table now: the old one follows it
+    assert conn.execute("SELECT count(*) FROM accounts_pgshift_old").fetchone() == (0,)
+    conn.execute("INSERT INTO accounts (balance, email) VALUES (6, 'late@truncate.dev')")
+    assert cli(dsn, "rollback", plan).exit_code == 0
+    assert conn.execute("SELECT email FROM accounts").fetchall() == [("late@truncate.dev",)]
+    assert conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'zz_pgshift%'"
+    ).fetchone() == (0,)

@@ -14,6 +14,7 @@ from psycopg import sql
 from pgshift.db import Query
 from pgshift.phases.base import CompileContext, Phase, SqlStep, index_drop
 from pgshift.phases.columns_shape import ColumnsShape
+from pgshift.phases.dual_write import drop_copy_triggers
 from pgshift.phases.table_shape import TableShape
 
 
@@ -67,9 +68,7 @@ def _compile_drop_old(ctx: CompileContext, index: int) -> Phase:
     drop = SqlStep(
         description=f"drop the reverse trigger, the view schema and the old table {shape.old_name}",
         statements=(
-            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                sql.Identifier(shape.reverse_trigger), live
-            ),
+            *drop_copy_triggers(shape.reverse_trigger, live),
             sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(ctx.view_schema)),
             sql.SQL("DROP TABLE IF EXISTS {}").format(
                 sql.Identifier(shape.old.schema, shape.old_name)

@@ -25,6 +25,7 @@ from pgshift.phases.base import (
 )
 from pgshift.phases.columns_shape import ColumnsShape, RebuiltIndex, ShadowColumn
 from pgshift.phases.dual_write import (
+    drop_copy_triggers,
     forward_body,
     forward_copy,
     function_ddl,
@@ -494,9 +495,7 @@ def _compile_swap(ctx: CompileContext, index: int) -> Phase:
         description=f"swap: {new.display} takes the name {old.name}{_carried(shape)}; writes"
         f" now flow back to {shape.old_name}",
         statements=(
-            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                sql.Identifier(shape.forward_trigger), old.qualified
-            ),
+            *drop_copy_triggers(shape.forward_trigger, old.qualified),
             # views and policies follow the name, not the table: recorded and dropped here,
             # created again once the names are swapped
             drop_policies(new.qualified),
@@ -518,9 +517,7 @@ def _compile_swap(ctx: CompileContext, index: int) -> Phase:
         description=f"swap back: {shape.old_name} takes the name {old.name} again, with every"
         " write made since cutover",
         statements=(
-            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                sql.Identifier(shape.reverse_trigger), live_after
-            ),
+            *drop_copy_triggers(shape.reverse_trigger, live_after),
             *_feed_statements(shape, old.name, shape.old_name, forward=False),
             # the old table kept its own policies; what reads the live name follows it back
             capture_and_drop(live_after, ctx.view_schema, copy_policies=False),

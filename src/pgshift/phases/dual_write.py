@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg import sql
 
-from pgshift.db import Query
+from pgshift.db import Query, derived_name
 from pgshift.phases.base import CompileContext, Phase, SqlStep
 from pgshift.phases.columns_shape import ColumnsShape, ShadowColumn
 from pgshift.phases.table_shape import TableShape
@@ -124,7 +124,8 @@ def copy_body(
     overriding: bool,
 ) -> str:
     """AFTER INSERT/UPDATE/DELETE: upsert the mapped row into `target`, delete it there when the
-    row goes away or its key changes. Expressions see the source row as `r`; no dynamic SQL,
+    row goes away or its key changes; AFTER TRUNCATE (a statement trigger on the same
+    function): truncate `target` too. Expressions see the source row as `r`; no dynamic SQL,
     so PL/pgSQL caches every plan."""
 
     def select(row: str, exprs: list[str]) -> str:
@@ -148,6 +149,7 @@ def copy_body(
     table = target.as_string()
     return (
         "#variable_conflict use_column\nBEGIN\n"
+        f"  IF TG_OP = 'TRUNCATE' THEN\n    TRUNCATE {table};\n    RETURN NULL;\n  END IF;\n"
         f"  IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND {old_key} IS DISTINCT FROM {new_key}) THEN\n"
         f"    DELETE FROM {table} WHERE ({key_cols}) = {select('OLD', key_exprs)};\n"
         "  END IF;\n"
@@ -160,9 +162,14 @@ def copy_body(
     )
 
 
+def truncate_trigger(trigger: str) -> str:
+    """The statement trigger beside a copy trigger that carries TRUNCATE over."""
+    return derived_name(trigger, "_truncate")
+
+
 def copy_trigger(
     function: sql.Identifier, body: str, trigger: str, table: sql.Identifier
-) -> tuple[Query, Query]:
+) -> tuple[Query, ...]:
     return (
         sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
             function, sql.Literal(body)
@@ -171,18 +178,28 @@ def copy_trigger(
             "CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {}"
             " FOR EACH ROW EXECUTE FUNCTION {}()"
         ).format(sql.Identifier(trigger), table, function),
+        sql.SQL(
+            "CREATE OR REPLACE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT"
+            " EXECUTE FUNCTION {}()"
+        ).format(sql.Identifier(truncate_trigger(trigger)), table, function),
     )
 
 
-def forward_copy(shape: TableShape) -> tuple[Query, Query]:
+def drop_copy_triggers(trigger: str, table: sql.Identifier) -> tuple[Query, ...]:
+    """Both triggers `copy_trigger` creates."""
+    return tuple(
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), table)
+        for name in (trigger, truncate_trigger(trigger))
+    )
+
+
+def forward_copy(shape: TableShape) -> tuple[Query, ...]:
     """Live table -> new table, before cutover."""
     body = copy_body(shape.new.qualified, shape.forward, shape.new_key, shape.overriding)
     return copy_trigger(shape.forward_function, body, shape.forward_trigger, shape.old.qualified)
 
 
-def reverse_copy(
-    shape: TableShape, live: sql.Identifier, old: sql.Identifier
-) -> tuple[Query, Query]:
+def reverse_copy(shape: TableShape, live: sql.Identifier, old: sql.Identifier) -> tuple[Query, ...]:
     """New table (live after cutover) -> old table, so a rollback loses no write."""
     body = copy_body(old, shape.reverse, shape.old.primary_key or (), shape.old_overriding)
     return copy_trigger(shape.reverse_function, body, shape.reverse_trigger, live)
@@ -203,7 +220,15 @@ def _compile_copy(ctx: CompileContext, index: int) -> Phase:
         name="dual_write",
         forward=(install,),
         rollback=(
-            drop_trigger_step(shape.forward_trigger, shape.old.qualified, shape.forward_function),
+            SqlStep(
+                description=f"drop the copy triggers {shape.forward_trigger} and its function",
+                statements=(
+                    *drop_copy_triggers(shape.forward_trigger, shape.old.qualified),
+                    sql.SQL("DROP FUNCTION IF EXISTS {}()").format(shape.forward_function),
+                ),
+                lock="ACCESS EXCLUSIVE",
+            ),
         ),
-        summary=f"trigger {shape.forward_trigger} copies every write into {shape.new.display}",
+        summary=f"trigger {shape.forward_trigger} copies every write (and TRUNCATE) into"
+        f" {shape.new.display}",
     )
