@@ -363,3 +363,31 @@ def test_truncate_is_carried_to_the_other_table_both_ways(
     assert conn.execute(
         "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'zz_pgshift%'"
     ).fetchone() == (0,)
+
+
+def test_after_contract_the_new_table_takes_the_old_index_names(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    accounts_with_orders(conn)
+
+    def names() -> tuple[list[Any], list[Any]]:
+        return (
+            conn.execute(
+                "SELECT indexrelid::regclass::text FROM pg_index"
+                " WHERE indrelid = 'accounts'::regclass ORDER BY 1"
+            ).fetchall(),
+            conn.execute(
+                "SELECT conname, contype FROM pg_constraint WHERE conrelid = 'accounts'::regclass"
+                " ORDER BY 1"
+            ).fetchall(),
+        )
+
+    before = names()
+    assert ("accounts_pkey", "p") in before[1]
+    result = cli(dsn, "apply", str(PLANS / "accounts_bigint_key.yaml"))
+    assert result.exit_code == 0, result.output
+    assert names() == before
+    assert conn.execute(
+        "SELECT format_type(atttypid, NULL) FROM pg_attribute"
+        " WHERE attrelid = 'accounts'::regclass AND attname = 'id'"
+    ).fetchone() == ("bigint",)

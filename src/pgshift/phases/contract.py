@@ -15,6 +15,7 @@ from pgshift.db import Query
 from pgshift.phases.base import CompileContext, Phase, SqlStep, index_drop
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.phases.dual_write import drop_copy_triggers
+from pgshift.phases.index_names import record_index_names, take_index_names
 from pgshift.phases.table_shape import TableShape
 
 
@@ -65,14 +66,17 @@ def _compile_drop_old(ctx: CompileContext, index: int) -> Phase:
     """new_table: the reverse trigger and the old table go together, in one transaction."""
     shape: TableShape = ctx.shape
     live = sql.Identifier(shape.old.schema, shape.old.name)
+    old = sql.Identifier(shape.old.schema, shape.old_name)
     drop = SqlStep(
-        description=f"drop the reverse trigger, the view schema and the old table {shape.old_name}",
+        description=f"drop the reverse trigger, the view schema and the old table"
+        f" {shape.old_name}; the new table's matching indexes take the old index names",
         statements=(
             *drop_copy_triggers(shape.reverse_trigger, live),
             sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(ctx.view_schema)),
-            sql.SQL("DROP TABLE IF EXISTS {}").format(
-                sql.Identifier(shape.old.schema, shape.old_name)
-            ),
+            record_index_names(old, live),
+            sql.SQL("DROP TABLE IF EXISTS {}").format(old),
+            # the names `create` had to choose apart give way to the old table's
+            take_index_names(),
         ),
         lock="ACCESS EXCLUSIVE",
         hold="milliseconds (the old table is no longer read by anyone)",
