@@ -314,6 +314,10 @@ def test_columns_cutover_carries_views_and_policies_on_changed_columns(
     counts = conn.execute(
         "SELECT (SELECT count(*) FROM rich), (SELECT count(*) FROM richest)"
     ).fetchone()
+    plan = cli(dsn, "plan", WIDEN)
+    assert plan.exit_code == 0, plan.output
+    assert "view(s) public.rich created again on them" in plan.output
+    assert "row security policy(ies) positive created again" in plan.output
 
     assert cli(dsn, "apply", WIDEN, "--until", "cutover").exit_code == 0
     assert column_type(conn, "rich", "balance") == "bigint"

@@ -85,6 +85,26 @@ def _carry(ctx: CompileContext) -> list[Query]:
     ]
 
 
+def _carried_columns(ctx: CompileContext) -> str:
+    """The views and policies the columns swap creates again, for the plan's step list (views
+    over those views are carried too, and not listed)."""
+    changed = {c.name for c in ctx.shape.changed()}
+    views = [
+        d.name
+        for d in ctx.table.dependents
+        if d.kind == "view"
+        and changed & set(d.columns)
+        and not d.name.startswith(ctx.view_schema + ".")
+    ]
+    policies = [d.name for d in ctx.table.dependents if d.kind == "policy"]
+    parts = []
+    if views:
+        parts.append(f"view(s) {', '.join(views)} created again on them")
+    if policies:
+        parts.append(f"row security policy(ies) {', '.join(policies)} created again")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def swap_statements(ctx: CompileContext) -> tuple[Query, ...]:
     shape: ColumnsShape = ctx.shape
     out: list[Query] = _carry(ctx)
@@ -323,7 +343,8 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
     )
     forward.append(
         SqlStep(
-            description="swap: the new columns take the live names; the trigger now fills the old ones",
+            description="swap: the new columns take the live names"
+            f"{_carried_columns(ctx)}; the trigger now fills the old ones",
             statements=swap_statements(ctx),
             lock="ACCESS EXCLUSIVE",
             done_if=swapped_query(ctx),
