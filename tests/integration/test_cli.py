@@ -370,4 +370,4 @@ def test_plan_warns_about_the_tables_own_triggers(
     in_place = json.loads(cli(dsn, "plan", write_plan(tmp_path, plan_text()), "--json").stdout)
     assert any("backfill's UPDATEs fire them" in w for w in in_place["warnings"])
     copy = json.loads(cli(dsn, "plan", str(PLANS / "accounts_bigint_key.yaml"), "--json").stdout)
-    assert any("after cutover they no longer fire" in w for w in copy["warnings"])
+    assert any("cutover moves them to the new table" in w for w in copy["warnings"])

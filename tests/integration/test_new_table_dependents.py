@@ -393,3 +393,64 @@ def test_a_kill_inside_the_swap_leaves_the_views_as_they_were(
     assert cli(dsn, "apply", BIGINT_KEY, "--until", "cutover").exit_code == 0
     assert column_type(conn, "rich", "id") == "bigint"
     assert view_facts(conn, role) == facts
+
+
+def test_the_tables_own_triggers_move_with_its_name_and_never_fire_twice(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    create_accounts(conn, 200)
+    conn.execute("CREATE TABLE audit (account_id bigint, op text)")
+    conn.execute(
+        "CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$BEGIN INSERT INTO audit VALUES (NEW.id, TG_OP); RETURN NULL; END$$"
+    )
+    conn.execute(
+        "CREATE TRIGGER audit_insert AFTER INSERT ON accounts FOR EACH ROW"
+        " EXECUTE FUNCTION audit_row()"
+    )
+    conn.execute(
+        "CREATE TRIGGER dormant AFTER UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION audit_row()"
+    )
+    conn.execute("ALTER TABLE accounts DISABLE TRIGGER dormant")
+
+    def states(table: str) -> dict[str, str]:
+        return {
+            name: state
+            for name, state in conn.execute(
+                "SELECT tgname, tgenabled::text FROM pg_trigger WHERE tgrelid = %s::regclass"
+                " AND NOT tgisinternal AND tgname NOT LIKE 'zz%%'",
+                (table,),
+            )
+        }
+
+    def audited_after(insert: str) -> int:
+        before = conn.execute("SELECT count(*) FROM audit").fetchone()
+        conn.execute(insert)
+        after = conn.execute("SELECT count(*) FROM audit").fetchone()
+        assert before is not None and after is not None
+        return int(after[0]) - int(before[0])
+
+    original = states("accounts")
+    assert original == {"audit_insert": "O", "dormant": "D"}
+    plan = cli(dsn, "plan", BIGINT_KEY)
+    assert "trigger(s) audit_insert, dormant moved to it" in plan.output
+
+    assert cli(dsn, "apply", BIGINT_KEY, "--until", "backfill").exit_code == 0
+    assert states("accounts_v2") == {}  # the copies must not fire anything
+    assert audited_after("INSERT INTO accounts (balance, email) VALUES (1, 'a@t.dev')") == 1
+
+    assert cli(dsn, "apply", BIGINT_KEY, "--until", "cutover").exit_code == 0
+    assert states("accounts") == original
+    assert states("accounts_pgshift_old") == {"audit_insert": "D", "dormant": "D"}
+    assert audited_after("INSERT INTO accounts (balance, email) VALUES (2, 'b@t.dev')") == 1
+
+    # cutover undone, the copy kept: the triggers come back, the copy has none of them again
+    assert cli(dsn, "rollback", BIGINT_KEY, "--to", "verify").exit_code == 0
+    assert states("accounts") == original
+    assert states("accounts_v2") == {}
+    assert audited_after("INSERT INTO accounts (balance, email) VALUES (3, 'c@t.dev')") == 1
+
+    result = cli(dsn, "apply", BIGINT_KEY)
+    assert result.exit_code == 0, result.output
+    assert states("accounts") == original
+    assert audited_after("INSERT INTO accounts (balance, email) VALUES (4, 'd@t.dev')") == 1

@@ -32,7 +32,7 @@ from pgshift.phases.dual_write import (
     reverse_body,
     reverse_copy,
 )
-from pgshift.phases.repoint import capture_and_drop, drop_policies, recreate
+from pgshift.phases.repoint import TriggerMove, capture_and_drop, drop_policies, recreate
 from pgshift.phases.table_shape import KeyFeed, TableShape
 
 INTEGER_TYPES = ("smallint", "integer", "bigint")
@@ -496,6 +496,9 @@ def _carried(shape: TableShape) -> str:
         parts.append(f"view(s) {', '.join(shape.views)} created again on it")
     if shape.policies:
         parts.append(f"row security policy(ies) {', '.join(shape.policies)} carried over")
+    triggers = [name for name in shape.old.triggers if not name.startswith("zz_pgshift_")]
+    if triggers:
+        parts.append(f"trigger(s) {', '.join(triggers)} moved to it (disabled on {shape.old_name})")
     return f" ({'; '.join(parts)})" if parts else ""
 
 
@@ -520,7 +523,12 @@ def _compile_swap(ctx: CompileContext, index: int) -> Phase:
             # views and policies follow the name, not the table: recorded and dropped here,
             # created again once the names are swapped
             drop_policies(new.qualified),
-            capture_and_drop(old.qualified, ctx.view_schema, copy_policies=True),
+            capture_and_drop(
+                old.qualified,
+                ctx.view_schema,
+                copy_policies=True,
+                triggers=TriggerMove(old_after, drop=False),
+            ),
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(
                 old.qualified, sql.Identifier(shape.old_name)
             ),
@@ -541,7 +549,12 @@ def _compile_swap(ctx: CompileContext, index: int) -> Phase:
             *drop_copy_triggers(shape.reverse_trigger, live_after),
             *_feed_statements(shape, old.name, shape.old_name, forward=False),
             # the old table kept its own policies; what reads the live name follows it back
-            capture_and_drop(live_after, ctx.view_schema, copy_policies=False),
+            capture_and_drop(
+                live_after,
+                ctx.view_schema,
+                copy_policies=False,
+                triggers=TriggerMove(new.qualified, drop=True),
+            ),
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(live_after, sql.Identifier(new.name)),
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(old_after, sql.Identifier(old.name)),
             *fk_swap,

@@ -7,13 +7,17 @@ and drops it; after the renames it creates it again from that text, where the li
 means the other table. Views that read those views are re-created too, in dependency order,
 with their owner, grants, comments, column defaults, rules and triggers. On the forward swap the
 live table's own policies are copied onto the table taking its name, with its row security
-switches.
+switches. The table's own triggers move with the name (`TriggerMove`): created on the table
+taking it with their enabled state, then disabled on the table giving it up (dropped, on the
+swap back), so a write the copy trigger applies there does not fire them twice.
 
 Definitions are read inside the swap, not at plan time: a view changed since then is re-created
 as it is now. Between the two statements they travel in a transaction-local setting.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from psycopg import sql
 
@@ -129,6 +133,30 @@ SELECT format('row security of %s', {target}::regclass), 1001, NULL, NULL,
     + """ ORDER BY p.polname) FROM pg_policy p WHERE p.polrelid = {target}), '[]')
   FROM pg_class c
  WHERE {copy_policies} AND c.oid = {target}
+UNION ALL
+-- the table's own triggers, for the table taking its name, with their enabled state; then
+-- switched off (or dropped) on the table giving the name up, so that a write the copy trigger
+-- applies there does not fire them a second time (an audit row twice, a notification twice)
+SELECT format('trigger %I of %s', t.tgname, {target}::regclass), 1002, NULL, NULL,
+       jsonb_build_array(format('DROP TRIGGER IF EXISTS %I ON %s', t.tgname, {target}::regclass),
+                         pg_get_triggerdef(t.oid))
+       || CASE t.tgenabled
+            WHEN 'D' THEN jsonb_build_array(format('ALTER TABLE %s DISABLE TRIGGER %I',
+                                                   {target}::regclass, t.tgname))
+            WHEN 'R' THEN jsonb_build_array(format('ALTER TABLE %s ENABLE REPLICA TRIGGER %I',
+                                                   {target}::regclass, t.tgname))
+            WHEN 'A' THEN jsonb_build_array(format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I',
+                                                   {target}::regclass, t.tgname))
+            ELSE '[]' END
+       || jsonb_build_array(CASE WHEN {then_drop}
+                                 THEN format('DROP TRIGGER %I ON %s', t.tgname, {other})
+                                 ELSE format('ALTER TABLE %s DISABLE TRIGGER %I', {other}, t.tgname)
+                            END),
+       -- pretty: the table's name unqualified where visible (the plain form always qualifies)
+       jsonb_build_array(pg_get_triggerdef(t.oid, true))
+  FROM pg_trigger t
+ WHERE {move_triggers} AND t.tgrelid = {target} AND NOT t.tgisinternal AND t.tgparentid = 0
+   AND t.tgname NOT LIKE 'zz\\_pgshift\\_%'
 """
 )
 
@@ -146,11 +174,22 @@ def closure_query(table: sql.Identifier, columns: tuple[str, ...] | None) -> Que
     return sql.SQL(VIEW_CLOSURE).format(target=target, first=first)
 
 
+@dataclass(frozen=True)
+class TriggerMove:
+    """The table's own triggers go to the table taking its name; on `other` (the table giving
+    the name up, as it is called after the renames) they are disabled, or with `drop`,
+    dropped."""
+
+    other: sql.Identifier
+    drop: bool
+
+
 def capture_query(
     table: sql.Identifier,
     excluded_schema: str,
     copy_policies: bool,
     columns: tuple[str, ...] | None = None,
+    triggers: TriggerMove | None = None,
 ) -> Query:
     """The objects to carry across a swap of `table` (see CAPTURE); with `columns`, only the
     views reading those columns (the rest keep reading what they read)."""
@@ -159,6 +198,9 @@ def capture_query(
         target=sql.SQL("{}::regclass::oid").format(sql.Literal(table.as_string())),
         excluded=sql.Literal(excluded_schema),
         copy_policies=sql.Literal(copy_policies),
+        move_triggers=sql.Literal(triggers is not None),
+        then_drop=sql.Literal(triggers is not None and triggers.drop),
+        other=sql.Literal(triggers.other.as_string() if triggers else ""),
     )
 
 
@@ -167,6 +209,7 @@ def capture_and_drop(
     excluded_schema: str,
     copy_policies: bool,
     columns: tuple[str, ...] | None = None,
+    triggers: TriggerMove | None = None,
 ) -> Query:
     """Before the renames: record every object reading `table` (by OID) and drop it. With
     `copy_policies`, the table's own policies are recorded too, to be created on whichever
@@ -199,7 +242,7 @@ BEGIN
 END
 $pgshift$"""
     ).format(
-        capture=capture_query(table, excluded_schema, copy_policies, columns),
+        capture=capture_query(table, excluded_schema, copy_policies, columns, triggers),
         setting=sql.Literal(SETTING),
     )
 

@@ -15,7 +15,7 @@ from psycopg import sql
 from pgshift.catalog import Table, load_table, resolve_table
 from pgshift.db import Query, split_name
 from pgshift.errors import PlanError
-from pgshift.phases.repoint import capture_query, closure_query
+from pgshift.phases.repoint import TriggerMove, capture_query, closure_query
 from pgshift.plan.model import Plan
 
 
@@ -357,6 +357,7 @@ def check_carried(
     shape: str,
     view_schema: str,
     columns: tuple[str, ...] | None = None,
+    triggers: bool = False,
     path: tuple[str | int, ...],
 ) -> None:
     """Try now what cutover will carry over: in a transaction that is rolled back (after
@@ -365,7 +366,8 @@ def check_carried(
     a temporary table with the live name and the new shape (`stand_in` makes it). A view the
     new shape cannot hold is refused here, not discovered inside the swap. Other tables'
     policies are carried too but not tried: that would lock their tables."""
-    if not any(d.kind in ("view", "policy") for d in table.dependents):
+    own_triggers = triggers and any(not t.startswith("zz_pgshift_") for t in table.triggers)
+    if not own_triggers and not any(d.kind in ("view", "policy") for d in table.dependents):
         return
     failing = ""
     try:
@@ -382,8 +384,9 @@ def check_carried(
                     " JOIN pg_namespace n ON n.oid = v.relnamespace) paths"
                 ).format(sql.Literal(table.schema), closure_query(table.qualified, columns))
             )
+            move = TriggerMove(table.qualified, drop=False) if triggers else None
             captured = conn.execute(
-                capture_query(table.qualified, view_schema, True, columns)
+                capture_query(table.qualified, view_schema, True, columns, move)
             ).fetchall()
             refused = [row[2] for row in captured if row[2]]
             if refused:
@@ -415,6 +418,7 @@ def new_table_stand_in(plan: Plan, old: Table, new: Table) -> dict[str, Any]:
             )
         ],
         "shape": new.display,
+        "triggers": True,
         "path": ("new_table", "create"),
     }
 

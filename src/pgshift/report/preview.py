@@ -121,9 +121,9 @@ def warnings(compiled: CompiledPlan) -> list[str]:
         )
     elif table.triggers:
         out.append(
-            f"{table.display} has trigger(s) {', '.join(table.triggers)}, which the new table"
-            " does not: after cutover they no longer fire; create them on the new table with a"
-            " sql phase before cutover"
+            f"{table.display} has trigger(s) {', '.join(table.triggers)}: cutover moves them to"
+            " the new table (and disables them on the old one), but their functions run only"
+            " then; make sure they work on the new table's columns"
         )
     return out
 
