@@ -98,6 +98,8 @@ class Table:
     unique_keys: tuple[tuple[str, ...], ...] = field(default=())
     owner: str = ""
     grants: tuple[tuple[str, str, bool], ...] = ()  # (grantee or PUBLIC, privilege, grantable)
+    # (column, grantee or PUBLIC, privilege, grantable)
+    column_grants: tuple[tuple[str, str, str, bool], ...] = ()
 
     @property
     def qualified(self) -> sql.Identifier:
@@ -172,6 +174,18 @@ def load_table(conn: psycopg.Connection[Any], name: str) -> Table:
                 (oid,),
             )
         )
+        column_grants = tuple(
+            (r["attname"], r["grantee"], r["privilege"], r["grantable"])
+            for r in cur.execute(
+                "SELECT a.attname, CASE WHEN x.grantee = 0 THEN 'PUBLIC'"
+                " ELSE pg_get_userbyid(x.grantee) END AS grantee,"
+                " x.privilege_type AS privilege, x.is_grantable AS grantable"
+                " FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid, aclexplode(a.attacl) x"
+                " WHERE c.oid = %s AND a.attnum > 0 AND NOT a.attisdropped"
+                " AND x.grantee <> c.relowner ORDER BY 1, 2, 3",
+                (oid,),
+            )
+        )
         size = cur.execute(
             "SELECT greatest(c.reltuples, 0)::bigint AS rows, pg_total_relation_size(c.oid) AS total,"
             " pg_table_size(c.oid) AS tbl, c.relpages FROM pg_class c WHERE c.oid = %s",
@@ -206,6 +220,7 @@ def load_table(conn: psycopg.Connection[Any], name: str) -> Table:
         unique_keys=uniques,
         owner=owner_row["owner"] if owner_row else "",
         grants=grants,
+        column_grants=column_grants,
     )
 
 
@@ -514,5 +529,6 @@ def table_from_snapshot(data: dict[str, Any]) -> Table:
             "primary_key": tuple(data["primary_key"]) if data["primary_key"] else None,
             "unique_keys": tuple(tuple(k) for k in data["unique_keys"]),
             "grants": tuple(tuple(g) for g in data.get("grants", ())),
+            "column_grants": tuple(tuple(g) for g in data.get("column_grants", ())),
         }
     )

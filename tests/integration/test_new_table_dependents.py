@@ -454,3 +454,29 @@ def test_the_tables_own_triggers_move_with_its_name_and_never_fire_twice(
     assert result.exit_code == 0, result.output
     assert states("accounts") == original
     assert audited_after("INSERT INTO accounts (balance, email) VALUES (4, 'd@t.dev')") == 1
+
+
+def test_column_privileges_are_carried_to_the_new_table(
+    dsn: str, conn: psycopg.Connection[Any], role: str
+) -> None:
+    create_accounts(conn, 100)
+    conn.execute(sql.SQL("GRANT SELECT (id, email) ON accounts TO {}").format(sql.Identifier(role)))
+    assert cli(dsn, "apply", BIGINT_KEY, "--until", "cutover").exit_code == 0
+    assert conn.execute(
+        "SELECT has_column_privilege(%s, 'accounts', 'email', 'SELECT'),"
+        " has_column_privilege(%s, 'accounts', 'balance', 'SELECT'),"
+        " has_table_privilege(%s, 'accounts', 'SELECT')",
+        (role, role, role),
+    ).fetchone() == (True, False, False)
+
+
+def test_column_privileges_on_a_column_the_new_table_drops_are_warned_about(
+    dsn: str, conn: psycopg.Connection[Any], role: str
+) -> None:
+    create_customers(conn, 50)
+    conn.execute(
+        sql.SQL("GRANT SELECT (full_name) ON customers TO {}").format(sql.Identifier(role))
+    )
+    result = cli(dsn, "plan", str(PLANS / "split_full_name.yaml"))
+    assert result.exit_code == 0, result.output
+    assert "column privileges on public.customers (full_name) are not carried" in result.output

@@ -147,6 +147,19 @@ def _compile_create(ctx: CompileContext, index: int) -> Phase:
             )
             for grantee, privilege, grantable in old.grants
         ]
+    # column privileges, for the columns the new table has under the same name (a column it
+    # drops or renames takes its grants with it: `migrate plan` warns)
+    access += [
+        sql.SQL("GRANT {} ({}) ON {} TO {}{}").format(
+            sql.SQL(privilege),  # a privilege keyword from aclexplode
+            sql.Identifier(column),
+            new.qualified,
+            sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee),
+            sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+        )
+        for column, grantee, privilege, grantable in old.column_grants
+        if column in new.columns
+    ]
     forward = [
         SqlStep(
             description=f"create {new.display}",

@@ -125,6 +125,15 @@ def warnings(compiled: CompiledPlan) -> list[str]:
             " the new table (and disables them on the old one), but their functions run only"
             " then; make sure they work on the new table's columns"
         )
+    new = compiled.new_table
+    if new is not None:
+        lost = sorted({c for c, *_ in table.column_grants if c not in new.columns})
+        if lost:
+            out.append(
+                f"column privileges on {table.display} ({', '.join(lost)}) are not carried:"
+                f" {new.display} has no column of that name; grant what is needed on its"
+                " columns after cutover"
+            )
     return out
 
 
