@@ -1,11 +1,12 @@
-"""At contract (`new_table`), the new table's indexes take the old table's index names.
+"""At contract (`new_table`), the new table's indexes and constraints take the old names.
 
 `create` had to name them apart (`accounts_v2_pkey`) while the old table held the live names;
 once contract drops the old table, each new index that matches exactly one old index, and is
 matched by no other, takes that index's name (an index-backed constraint is renamed, which
 renames its index). A match: same uniqueness, primary-key-ness, access method, column names in
 order, sort options, expressions and predicate, and both backed by a constraint or neither.
-The key's type may differ (that is often the point of the migration). The pairs are read before
+The key's type may differ (that is often the point of the migration). Constraints without an
+index (CHECK, foreign keys, NOT NULL on PostgreSQL 18) match on their definition's text. The pairs are read before
 the DROP TABLE, in the same transaction, and travel to the renames in a transaction-local
 setting.
 """
@@ -45,19 +46,38 @@ WITH idx AS (
        AND n.expressions IS NOT DISTINCT FROM o.expressions
        AND n.predicate IS NOT DISTINCT FROM o.predicate
        AND (n.constraint_name IS NULL) = (o.constraint_name IS NULL)
+), constraints AS (
+    -- constraints without an index (CHECK, foreign keys, and NOT NULL from PostgreSQL 18 on)
+    SELECT conrelid, conname, contype, pg_get_constraintdef(oid) AS definition
+      FROM pg_constraint
+     WHERE conrelid IN ({old}, {live}) AND contype IN ('c', 'f', 'n')
+), constraint_pairs AS (
+    SELECT n.conname, o.conname AS old_conname,
+           count(*) OVER (PARTITION BY n.conname) AS old_matches,
+           count(*) OVER (PARTITION BY o.conname) AS new_matches
+      FROM constraints n JOIN constraints o
+        ON n.conrelid = {live} AND o.conrelid = {old}
+       AND n.contype = o.contype AND n.definition = o.definition
+), renames AS (
+    SELECT relname AS sort_name,
+           CASE WHEN constraint_name IS NOT NULL
+                THEN format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', {live}::regclass,
+                            constraint_name, old_constraint)
+                ELSE format('ALTER INDEX %I.%I RENAME TO %I',
+                            (SELECT nspname FROM pg_namespace n JOIN pg_class c
+                                ON c.relnamespace = n.oid WHERE c.oid = {live}),
+                            relname, old_relname)
+           END AS statement
+      FROM pairs
+     WHERE old_matches = 1 AND new_matches = 1
+       AND (relname <> old_relname OR constraint_name IS DISTINCT FROM old_constraint)
+    UNION ALL
+    SELECT conname, format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', {live}::regclass,
+                           conname, old_conname)
+      FROM constraint_pairs
+     WHERE old_matches = 1 AND new_matches = 1 AND conname <> old_conname
 )
-SELECT coalesce(jsonb_agg(
-         CASE WHEN constraint_name IS NOT NULL
-              THEN format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', {live}::regclass,
-                          constraint_name, old_constraint)
-              ELSE format('ALTER INDEX %I.%I RENAME TO %I',
-                          (SELECT nspname FROM pg_namespace n JOIN pg_class c
-                              ON c.relnamespace = n.oid WHERE c.oid = {live}),
-                          relname, old_relname)
-         END ORDER BY relname), '[]')
-  FROM pairs
- WHERE old_matches = 1 AND new_matches = 1
-   AND (relname <> old_relname OR constraint_name IS DISTINCT FROM old_constraint)
+SELECT coalesce(jsonb_agg(statement ORDER BY sort_name), '[]') FROM renames
 """
 
 
