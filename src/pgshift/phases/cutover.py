@@ -176,7 +176,7 @@ def unswap_statements(ctx: CompileContext) -> tuple[Query, ...]:
     out: list[Query] = [*_carry(ctx), function_ddl(shape, forward_body(shape))]
     for ix in reversed(shape.indexes):
         if ix.constraint:
-            # the constraint's index on the new column goes with it; expand's copy is rebuilt
+            # the constraint's index on the new column goes with it; backfill's copy is rebuilt
             # by the next cutover if the migration is applied again
             out.append(
                 _alter(ctx, sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(ix.constraint)))
@@ -323,7 +323,7 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
                     ix.definition,
                     (table.schema, ix.shadow),
                     done_if=swapped_query(ctx),
-                    hold="nothing when expand's index exists; else the index build",
+                    hold="nothing when backfill's index copy exists; else the index build",
                 )
             )
     forward.append(

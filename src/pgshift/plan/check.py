@@ -191,7 +191,8 @@ def _deferred_positions(plan: Plan) -> set[int]:
     CREATE INDEX on the new table itself. Everything else runs in expand, as written:
 
     - the CREATE TABLE statements, and every UNIQUE index: uniqueness must hold while the
-      rows arrive, and the copy's ON CONFLICT needs its arbiters;
+      rows arrive, so a row that breaks it fails the batch (or the write) at once rather than
+      an index build after the copy;
     - all of them when the new table is partitioned: PostgreSQL cannot build an index
       CONCURRENTLY on a partitioned table (building each partition's index, then the parent's
       ON ONLY and attaching, is not done here), and a plain build would lock out the copy;
