@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgshift.demo.seed import create_accounts
 from tests.integration.helpers import (
@@ -36,7 +37,7 @@ def role(conn: psycopg.Connection[Any]) -> Iterator[str]:
     try:
         yield name
     finally:
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
@@ -480,3 +481,25 @@ def test_column_privileges_on_a_column_the_new_table_drops_are_warned_about(
     result = cli(dsn, "plan", str(PLANS / "split_full_name.yaml"))
     assert result.exit_code == 0, result.output
     assert "column privileges on public.customers (full_name) are not carried" in result.output
+
+
+def test_a_view_pgshift_could_not_give_back_to_its_owner_is_refused_at_plan_time(
+    dsn: str, conn: psycopg.Connection[Any], role: str
+) -> None:
+    """pgshift runs as the table's owner, but the view reading the table belongs to someone
+    else: the swap could not drop it and give it back, so plan says whose rights it needs."""
+    create_accounts(conn, 50)
+    name = sql.Identifier(role)
+    conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(name))
+    conn.execute(sql.SQL("ALTER TABLE accounts OWNER TO {}").format(name))
+    conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(name))
+    conn.execute("CREATE VIEW rich AS SELECT id FROM accounts WHERE balance > 10")
+    as_owner = make_conninfo(**{**conninfo_to_dict(dsn), "user": role})
+    result = cli(as_owner, "plan", BIGINT_KEY)
+    assert result.exit_code == 2, result.output
+    line = error_line(result)
+    assert "view public.rich belongs to" in line and "run pgshift as that role" in line
+
+    conn.execute(sql.SQL("ALTER VIEW rich OWNER TO {}").format(name))
+    result = cli(as_owner, "plan", BIGINT_KEY)
+    assert result.exit_code == 0, result.output

@@ -61,6 +61,10 @@ SELECT v.name, v.depth,
                  ' cutover and create it again after, with sql phases', v.name, {target}::regclass)
             WHEN v.nspname LIKE 'pg\\_temp\\_%' THEN format('temporary view %s of another session'
                  ' reads %s: end that session before cutover', v.name, {target}::regclass)
+            -- dropping a view and giving it back to its owner takes that owner's rights
+            WHEN NOT pg_has_role(v.relowner, 'MEMBER') THEN format('view %s belongs to %s:'
+                 ' cutover drops and creates it again, so run pgshift as that role, a member of'
+                 ' it or a superuser', v.name, pg_get_userbyid(v.relowner))
        END AS refuse,
        format('DROP VIEW %s', v.name) AS drop,
        jsonb_build_array(format('CREATE VIEW %s%s AS %s', v.name,
@@ -107,7 +111,12 @@ SELECT v.name, v.depth,
   FROM named v
 UNION ALL
 -- policies of other tables reading the table: created last, so dropped first
-SELECT format('policy %I on %s', p.polname, p.polrelid::regclass), 1000, NULL,
+SELECT format('policy %I on %s', p.polname, p.polrelid::regclass), 1000,
+       CASE WHEN NOT pg_has_role((SELECT relowner FROM pg_class WHERE oid = p.polrelid), 'MEMBER')
+            THEN format('policy %I on %s reads %s: cutover creates it again, which takes the'
+                 ' rights of %s''s owner; run pgshift as that role, a member of it or a'
+                 ' superuser', p.polname, p.polrelid::regclass, {target}::regclass,
+                 p.polrelid::regclass) END,
        format('DROP POLICY %I ON %s', p.polname, p.polrelid::regclass),
        jsonb_build_array("""
     + _POLICY_DDL.format(on="p.polrelid::regclass")
