@@ -503,3 +503,21 @@ def test_a_view_pgshift_could_not_give_back_to_its_owner_is_refused_at_plan_time
     conn.execute(sql.SQL("ALTER VIEW rich OWNER TO {}").format(name))
     result = cli(as_owner, "plan", BIGINT_KEY)
     assert result.exit_code == 0, result.output
+
+
+def test_a_trigger_the_new_columns_cannot_hold_is_refused_at_plan_time(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    create_customers(conn, 50)
+    conn.execute(
+        "CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$"
+    )
+    conn.execute(
+        "CREATE TRIGGER renamed BEFORE UPDATE OF full_name ON customers FOR EACH ROW"
+        " EXECUTE FUNCTION keep()"
+    )
+    result = cli(dsn, "plan", str(PLANS / "split_full_name.yaml"))
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "trigger renamed of customers would not work on public.customers_v2" in line
+    assert "full_name" in line
