@@ -80,6 +80,17 @@ class Dependent:
 
 
 @dataclass(frozen=True)
+class TableProperties:
+    """What ALTER TABLE and COMMENT set on a table besides its shape; a new table inherits it."""
+
+    options: tuple[str, ...] = ()  # reloptions, e.g. ("fillfactor=80",)
+    comment: str | None = None
+    column_comments: tuple[tuple[str, str], ...] = ()  # (column, comment)
+    statistics: tuple[tuple[str, int], ...] = ()  # (column, statistics target set on it)
+    replica_identity: str = "d"  # relreplident: d(efault), f(ull), n(othing), i(ndex)
+
+
+@dataclass(frozen=True)
 class Table:
     schema: str
     name: str
@@ -100,6 +111,7 @@ class Table:
     grants: tuple[tuple[str, str, bool], ...] = ()  # (grantee or PUBLIC, privilege, grantable)
     # (column, grantee or PUBLIC, privilege, grantable)
     column_grants: tuple[tuple[str, str, str, bool], ...] = ()
+    properties: TableProperties = field(default_factory=TableProperties)
 
     @property
     def qualified(self) -> sql.Identifier:
@@ -186,6 +198,7 @@ def load_table(conn: psycopg.Connection[Any], name: str) -> Table:
                 (oid,),
             )
         )
+        properties = _properties(cur, oid)
         size = cur.execute(
             "SELECT greatest(c.reltuples, 0)::bigint AS rows, pg_total_relation_size(c.oid) AS total,"
             " pg_table_size(c.oid) AS tbl, c.relpages FROM pg_class c WHERE c.oid = %s",
@@ -221,6 +234,38 @@ def load_table(conn: psycopg.Connection[Any], name: str) -> Table:
         owner=owner_row["owner"] if owner_row else "",
         grants=grants,
         column_grants=column_grants,
+        properties=properties,
+    )
+
+
+def _properties(cur: psycopg.Cursor[dict[str, Any]], oid: int) -> TableProperties:
+    row = cur.execute(
+        """
+        SELECT coalesce(c.reloptions, '{}') AS options,
+               obj_description(c.oid, 'pg_class') AS comment,
+               c.relreplident::text AS replica_identity,
+               coalesce((SELECT array_agg(ARRAY[a.attname::text, d.description] ORDER BY a.attnum)
+                           FROM pg_description d JOIN pg_attribute a
+                             ON a.attrelid = d.objoid AND a.attnum = d.objsubid
+                          WHERE d.classoid = 'pg_class'::regclass AND d.objoid = c.oid
+                            AND d.objsubid > 0 AND NOT a.attisdropped), '{}') AS column_comments,
+               -- set explicitly: -1 (up to 16) or NULL (17 on) means the default
+               coalesce((SELECT array_agg(ARRAY[a.attname::text, a.attstattarget::text]
+                                          ORDER BY a.attnum)
+                           FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                            AND a.attstattarget >= 0), '{}') AS statistics
+          FROM pg_class c WHERE c.oid = %s
+        """,
+        (oid,),
+    ).fetchone()
+    assert row is not None
+    return TableProperties(
+        options=tuple(row["options"]),
+        comment=row["comment"],
+        column_comments=tuple((c, text) for c, text in row["column_comments"]),
+        statistics=tuple((c, int(n)) for c, n in row["statistics"]),
+        replica_identity=row["replica_identity"],
     )
 
 
@@ -530,5 +575,18 @@ def table_from_snapshot(data: dict[str, Any]) -> Table:
             "unique_keys": tuple(tuple(k) for k in data["unique_keys"]),
             "grants": tuple(tuple(g) for g in data.get("grants", ())),
             "column_grants": tuple(tuple(g) for g in data.get("column_grants", ())),
+            "properties": _properties_from(data.get("properties")),
         }
+    )
+
+
+def _properties_from(data: dict[str, Any] | None) -> TableProperties:
+    if not data:
+        return TableProperties()
+    return TableProperties(
+        options=tuple(data["options"]),
+        comment=data["comment"],
+        column_comments=tuple((c, text) for c, text in data["column_comments"]),
+        statistics=tuple((c, int(n)) for c, n in data["statistics"]),
+        replica_identity=data["replica_identity"],
     )

@@ -521,3 +521,40 @@ def test_a_trigger_the_new_columns_cannot_hold_is_refused_at_plan_time(
     line = error_line(result)
     assert "trigger renamed of customers would not work on public.customers_v2" in line
     assert "full_name" in line
+
+
+def test_storage_options_comments_statistics_and_replica_identity_are_inherited(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    create_accounts(conn, 100)
+    conn.execute(
+        "ALTER TABLE accounts SET (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01)"
+    )
+    conn.execute("COMMENT ON TABLE accounts IS 'the money'")
+    conn.execute("COMMENT ON COLUMN accounts.email IS 'where to write'")
+    conn.execute("ALTER TABLE accounts ALTER COLUMN email SET STATISTICS 500")
+    conn.execute("ALTER TABLE accounts REPLICA IDENTITY FULL")
+    text = (
+        (PLANS / "accounts_bigint_key.yaml")
+        .read_text()
+        .replace(
+            "  updated_at timestamptz\n    );",
+            "  updated_at timestamptz\n    ) WITH (fillfactor = 90);",
+        )
+    )
+    assert "fillfactor = 90" in text
+    assert cli(dsn, "apply", write_plan(tmp_path, text), "--until", "expand").exit_code == 0
+    assert conn.execute(
+        "SELECT reloptions, obj_description(oid, 'pg_class'), relreplident::text,"
+        " col_description(oid, 3)"
+        " FROM pg_class WHERE oid = 'accounts_v2'::regclass"
+    ).fetchone() == (
+        ["fillfactor=90", "autovacuum_vacuum_scale_factor=0.01"],  # create's own option wins
+        "the money",
+        "f",
+        "where to write",
+    )
+    assert conn.execute(
+        "SELECT attstattarget FROM pg_attribute"
+        " WHERE attrelid = 'accounts_v2'::regclass AND attname = 'email'"
+    ).fetchone() == (500,)

@@ -11,6 +11,7 @@ from typing import Any
 
 from psycopg import sql
 
+from pgshift.catalog import Table
 from pgshift.db import Query
 from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query, index_drop
 from pgshift.phases.columns_shape import ColumnsShape
@@ -124,6 +125,56 @@ def _new_shape_columns(ctx: CompileContext) -> list[sql.Composable]:
     return out
 
 
+def _properties(old: Table, new: Table) -> list[Query]:
+    """What the live table was tuned with, for the new table: storage options (fillfactor,
+    autovacuum settings) that `create` did not set itself, comments and statistics targets of
+    the columns it keeps, and a FULL or NOTHING replica identity. The options are not set on a
+    partitioned new table, which takes none (its partitions get them from `create`)."""
+    own = {option.split("=", 1)[0] for option in new.properties.options}
+    options = [
+        option.split("=", 1)
+        for option in old.properties.options
+        if option.split("=", 1)[0] not in own
+    ]
+    out: list[Query] = []
+    if options and new.kind != "p":
+        out.append(
+            sql.SQL("ALTER TABLE {} SET ({})").format(
+                new.qualified,
+                sql.SQL(", ").join(
+                    sql.SQL("{} = {}").format(sql.Identifier(name), sql.Literal(value))
+                    for name, value in options
+                ),
+            )
+        )
+    if old.properties.comment is not None:
+        out.append(
+            sql.SQL("COMMENT ON TABLE {} IS {}").format(
+                new.qualified, sql.Literal(old.properties.comment)
+            )
+        )
+    out += [
+        sql.SQL("COMMENT ON COLUMN {} IS {}").format(
+            sql.Identifier(new.schema, new.name, column), sql.Literal(text)
+        )
+        for column, text in old.properties.column_comments
+        if column in new.columns
+    ]
+    out += [
+        sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {}").format(
+            new.qualified, sql.Identifier(column), sql.Literal(target)
+        )
+        for column, target in old.properties.statistics
+        if column in new.columns
+    ]
+    identity = {"f": "FULL", "n": "NOTHING"}.get(old.properties.replica_identity)
+    if identity is not None:
+        out.append(
+            sql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(new.qualified, sql.SQL(identity))
+        )
+    return out
+
+
 def _compile_create(ctx: CompileContext, index: int) -> Phase:
     """new_table: run the plan's `create`, give the new table the live table's owner and
     grants, and create the view schema showing it. The plain indexes `create` names on the new
@@ -160,6 +211,7 @@ def _compile_create(ctx: CompileContext, index: int) -> Phase:
         for column, grantee, privilege, grantable in old.column_grants
         if column in new.columns
     ]
+    access += _properties(old, new)
     forward = [
         SqlStep(
             description=f"create {new.display}",
@@ -168,7 +220,8 @@ def _compile_create(ctx: CompileContext, index: int) -> Phase:
             done_if=exists_query("SELECT 1 WHERE to_regclass({}) IS NOT NULL", new.regclass),
         ),
         SqlStep(
-            description=f"give {new.display} the owner and grants of {old.display}",
+            description=f"give {new.display} the owner, grants, storage options, comments and"
+            f" statistics targets of {old.display}",
             statements=tuple(access),
             lock="ACCESS EXCLUSIVE",
             hold="milliseconds (on the new table only)",

@@ -126,6 +126,11 @@ def warnings(compiled: CompiledPlan) -> list[str]:
             " then; make sure they work on the new table's columns"
         )
     new = compiled.new_table
+    if new is not None and table.properties.replica_identity == "i":
+        out.append(
+            f"{table.display} has REPLICA IDENTITY USING INDEX, which is not carried: set it on"
+            f" {new.display} (ALTER TABLE ... REPLICA IDENTITY USING INDEX) after cutover"
+        )
     if new is not None:
         lost = sorted({c for c, *_ in table.column_grants if c not in new.columns})
         if lost:
