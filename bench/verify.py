@@ -53,16 +53,17 @@ SELECT g,
        md5(g::text)::uuid
 FROM generate_series(1, %s) AS g"""
 
-# 2 missing, 2 extra, 6 changed (each in a different column).
+# 2 missing, 2 extra, 6 changed (each in a different column), at keys that exist for any --rows
+# from 100 on.
 PLANT = [
     "DELETE FROM b WHERE id IN (17, {mid})",
     "INSERT INTO b (id, name) VALUES ({rows} + 5, 'extra'), (0, 'extra')",
-    "UPDATE b SET amount = amount + 0.01 WHERE id = 1000",
+    "UPDATE b SET amount = amount + 0.01 WHERE id = {rows} / 10",
     "UPDATE b SET name = name || ' ' WHERE id = {mid} + 1",
     "UPDATE b SET ratio = -ratio WHERE id = {rows} - 3",
-    "UPDATE b SET created = created + interval '1 microsecond' WHERE id = 4242",
-    "UPDATE b SET doc = doc || '{{\"x\": 1}}' WHERE id = 99999",
-    "UPDATE b SET active = NULL WHERE id = 123456",
+    "UPDATE b SET created = created + interval '1 microsecond' WHERE id = {rows} / 5 + 2",
+    "UPDATE b SET doc = doc || '{{\"x\": 1}}' WHERE id = {rows} / 4 + 1",
+    "UPDATE b SET active = NULL WHERE id = {rows} / 3 + 3",
 ]
 PLANTED = {"missing": 2, "extra": 2, "changed": 6}
 
