@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from pgshift.db import split_name
+from pgshift.db import TRIGGER_PREFIX, split_name
 from pgshift.errors import PlanError
 
 
@@ -121,6 +121,11 @@ class Table:
     def regclass(self) -> str:
         """The quoted name as text, for `%s::regclass` parameters."""
         return self.qualified.as_string()
+
+    @property
+    def own_triggers(self) -> tuple[str, ...]:
+        """The table's triggers that are not pgshift's."""
+        return tuple(t for t in self.triggers if not t.startswith(TRIGGER_PREFIX))
 
     @property
     def display(self) -> str:
@@ -260,13 +265,7 @@ def _properties(cur: psycopg.Cursor[dict[str, Any]], oid: int) -> TablePropertie
         (oid,),
     ).fetchone()
     assert row is not None
-    return TableProperties(
-        options=tuple(row["options"]),
-        comment=row["comment"],
-        column_comments=tuple((c, text) for c, text in row["column_comments"]),
-        statistics=tuple((c, int(n)) for c, n in row["statistics"]),
-        replica_identity=row["replica_identity"],
-    )
+    return _properties_from(row)  # the row has the snapshot's keys
 
 
 def _columns(cur: psycopg.Cursor[dict[str, Any]], oid: int) -> dict[str, Column]:
@@ -581,6 +580,7 @@ def table_from_snapshot(data: dict[str, Any]) -> Table:
 
 
 def _properties_from(data: dict[str, Any] | None) -> TableProperties:
+    """From `_properties`' row or a snapshot (older snapshots have none)."""
     if not data:
         return TableProperties()
     return TableProperties(

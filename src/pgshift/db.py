@@ -22,6 +22,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 Query = sql.SQL | sql.Composed
 
 MAX_IDENTIFIER = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names silently
+# every trigger pgshift creates starts so: they sort (and fire) after the table's own
+TRIGGER_PREFIX = "zz_pgshift_"
 
 # Rendering settings pinned on every connection pgshift opens, so values (and their hashes)
 # never depend on a server's or a role's defaults.

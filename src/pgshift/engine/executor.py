@@ -71,7 +71,8 @@ def prepare(
     plan = loaded.plan
     state = store.get(conn, plan.name)
     new_table = None
-    if state is not None and state.started and state.snapshot:
+    started = state is not None and state.started and bool(state.snapshot)
+    if state is not None and started:
         table = table_from_snapshot(state.snapshot["table"])
         if state.snapshot.get("new_table"):
             new_table = table_from_snapshot(state.snapshot["new_table"])
@@ -87,18 +88,19 @@ def prepare(
         if plan.new_table is not None:
             parse_mappings(plan)
             new_table = probe_new_table(conn, plan, table)
-            compiled = compile_plan(plan, table, key, store.schema, new_table)
-            check_copy(conn, plan, compiled.context.shape.probes())
-            view_schema = compiled.context.view_schema
-            stand_in = new_table_stand_in(plan, table, new_table)
-            check_carried(conn, table, view_schema=view_schema, **stand_in)
-            return compiled, state
-        compiled = compile_plan(plan, table, key, store.schema, new_table)
-        view_schema = compiled.context.view_schema
-        changes = [(c.name, c.type, c.is_new) for c in compiled.context.shape.columns]
-        check_carried(conn, table, view_schema=view_schema, **columns_stand_in(table, changes))
+    compiled = compile_plan(plan, table, key, store.schema, new_table)
+    if started:
         return compiled, state
-    return compile_plan(plan, table, key, store.schema, new_table), state
+    # before anything is applied: the mappings and what cutover carries, tried on the database
+    view_schema = compiled.context.view_schema
+    if new_table is not None:
+        check_copy(conn, plan, compiled.context.shape.probes())
+        carried = new_table_stand_in(plan, table, new_table)
+    else:
+        changes = [(c.name, c.type, c.is_new) for c in compiled.context.shape.columns]
+        carried = columns_stand_in(table, changes)
+    check_carried(conn, table, view_schema=view_schema, **carried)
+    return compiled, state
 
 
 def failure(error: BaseException) -> type[PgshiftError]:

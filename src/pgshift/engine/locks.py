@@ -125,8 +125,13 @@ def advisory_key(name: str) -> int:
     return value - (1 << 32) if value >= (1 << 31) else value
 
 
-def _holder(conn: psycopg.Connection[Any], classid: int, key: int) -> str:
-    """Who holds the advisory lock (classid, key) in this database, for the message."""
+def _try_lock(conn: psycopg.Connection[Any], classid: int, name: str) -> str | None:
+    """Take the session advisory lock (classid, crc32 of name); None when taken, else who
+    holds it, for the message."""
+    key = advisory_key(name)
+    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (classid, key)).fetchone()
+    if row and row[0]:
+        return None
     holder = conn.execute(
         """
         SELECT a.pid, a.application_name, a.backend_start::text FROM pg_locks l
@@ -146,12 +151,11 @@ def table_lock(conn: psycopg.Connection[Any], table: str) -> None:
     """Held by `conn` until it closes: one apply or rollback per table at a time, whatever the
     migration's name (two migrations of one table would each compile against a table the other
     is changing)."""
-    key = advisory_key(table)
-    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (TABLE_LOCK_CLASS, key)).fetchone()
-    if not row or not row[0]:
+    holder = _try_lock(conn, TABLE_LOCK_CLASS, table)
+    if holder is not None:
         raise LockHeld(
-            f"table {table} is being migrated by {_holder(conn, TABLE_LOCK_CLASS, key)}; one"
-            " migration of a table at a time: wait for it to finish or stop it first"
+            f"table {table} is being migrated by {holder}; one migration of a table at a time:"
+            " wait for it to finish or stop it first"
         )
 
 
@@ -161,12 +165,10 @@ def migration_lock(dsn: str, name: str, role: str) -> Iterator[psycopg.Connectio
     first one."""
     conn = connect(dsn, role=f"{role} {name}")
     try:
-        key = advisory_key(name)
-        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, key)).fetchone()
-        if not row or not row[0]:
+        holder = _try_lock(conn, LOCK_CLASS, name)
+        if holder is not None:
             raise LockHeld(
-                f"migration {name} is being run by {_holder(conn, LOCK_CLASS, key)}; wait for it"
-                " to finish or stop it first"
+                f"migration {name} is being run by {holder}; wait for it to finish or stop it first"
             )
         yield conn
     finally:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from pgshift.catalog import Index, Table
-from pgshift.db import Query, derived_name, prefixed_name
+from pgshift.db import TRIGGER_PREFIX, Query, derived_name, prefixed_name
 from pgshift.errors import PlanError
 from pgshift.plan.model import ColumnChange, Plan
 
@@ -82,7 +82,7 @@ def build_shape(plan: Plan, table: Table, view_schema: str, key: tuple[str, ...]
         key=key,
         function=sql.Identifier(view_schema, "sync_" + plan.name),
         # BEFORE triggers fire in name order: ours last, so it sees the values other triggers set
-        trigger=derived_name("zz_pgshift_", plan.name),
+        trigger=derived_name(TRIGGER_PREFIX, plan.name),
     )
 
 

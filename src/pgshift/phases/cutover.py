@@ -10,6 +10,7 @@ and sequence ownership, and turns the trigger around so the old columns follow t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from psycopg import sql
@@ -97,12 +98,18 @@ def _carried_columns(ctx: CompileContext) -> str:
         and not d.name.startswith(ctx.view_schema + ".")
     ]
     policies = [d.name for d in ctx.table.dependents if d.kind == "policy"]
-    parts = []
-    if views:
-        parts.append(f"view(s) {', '.join(views)} created again on them")
-    if policies:
-        parts.append(f"row security policy(ies) {', '.join(policies)} created again")
-    return f" ({'; '.join(parts)})" if parts else ""
+    return _carried_text(
+        [
+            (views, "view(s) {} created again on them"),
+            (policies, "row security policy(ies) {} created again"),
+        ]
+    )
+
+
+def _carried_text(parts: list[tuple[Sequence[str], str]]) -> str:
+    """` (what; what)` for a swap step's description: each template gets its names, when any."""
+    said = [template.format(", ".join(names)) for names, template in parts if names]
+    return f" ({'; '.join(said)})" if said else ""
 
 
 def swap_statements(ctx: CompileContext) -> tuple[Query, ...]:
@@ -491,15 +498,13 @@ def _foreign_keys(shape: TableShape) -> tuple[list[Query], list[SqlStep]]:
 
 def _carried(shape: TableShape) -> str:
     """What the swap carries over besides the table, for the plan's step list."""
-    parts = []
-    if shape.views:
-        parts.append(f"view(s) {', '.join(shape.views)} created again on it")
-    if shape.policies:
-        parts.append(f"row security policy(ies) {', '.join(shape.policies)} carried over")
-    triggers = [name for name in shape.old.triggers if not name.startswith("zz_pgshift_")]
-    if triggers:
-        parts.append(f"trigger(s) {', '.join(triggers)} moved to it (disabled on {shape.old_name})")
-    return f" ({'; '.join(parts)})" if parts else ""
+    return _carried_text(
+        [
+            (shape.views, "view(s) {} created again on it"),
+            (shape.policies, "row security policy(ies) {} carried over"),
+            (shape.old.own_triggers, f"trigger(s) {{}} moved to it (disabled on {shape.old_name})"),
+        ]
+    )
 
 
 def _compile_swap(ctx: CompileContext, index: int) -> Phase:

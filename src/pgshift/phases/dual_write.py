@@ -72,11 +72,21 @@ def function_ddl(shape: ColumnsShape, body: str) -> Query:
     )
 
 
-def drop_trigger_step(trigger: str, table: sql.Identifier, function: sql.Identifier) -> SqlStep:
+def drop_triggers(names: tuple[str, ...], table: sql.Identifier) -> tuple[Query, ...]:
+    return tuple(
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), table)
+        for name in names
+    )
+
+
+def drop_trigger_step(
+    triggers: tuple[str, ...], table: sql.Identifier, function: sql.Identifier
+) -> SqlStep:
+    """The triggers and then the function they run, in one transaction."""
     return SqlStep(
-        description=f"drop the trigger {trigger} and its function",
+        description=f"drop the trigger(s) {', '.join(triggers)} and their function",
         statements=(
-            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), table),
+            *drop_triggers(triggers, table),
             sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function),
         ),
         lock="ACCESS EXCLUSIVE",
@@ -109,7 +119,7 @@ def compile_dual_write(ctx: CompileContext, index: int, spec: Any) -> Phase:
         kind="dual_write",
         name="dual_write",
         forward=(install,),
-        rollback=(drop_trigger_step(shape.trigger, ctx.table.qualified, shape.function),),
+        rollback=(drop_trigger_step((shape.trigger,), ctx.table.qualified, shape.function),),
         summary=f"trigger {shape.trigger} fills {len(shape.columns)} shadow column(s) on every write",
     )
 
@@ -185,12 +195,13 @@ def copy_trigger(
     )
 
 
-def drop_copy_triggers(trigger: str, table: sql.Identifier) -> tuple[Query, ...]:
+def copy_triggers(trigger: str) -> tuple[str, ...]:
     """Both triggers `copy_trigger` creates."""
-    return tuple(
-        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), table)
-        for name in (trigger, truncate_trigger(trigger))
-    )
+    return trigger, truncate_trigger(trigger)
+
+
+def drop_copy_triggers(trigger: str, table: sql.Identifier) -> tuple[Query, ...]:
+    return drop_triggers(copy_triggers(trigger), table)
 
 
 def forward_copy(shape: TableShape) -> tuple[Query, ...]:
@@ -220,13 +231,8 @@ def _compile_copy(ctx: CompileContext, index: int) -> Phase:
         name="dual_write",
         forward=(install,),
         rollback=(
-            SqlStep(
-                description=f"drop the copy triggers {shape.forward_trigger} and its function",
-                statements=(
-                    *drop_copy_triggers(shape.forward_trigger, shape.old.qualified),
-                    sql.SQL("DROP FUNCTION IF EXISTS {}()").format(shape.forward_function),
-                ),
-                lock="ACCESS EXCLUSIVE",
+            drop_trigger_step(
+                copy_triggers(shape.forward_trigger), shape.old.qualified, shape.forward_function
             ),
         ),
         summary=f"trigger {shape.forward_trigger} copies every write (and TRUNCATE) into"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from pgshift.catalog import VIEW_CLOSURE
-from pgshift.db import Query
+from pgshift.db import TRIGGER_PREFIX, Query
 
 SETTING = "pgshift.repoint"
 
@@ -165,7 +165,7 @@ SELECT format('trigger %I of %s', t.tgname, {target}::regclass), 1002, NULL, NUL
        jsonb_build_array(pg_get_triggerdef(t.oid, true))
   FROM pg_trigger t
  WHERE {move_triggers} AND t.tgrelid = {target} AND NOT t.tgisinternal AND t.tgparentid = 0
-   AND t.tgname NOT LIKE 'zz\\_pgshift\\_%'
+   AND NOT starts_with(t.tgname, {ours})
 """
 )
 
@@ -210,6 +210,7 @@ def capture_query(
         move_triggers=sql.Literal(triggers is not None),
         then_drop=sql.Literal(triggers is not None and triggers.drop),
         other=sql.Literal(triggers.other.as_string() if triggers else ""),
+        ours=sql.Literal(TRIGGER_PREFIX),
     )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from pgshift.catalog import Column, Constraint, Table
-from pgshift.db import Query, derived_name, split_name
+from pgshift.db import TRIGGER_PREFIX, Query, derived_name, split_name
 from pgshift.errors import PlanError
 from pgshift.plan.model import Plan
 
@@ -196,8 +196,8 @@ def build_table_shape(
         policies=tuple(d.name for d in old.dependents if d.kind == "policy"),
         forward_function=sql.Identifier(view_schema, "copy_" + plan.name),
         reverse_function=sql.Identifier(view_schema, "copy_back_" + plan.name),
-        forward_trigger=derived_name("zz_pgshift_", plan.name),
-        reverse_trigger=derived_name("zz_pgshift_back_", plan.name),
+        forward_trigger=derived_name(TRIGGER_PREFIX, plan.name),
+        reverse_trigger=derived_name(TRIGGER_PREFIX + "back_", plan.name),
     )
 
 

@@ -367,7 +367,7 @@ def check_carried(
     a temporary table with the live name and the new shape (`stand_in` makes it). A view the
     new shape cannot hold is refused here, not discovered inside the swap. Other tables'
     policies are carried too but not tried: that would lock their tables."""
-    own_triggers = triggers and any(not t.startswith("zz_pgshift_") for t in table.triggers)
+    own_triggers = triggers and bool(table.own_triggers)
     if not own_triggers and not any(d.kind in ("view", "policy") for d in table.dependents):
         return
     failing = ""
