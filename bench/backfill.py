@@ -33,19 +33,15 @@ import argparse
 import contextlib
 import os
 import statistics
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import structlog
+from common import scratch_database, server, server_arguments  # bench/ is on sys.path
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from pgshift import db
 from pgshift.demo.seed import create_accounts
@@ -337,46 +333,9 @@ def bench(dsn: str, args: argparse.Namespace) -> bool:
     return met
 
 
-@contextmanager
-def scratch_database(dsn: str) -> Iterator[str]:
-    name = f"pgshift_bench_backfill_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(dsn, dbname=name)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
-@contextmanager
-def server(args: argparse.Namespace) -> Iterator[str]:
-    """The DSN to bench on: `--dsn`, or an embedded server in a temporary folder."""
-    if not args.embedded:
-        yield args.dsn
-        return
-    from pgshift.embedded import EmbeddedServer
-
-    with tempfile.TemporaryDirectory(prefix="pgshift-bench-") as folder:
-        embedded = EmbeddedServer(Path(folder) / "pgdata")
-        embedded.start()
-        try:
-            yield embedded.dsn()
-        finally:
-            embedded.stop()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("PGSHIFT_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
-    parser.add_argument(
-        "--embedded", action="store_true", help="start an embedded PostgreSQL in a temp folder"
-    )
+    server_arguments(parser)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", default="auto", help="'auto' or a number of rows")
@@ -393,7 +352,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
-    with server(args) as dsn, scratch_database(dsn) as scratch:
+    with server(args) as dsn, scratch_database(dsn, "backfill") as scratch:
         bench(scratch, args)
         if args.table_copy:
             from table_copy import measure  # bench/ is this script's own folder on sys.path

@@ -23,18 +23,14 @@ set-up is never timed.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from common import scratch_database, server, server_arguments  # bench/ is on sys.path
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgshift.demo.seed import create_accounts
 from pgshift.engine.executor import Executor
@@ -46,26 +42,6 @@ from pgshift.plan.load import load_plan_text
 
 PLAN = (Path(__file__).resolve().parent.parent / "plans" / "accounts_bigint_key.yaml").read_text()
 BENCH_PLAN = PLAN.replace("  - verify\n", "")
-
-
-def with_db(dsn: str, name: str) -> str:
-    params = conninfo_to_dict(dsn)
-    params["dbname"] = name
-    return make_conninfo("", **params)
-
-
-@contextmanager
-def scratch_database(dsn: str) -> Iterator[str]:
-    name = f"pgshift_bench_copy_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_db(dsn, name)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 def fresh(conn: psycopg.Connection[Any], rows: int) -> None:
@@ -144,19 +120,11 @@ def pgshift(conn: psycopg.Connection[Any], dsn: str, rows: int) -> tuple[float, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("PGSHIFT_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
-    parser.add_argument(
-        "--embedded", action="store_true", help="start an embedded PostgreSQL in a temp folder"
-    )
+    server_arguments(parser)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     configure("console", 0)  # warnings only: the numbers are the output
-    from backfill import server  # bench/ is this script's own folder on sys.path
-
     with server(args) as dsn:
         measure(dsn, args.rows, args.runs)
 
@@ -168,7 +136,7 @@ def measure(server_dsn: str, rows: int, runs: int) -> None:
     by_hand: list[float] = []
     ours: list[float] = []
     slowest: list[float] = []
-    with scratch_database(server_dsn) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+    with scratch_database(server_dsn, "copy") as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         version = conn.execute("SHOW server_version").fetchone()
         print(f"server {version[0] if version else '?'}, {rows:,} rows, {runs} runs")
         for run in range(runs):

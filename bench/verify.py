@@ -18,16 +18,14 @@ It prints rows/s (rows of both tables per second; medians) and the ratio pgshift
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from common import scratch_database, server, server_arguments  # bench/ is on sys.path
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from pgshift import db
 from pgshift.verify.rowhash import Side, VerifyResult, compare_same_db
@@ -87,35 +85,27 @@ def timed(run: Callable[[], Any]) -> tuple[float, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("PGSHIFT_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
+    server_arguments(parser)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chunk-size", type=int, default=10_000)
     parser.add_argument("--no-join", action="store_true", help="skip the full outer join run")
     args = parser.parse_args()
 
-    scratch = f"pgshift_bench_verify_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
-    try:
-        with db.connect(make_conninfo(args.dsn, dbname=scratch), role="bench") as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-            version = row[0] if row else "?"
-            started = time.perf_counter()
-            build(conn, args.rows)
-            print(
-                f"verify bench: PostgreSQL {version}, {args.rows:,} rows per table, "
-                f"built in {time.perf_counter() - started:.1f} s"
-            )
-            run_bench(conn, args)
-    finally:
-        with psycopg.connect(args.dsn, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch))
-            )
+    with (
+        server(args) as server_dsn,
+        scratch_database(server_dsn, "verify") as dsn,
+        db.connect(dsn, role="bench") as conn,
+    ):
+        row = conn.execute("SHOW server_version").fetchone()
+        version = row[0] if row else "?"
+        started = time.perf_counter()
+        build(conn, args.rows)
+        print(
+            f"verify bench: PostgreSQL {version}, {args.rows:,} rows per table, "
+            f"built in {time.perf_counter() - started:.1f} s"
+        )
+        run_bench(conn, args)
 
 
 def run_bench(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:

@@ -265,6 +265,13 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
     shape: ColumnsShape = ctx.shape
     table = ctx.table
     not_null = [c for c in shape.columns if c.not_null]
+    drop_checks = _alter(
+        ctx,
+        sql.SQL(", ").join(
+            sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(sql.Identifier(c.check_name))
+            for c in not_null
+        ),
+    )
     forward: list[SqlStep] = []
     if not_null:
         forward.append(
@@ -301,17 +308,7 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
                 done_if=swapped_query(ctx),
                 hold="one scan of the table (writes continue)",
                 # a check left NOT VALID would reject every write whose new value is NULL
-                undo_on_failure=(
-                    _alter(
-                        ctx,
-                        sql.SQL(", ").join(
-                            sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(
-                                sql.Identifier(c.check_name)
-                            )
-                            for c in not_null
-                        ),
-                    ),
-                ),
+                undo_on_failure=(drop_checks,),
             )
         )
     for ix in shape.indexes:
@@ -371,17 +368,7 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
         rollback.append(
             SqlStep(
                 description="drop the NOT NULL checks",
-                statements=(
-                    _alter(
-                        ctx,
-                        sql.SQL(", ").join(
-                            sql.SQL("DROP CONSTRAINT IF EXISTS {}").format(
-                                sql.Identifier(c.check_name)
-                            )
-                            for c in not_null
-                        ),
-                    ),
-                ),
+                statements=(drop_checks,),
                 lock="ACCESS EXCLUSIVE",
             )
         )

@@ -1,0 +1,58 @@
+"""What every benchmark shares: the server to measure on and a scratch database on it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+
+def server_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dsn (default: $PGSHIFT_TEST_DSN, else the local server) and --embedded."""
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("PGSHIFT_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    )
+    parser.add_argument(
+        "--embedded", action="store_true", help="start an embedded PostgreSQL in a temp folder"
+    )
+
+
+@contextmanager
+def server(args: argparse.Namespace) -> Iterator[str]:
+    """The DSN to bench on: `--dsn`, or an embedded server in a temporary folder."""
+    if not args.embedded:
+        yield args.dsn
+        return
+    from pgshift.embedded import EmbeddedServer
+
+    with tempfile.TemporaryDirectory(prefix="pgshift-bench-") as folder:
+        embedded = EmbeddedServer(Path(folder) / "pgdata")
+        embedded.start()
+        try:
+            yield embedded.dsn()
+        finally:
+            embedded.stop()
+
+
+@contextmanager
+def scratch_database(dsn: str, what: str) -> Iterator[str]:
+    """A database of its own on the server, dropped afterwards: its DSN."""
+    name = f"pgshift_bench_{what}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(dsn, dbname=name)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
