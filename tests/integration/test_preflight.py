@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -13,7 +14,7 @@ import pytest
 from pgshift.compile import CompiledPlan
 from pgshift.demo.seed import create_accounts
 from pgshift.engine.executor import prepare
-from pgshift.engine.preflight import preflight, render_preflight
+from pgshift.engine.preflight import preflight, read_preflight, render_preflight
 from pgshift.engine.state import StateStore
 from pgshift.plan.load import load_plan_text
 
@@ -62,6 +63,23 @@ def test_sizes_rows_and_disk_needed(conn: psycopg.Connection[Any], compiled: Com
     assert any("~2,000 rows" in line for line in lines), lines
     assert "  replicas: none" in lines
     assert not any(line.startswith("warning:") for line in lines), lines
+
+
+def test_a_table_copy_needs_the_table_with_its_indexes_and_the_runbook_agrees(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """new_table: the copy writes every row again, with indexes of its own; `migrate plan` and
+    the runbook read it through the same query."""
+    create_accounts(conn, 2000)
+    text = (Path(__file__).resolve().parents[2] / "plans" / "accounts_bigint_key.yaml").read_text()
+    compiled, _state = prepare(conn, load_plan_text(text), StateStore())
+    total = conn.execute("SELECT pg_total_relation_size('accounts')").fetchone()
+    assert total is not None
+    data = preflight(conn, compiled, LOCK_TIMEOUT)
+    assert data["free_disk_needed_bytes"] == total[0] > data["table_bytes"]
+    assert data["rebuilt_index_bytes"] == {}
+    totals = [r["bytes"] for r in read_preflight(conn, compiled).disk if r["what"] == "total"]
+    assert totals == [total[0]]
 
 
 def test_a_transaction_open_past_lock_timeout_is_listed(
