@@ -8,7 +8,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import click
 import psycopg
@@ -17,26 +17,49 @@ from pgshift import __version__
 from pgshift.compile import check_available
 from pgshift.db import connect
 from pgshift.engine.checks import differences_message
+from pgshift.engine.data_check import check_plan_data, failure_message, success_message
 from pgshift.engine.executor import Executor, RunResult, prepare
 from pgshift.engine.preflight import preflight, render_preflight
 from pgshift.engine.progress import Reporter
-from pgshift.engine.state import StateStore
-from pgshift.errors import DifferencesFound, ExitCode, PgshiftError, PlanError, UsageError
+from pgshift.engine.sessions import old_sessions
+from pgshift.engine.state import MigrationState, StateStore
+from pgshift.errors import (
+    DifferencesFound,
+    ExitCode,
+    MigrationFailed,
+    PgshiftError,
+    PlanError,
+    UsageError,
+)
 from pgshift.log import configure
+from pgshift.move.commands import move_status, plan_output, refuse_checks
+from pgshift.move.executor import MoveExecutor
 from pgshift.plan.lint import format_finding, lint_file
 from pgshift.plan.load import LoadedPlan, load_plan
 from pgshift.plan.plan_lint import lint_plan
 from pgshift.report.preview import preview_data, render_text
-from pgshift.report.report import github_summary, migration_report, render_status
+from pgshift.report.report import (
+    github_summary,
+    migration_report,
+    render_status,
+    versions_window,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Options:
-    def __init__(self, dsn: str | None, state_schema: str, verbose: int) -> None:
+    def __init__(
+        self,
+        dsn: str | None,
+        state_schema: str,
+        verbose: int,
+        destination_dsn: str | None = None,
+    ) -> None:
         self.given_dsn = dsn
         self.state_schema = state_schema
         self.verbose = verbose
+        self.destination_dsn = destination_dsn  # a move's destination server
 
     @property
     def has_database(self) -> bool:
@@ -51,6 +74,14 @@ class Options:
 
     def store(self, actor: str | None = None) -> StateStore:
         return StateStore(self.state_schema, actor=actor or _actor())
+
+    def executor(self, loaded: LoadedPlan, force: bool = False) -> Executor | MoveExecutor:
+        """The executor of the plan's target: a move runs on two servers."""
+        if loaded.plan.move is not None:
+            return MoveExecutor(
+                self.dsn, self.destination_dsn, loaded, self.store(), Reporter(), force=force
+            )
+        return Executor(self.dsn, loaded, self.store(), Reporter(), force=force)
 
 
 def _actor() -> str:
@@ -123,6 +154,11 @@ def _with_plan_locations(loaded: LoadedPlan, action: Callable[[], Any]) -> Any:
     help="Database to migrate (default: $DATABASE_URL, else libpq's PG* variables).",
 )
 @click.option(
+    "--destination-dsn",
+    envvar="DESTINATION_DATABASE_URL",
+    help="A move's destination server (default: $DESTINATION_DATABASE_URL).",
+)
+@click.option(
     "--state-schema", default="pgshift", show_default=True, help="Schema holding pgshift's state."
 )
 @click.option(
@@ -135,11 +171,16 @@ def _with_plan_locations(loaded: LoadedPlan, action: Callable[[], Any]) -> Any:
 @click.version_option(__version__, prog_name="pgshift")
 @click.pass_context
 def main(
-    ctx: click.Context, dsn: str | None, state_schema: str, log_format: str | None, verbose: int
+    ctx: click.Context,
+    dsn: str | None,
+    destination_dsn: str | None,
+    state_schema: str,
+    log_format: str | None,
+    verbose: int,
 ) -> None:
     """pgshift: zero-downtime migrations for PostgreSQL."""
     configure(log_format, verbose)
-    ctx.obj = Options(dsn, state_schema, verbose)
+    ctx.obj = Options(dsn, state_schema, verbose, destination_dsn)
 
 
 pass_options = click.make_pass_decorator(Options)
@@ -148,8 +189,13 @@ pass_options = click.make_pass_decorator(Options)
 @main.command("plan")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option(
+    "--check-data",
+    is_flag=True,
+    help="Also check every row's `up` (or new_table mapping) now, read only; exit 1 if any fails.",
+)
 @pass_options
-def plan_command(options: Options, plan_file: str, as_json: bool) -> None:
+def plan_command(options: Options, plan_file: str, as_json: bool, check_data: bool) -> None:
     """Validate PLAN_FILE and show what each phase will run, with locks and rollback."""
     loaded = _load(plan_file)
     _with_plan_locations(loaded, lambda: check_available(loaded.plan))
@@ -163,6 +209,8 @@ def plan_command(options: Options, plan_file: str, as_json: bool) -> None:
             " `-- pgshift:allow RULE` on its line",
             where=str(errors[0]).split(": ", 1)[0],
         )
+    if check_data and not options.has_database:
+        raise UsageError("--check-data reads the table: pass --dsn (or set $DATABASE_URL)")
     if not options.has_database:
         message = f"plan {loaded.plan.name} is valid; pass --dsn to check it against the database and see its SQL"
         click.echo(
@@ -171,16 +219,53 @@ def plan_command(options: Options, plan_file: str, as_json: bool) -> None:
             else message
         )
         return
+    if loaded.plan.move is not None:
+        if check_data:
+            raise UsageError("--check-data is for table migrations; a move maps no values")
+        text, checks = _with_plan_locations(
+            loaded,
+            lambda: plan_output(
+                options.dsn, options.destination_dsn, loaded, options.store(), as_json
+            ),
+        )
+        click.echo(text)
+        refuse_checks(checks)
+        return
     with connect(options.dsn, role="plan") as conn:
-        compiled, _ = _with_plan_locations(loaded, lambda: prepare(conn, loaded, options.store()))
+        compiled, state = _with_plan_locations(
+            loaded, lambda: prepare(conn, loaded, options.store())
+        )
         checks = preflight(conn, compiled, compiled.plan.settings.lock_timeout)
+        checked = (
+            check_plan_data(conn, compiled, state, options.store(), Reporter())
+            if check_data
+            else None
+        )
     data = preview_data(compiled)
     data["preflight"] = checks
+    if checked is not None:
+        step, result = checked
+        data["data_check"] = {
+            "rows": result.rows,
+            "holds": not result.failures,
+            "failures": [f.to_json() for f in result.failures],
+        }
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
     else:
         click.echo("\n".join(render_preflight(checks)))
         click.echo(render_text(data))
+    if checked is not None:
+        step, result = checked
+        if result.failures:
+            if not as_json:
+                click.echo(f"\ndata check: {step.what} fails for these rows:")
+                for failure in result.failures:
+                    column = f"column {failure.column}: " if failure.column else ""
+                    click.echo(f"  {column}{failure.describe(step.key)}")
+            raise MigrationFailed(failure_message(step, result))
+        if not as_json:
+            click.echo(f"\ndata check: {success_message(step, result)}")
 
 
 def _finish(result: RunResult) -> None:
@@ -208,16 +293,30 @@ def _reported(options: Options, name: str, report: str | None, action: Callable[
         _write_report(options, name, report, int(code))
 
 
+def _migration_report(
+    conn: psycopg.Connection[Any],
+    state: MigrationState,
+    exit_code: int | None = None,
+    destination_dsn: str | None = None,
+) -> dict[str, Any]:
+    """The report, with the old version's sessions counted while both versions are served,
+    and a move's replication."""
+    since = versions_window(state)
+    old = len(old_sessions(conn, since)) if since is not None else None
+    move = move_status(conn, state, destination_dsn)
+    return migration_report(state, exit_code=exit_code, old_sessions=old, move=move)
+
+
 def _write_report(options: Options, name: str, path: str | None, code: int) -> None:
+    data: dict[str, Any] = {"migration": name, "status": "pending", "exit_code": code}
+    state = None
     try:
         with connect(options.dsn, role="report") as conn:
             state = options.store().get(conn, name)
+            if state is not None:
+                data = _migration_report(conn, state, code, options.destination_dsn)
     except psycopg.Error:
         state = None
-    if state is None:
-        data: dict[str, Any] = {"migration": name, "status": "pending", "exit_code": code}
-    else:
-        data = migration_report(state, exit_code=code)
     if path:
         Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -247,7 +346,7 @@ def apply_command(
 ) -> None:
     """Run PLAN_FILE from its last checkpoint."""
     loaded = _load(plan_file)
-    executor = Executor(options.dsn, loaded, options.store(), Reporter(), force=force)
+    executor = options.executor(loaded, force=force)
     result = _reported(
         options,
         loaded.plan.name,
@@ -261,14 +360,19 @@ def apply_command(
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--to", "to", help="Undo the phases after this one only.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
-@click.option("--force", is_flag=True, help="Roll back although the plan changed since it ran.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Roll back although the plan changed since it ran, or although rows written since"
+    " cutover could not be mapped back through down (the old shape then lacks them).",
+)
 @pass_options
 def rollback_command(
     options: Options, plan_file: str, to: str | None, report: str | None, force: bool
 ) -> None:
     """Undo applied phases in reverse order, up to the point of no return."""
     loaded = _load(plan_file)
-    executor = Executor(options.dsn, loaded, options.store(), Reporter(), force=force)
+    executor = options.executor(loaded, force=force)
     result = _reported(
         options,
         loaded.plan.name,
@@ -286,7 +390,7 @@ def rollback_command(
 def verify_command(options: Options, plan_file: str, as_json: bool, chunk_size: int) -> None:
     """Row-hash comparison of the new shape with the old, now; exit 4 on any difference."""
     loaded = _load(plan_file)
-    executor = Executor(options.dsn, loaded, options.store(), Reporter())
+    executor = options.executor(loaded)
     result = _with_plan_locations(loaded, lambda: executor.verify(chunk_size))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, default=str))
@@ -335,7 +439,7 @@ def status_command(options: Options, plan_or_name: str | None, as_json: bool) ->
                 raise UsageError(
                     f"no migration named {name} in state schema {options.state_schema}"
                 )
-            reports.append(migration_report(state))
+            reports.append(_migration_report(conn, state, None, options.destination_dsn))
     if as_json:
         click.echo(json.dumps(reports[0] if plan_or_name else reports, indent=2, default=str))
     elif not reports:
@@ -393,10 +497,20 @@ def runbook_command(options: Options, plan_file: str, output: str | None) -> Non
             "runbook needs the database for its SQL and pre-flight checks: pass --dsn"
             " (or set $DATABASE_URL)"
         )
-    with connect(options.dsn, role="runbook") as conn:
+    if loaded.plan.move is not None:
+        from pgshift.move.runbook import build_move_runbook
+
         text = _with_plan_locations(
-            loaded, lambda: build_runbook(conn, loaded, options.store(), plan_file)
+            loaded,
+            lambda: build_move_runbook(
+                options.dsn, options.destination_dsn, loaded, options.store(), plan_file
+            ),
         )
+    else:
+        with connect(options.dsn, role="runbook") as conn:
+            text = _with_plan_locations(
+                loaded, lambda: build_runbook(conn, loaded, options.store(), plan_file)
+            )
     if output is None:
         click.echo(text, nl=False)
         return
@@ -434,9 +548,22 @@ def lint_command(options: Options, path: str) -> None:
     type=click.Path(file_okay=False),
     help="Where the embedded PostgreSQL keeps its data.",
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["versions", "rename"]),
+    default="versions",
+    show_default=True,
+    help="versions: an old and a new application version side by side, no cutover;"
+    " rename: one application, the columns renamed under it at cutover.",
+)
 @pass_options
 def demo_command(
-    options: Options, rows: int, connections: int, rate: float, data_dir: str | None
+    options: Options,
+    rows: int,
+    connections: int,
+    rate: float,
+    data_dir: str | None,
+    mode: Literal["versions", "rename"],
 ) -> None:
     """The whole flow on an embedded PostgreSQL with live simulated traffic."""
     from pgshift.demo.run import run_demo
@@ -447,6 +574,7 @@ def demo_command(
         connections=connections,
         rate=rate,
         data_dir=Path(data_dir) if data_dir else None,
+        mode=mode,
         echo=click.echo,
     )
     sys.exit(code)

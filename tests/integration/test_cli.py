@@ -307,12 +307,14 @@ def test_throttle_query_holds_the_backfill(
 ) -> None:
     """throttle_query returning true makes the backfill wait, and says why in status."""
     accounts.execute("CREATE TABLE brake (on_ boolean NOT NULL)")
-    accounts.execute("INSERT INTO brake VALUES (true)")
+    accounts.execute("INSERT INTO brake VALUES (false)")
     text = plan_text().replace(
         "phases:", "settings: {throttle_query: 'SELECT on_ FROM brake'}\nphases:"
     )
     path = write_plan(tmp_path, text)
+    # dual_write's data check waits on the throttle too: the brake goes on after it
     assert cli(dsn, "apply", path, "--until", "dual_write").exit_code == 0
+    accounts.execute("UPDATE brake SET on_ = true")
     process = subprocess.Popen(
         [sys.executable, "-m", "pgshift.cli", "--dsn", dsn, "--log-format", "json", "apply", path],
         stdout=subprocess.PIPE,

@@ -1,12 +1,21 @@
 """`migrate demo` (SPEC §9): a live table migrated while simulated application traffic writes to it.
 
+By default (application mode `versions`) two application versions run: the old one from the
+start, on the table as it was; the new one, deployed once the new shape is filled and
+verified, through the version schema's view (balance as bigint). Both write and read back
+through prepared statements. The old version is then deployed away, the gate sees none of its
+sessions left, and contract makes the new shape the table's own while the new version goes on.
+`mode="rename"` runs the rename flow instead (one application, cutover renames the columns
+under it), whose writes return no rows: a prepared statement returning balance would fail once
+at the rename.
+
 The demo owns one database, `pgshift_demo`, and recreates it on every run, so a run never depends
 on what an earlier one left behind. With no server given it starts the embedded PostgreSQL in a
 cache folder that is kept between runs: only the first run pays for initdb.
 
 What it proves is printed from the outside: the migration's phases as the state schema recorded
-them, the column as the catalog now describes it, and what the application saw (writes done,
-writes failed, latencies), counted by the traffic itself.
+them, the column as the catalog now describes it, and what each application version saw
+(writes and reads done, failed, latencies), counted by the traffic itself.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
 import psycopg
@@ -28,25 +37,48 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgshift.db import connect, split_name
 from pgshift.demo.seed import create_accounts
-from pgshift.demo.traffic import MAX_CONNECTIONS, Traffic, TrafficStats
+from pgshift.demo.traffic import KINDS, MAX_CONNECTIONS, Traffic, TrafficStats
 from pgshift.embedded import EmbeddedServer
 from pgshift.engine.executor import Executor, one_line
 from pgshift.engine.progress import Reporter
+from pgshift.engine.sessions import new_version_ready, old_sessions, old_sessions_text
 from pgshift.engine.state import StateStore
-from pgshift.errors import ExitCode, PgshiftError, UsageError
+from pgshift.errors import ExitCode, GateWaiting, PgshiftError, UsageError
 from pgshift.plan.load import LoadedPlan, load_plan
+from pgshift.plan.model import Plan
 from pgshift.report.report import phase_report
 
 Echo = Callable[[str], None]
 
+Mode = Literal["versions", "rename"]
+MODES: tuple[Mode, ...] = ("versions", "rename")
+DEFAULT_MODE: Mode = "versions"
+
 DEMO_DATABASE = "pgshift_demo"
-PLAN_FILE = "widen_account_balance.yaml"
+PLAN_FILES: dict[Mode, str] = {
+    "versions": "widen_account_balance_versions.yaml",
+    "rename": "widen_account_balance.yaml",
+}
+PLAN_FILE = PLAN_FILES[DEFAULT_MODE]
 TABLE = "public.accounts"
 COLUMN = "balance"
 TARGET_TYPE = "bigint"
 STATE_SCHEMA = "pgshift"
 # Key updates included: they are the writes a migration gets wrong most easily.
 TRAFFIC_MIX = {"insert": 3, "update": 5, "delete": 2, "key_update": 1}
+# versions: each version also reads rows back (balance among the columns) through statements
+# prepared on the server, which a rename would break
+OLD_VERSION_MIX = {**TRAFFIC_MIX, "read": 5}
+# No key updates: they set the key to DEFAULT, and through the version view, which carries no
+# default for id, that is NULL (an INSERT leaving the key out does get the table's default).
+NEW_VERSION_MIX = {"insert": 3, "update": 5, "delete": 2, "read": 5}
+# Phases applied before the new version is deployed: its view reads the new columns, which are
+# complete (and proven) only once backfill and verify are done.
+BEFORE_NEW_VERSION = "verify"
+# How long both versions run side by side before the old one is deployed away (a rolling
+# deploy's overlap), and how long its closed connections' server processes may take to go.
+BOTH_VERSIONS = 1.0
+OLD_SESSIONS_GRACE = 5.0
 # The traffic keeps writing this long after contract, so writes against the final shape count.
 AFTER_MIGRATION = 1.0
 INTERRUPTED = 130  # the shell's code for a SIGINT, as the other commands use
@@ -69,12 +101,39 @@ def _duration(seconds: float | None) -> str:
 
 
 @dataclass
+class _Version:
+    """One application version's traffic, as the summary names it."""
+
+    label: str  # "v1"; "" when there is only one
+    about: str
+    traffic: Traffic
+    reads: bool
+    running: bool = False
+    stats: TrafficStats | None = None
+
+    def start(self) -> None:
+        self.traffic.start()
+        self.running = True
+
+    def stop(self) -> TrafficStats:
+        self.stats = self.traffic.stop()
+        self.running = False
+        return self.stats
+
+    def progress(self) -> str:
+        now = self.traffic.snapshot()
+        reads = f", {now.reads:,} reads" if self.reads else ""
+        return f"{self.label or 'application'}: {now.writes:,} writes{reads}, {now.failed} failed"
+
+
+@dataclass
 class _DemoReporter(Reporter):
     """The executor's reporter (log lines, progress bar), also echoing each phase as it ends
-    with its duration and the application's writes so far."""
+    with its duration and each running application version's writes so far."""
 
     echo: Echo = print
-    traffic: Traffic | None = None
+    versions: list[_Version] = field(default_factory=list)
+    width: int = 12  # of the phase names' column
     backfill: dict[str, object] = field(default_factory=dict)
     _started: dict[str, float] = field(default_factory=dict)
 
@@ -88,13 +147,13 @@ class _DemoReporter(Reporter):
         elif message == PHASE_DONE:
             started = self._started.pop(phase, None)
             seconds = time.perf_counter() - started if started is not None else None
-            line = f"  {phase:<12} done in {_duration(seconds):>9}"
-            if self.traffic is not None:
-                now = self.traffic.snapshot()
-                line += f"   application: {now.writes:,} writes, {now.failed} failed"
+            line = f"  {phase:<{self.width}} done in {_duration(seconds):>9}"
+            running = [version.progress() for version in self.versions if version.running]
+            if running:
+                line += "   " + "; ".join(running)
             self.echo(line)
         elif message == ROLLING_BACK:
-            self.echo(f"  {phase:<12} rolling back")
+            self.echo(f"  {phase:<{self.width}} rolling back")
         elif message == BACKFILL_FINISHED:
             self.backfill = dict(fields)
 
@@ -109,16 +168,31 @@ class _Facts:
     leftovers: list[str]
     rows: int
     null_balances: int
+    view: str | None = None  # versions: the version schema's view
+    view_type: str | None = None  # its column's type
 
 
 @dataclass
 class _Outcome:
     migration_status: str
-    migration_error: str | None
     phases: list[dict[str, Any]]
     facts: _Facts
-    traffic: TrafficStats
-    expected_rows: int
+    versions: list[_Version]
+    seeded: int
+
+    @property
+    def inserts(self) -> int:
+        return sum(v.stats.inserts for v in self.versions if v.stats is not None)
+
+    @property
+    def deletes(self) -> int:
+        return sum(v.stats.deletes for v in self.versions if v.stats is not None)
+
+    @property
+    def expected_rows(self) -> int:
+        # Every write is its own transaction and counted only once committed, so the row
+        # count follows exactly from the seed and the counted inserts and deletes.
+        return self.seeded + self.inserts - self.deletes
 
 
 @contextmanager
@@ -144,7 +218,9 @@ def _interrupt_held_back() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _check_arguments(rows: int, connections: int, rate: float) -> None:
+def _check_arguments(rows: int, connections: int, rate: float, mode: str) -> None:
+    if mode not in MODES:
+        raise UsageError(f"--mode must be one of {', '.join(MODES)}")
     if rows < 1:
         raise UsageError("--rows must be 1 or more")
     if not 1 <= connections <= MAX_CONNECTIONS:
@@ -176,22 +252,32 @@ def _recreate_database(server_dsn: str, echo: Echo) -> str:
     return _with_dbname(server_dsn, DEMO_DATABASE)
 
 
-def _bundled_plan() -> LoadedPlan:
-    resource = importlib.resources.files("pgshift.plans").joinpath(PLAN_FILE)
+def _bundled_plan(mode: Mode) -> LoadedPlan:
+    resource = importlib.resources.files("pgshift.plans").joinpath(PLAN_FILES[mode])
     # as_file: a real path even when the package is imported from a zip
     with importlib.resources.as_file(resource) as path:
         return load_plan(path)
 
 
-def _facts(conn: psycopg.Connection[Any]) -> _Facts:
+def _column(conn: psycopg.Connection[Any], regclass: str) -> tuple[str, bool] | None:
+    """The demo's column in a table or view: its type and NOT NULL; None when missing."""
+    return conn.execute(
+        """SELECT format_type(atttypid, atttypmod), attnotnull FROM pg_attribute
+           WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped""",
+        (regclass, COLUMN),
+    ).fetchone()
+
+
+def _facts(conn: psycopg.Connection[Any], view_schema: str | None) -> _Facts:
     schema, name = split_name(TABLE)
     table = sql.Identifier(schema or "public", name)
     regclass = table.as_string(conn)
-    column = conn.execute(
-        """SELECT format_type(atttypid, atttypmod), attnotnull FROM pg_attribute
-           WHERE attrelid = %s::regclass AND attname = %s AND NOT attisdropped""",
-        (regclass, COLUMN),
-    ).fetchone()
+    column = _column(conn, regclass)
+    view = view_type = None
+    if view_schema is not None:
+        found = _column(conn, sql.Identifier(view_schema, name).as_string(conn))
+        view = f"{view_schema}.{name}"
+        view_type = found[0] if found else None
     indexes = [
         f"{index}{'' if valid else ' (INVALID)'}"
         for index, valid in conn.execute(
@@ -229,20 +315,19 @@ def _facts(conn: psycopg.Connection[Any]) -> _Facts:
         leftovers=leftovers,
         rows=counts[0],
         null_balances=counts[1],
+        view=view,
+        view_type=view_type,
     )
 
 
-def _summary(outcome: _Outcome, rows: int, reporter: _DemoReporter, echo: Echo) -> list[str]:
-    """Print the summary; the reasons the run failed, if any."""
+def _summary(outcome: _Outcome, reporter: _DemoReporter, echo: Echo) -> list[str]:
+    """Print the summary; what is wrong with the table and the traffic, if anything."""
     problems: list[str] = []
-    if outcome.migration_status != "done":
-        problems.append(
-            f"migration {outcome.migration_status}: {outcome.migration_error or 'not finished'}"
-        )
     echo("")
     echo(f"migration   {outcome.migration_status}")
     for phase in outcome.phases:
-        line = f"  {phase['name']:<12} {phase['status']:<11} {_duration(phase['seconds']):>9}"
+        name, status = phase["name"], phase["status"]
+        line = f"  {name:<{reporter.width}} {status:<11} {_duration(phase['seconds']):>9}"
         if phase["kind"] == "backfill":
             rate = phase["rows_per_second"]
             line += f"   {phase['rows']:,} rows backfilled"
@@ -268,28 +353,47 @@ def _summary(outcome: _Outcome, rows: int, reporter: _DemoReporter, echo: Echo) 
     echo(f"  null {COLUMN:<7} {facts.null_balances:,} rows")
     if facts.null_balances:
         problems.append(f"{facts.null_balances:,} rows have a NULL {COLUMN}")
-    stats = outcome.traffic
-    # Every write is its own transaction and counted only once committed, so the row count
-    # follows exactly from the seed and the counted inserts and deletes.
+    if facts.view is not None:
+        view_type = facts.view_type or "missing"
+        echo(f"  view         {facts.view}: {COLUMN} {view_type} (the new version's; it stays)")
+        if outcome.migration_status == "done" and facts.view_type != TARGET_TYPE:
+            problems.append(
+                f"{facts.view}.{COLUMN} is {facts.view_type or 'missing'}, not {TARGET_TYPE}"
+            )
     match = "matches" if facts.rows == outcome.expected_rows else "DIFFERS FROM"
     echo(
-        f"  rows         {facts.rows:,} ({match} {rows:,} seeded + {stats.inserts:,} inserted"
-        f" - {stats.deletes:,} deleted)"
+        f"  rows         {facts.rows:,} ({match} {outcome.seeded:,} seeded"
+        f" + {outcome.inserts:,} inserted - {outcome.deletes:,} deleted)"
     )
     if facts.rows != outcome.expected_rows:
         problems.append(f"{facts.rows:,} rows in {TABLE}, expected {outcome.expected_rows:,}")
+    for version in outcome.versions:
+        problems += _version_summary(version, echo)
+    return problems
 
+
+def _version_summary(version: _Version, echo: Echo) -> list[str]:
+    """One application version's numbers; the reasons the run failed, if any."""
+    stats = version.stats
+    if stats is None:
+        return []  # never started
+    name = f"application {version.label}" if version.label else "application"
+    head = f"{name}, {version.about}:" if version.about else name
     echo("")
-    echo(f"application {stats.seconds:.1f} s of traffic, {stats.writes_per_second:,.0f} writes/s")
-    echo(
-        f"  writes done  {stats.writes:,} ({stats.inserts:,} inserts, {stats.updates:,} updates,"
-        f" {stats.deletes:,} deletes, {stats.key_updates:,} key updates)"
-    )
+    echo(f"{head} {stats.seconds:.1f} s of traffic, {stats.writes_per_second:,.0f} writes/s")
+    kinds = [
+        f"{stats.inserts:,} inserts",
+        f"{stats.updates:,} updates",
+        f"{stats.deletes:,} deletes",
+    ]
+    if stats.key_updates or version.traffic.weights[KINDS.index("key_update")]:
+        kinds.append(f"{stats.key_updates:,} key updates")
+    echo(f"  writes done  {stats.writes:,} ({', '.join(kinds)})")
+    if version.reads:
+        echo(f"  reads done   {stats.reads:,} (prepared, returning {COLUMN})")
     echo(f"  failed       {stats.failed}")
     for error in stats.errors:
         echo(f"    {error}")
-    if stats.failed:
-        problems.append(f"{stats.failed} application writes failed")
     echo(
         f"  latency      p99 {stats.p99_latency_ms:,.1f} ms, worst {stats.worst_latency_ms:,.1f} ms"
     )
@@ -298,7 +402,10 @@ def _summary(outcome: _Outcome, rows: int, reporter: _DemoReporter, echo: Echo) 
             f"  not counted  {stats.missed:,} found no row (deleted meanwhile),"
             f" {stats.interrupted} cancelled at stop"
         )
-    return problems
+    if not stats.failed:
+        return []
+    what = "writes and reads" if version.reads else "writes"
+    return [f"{stats.failed} {name} {what} failed"]
 
 
 def run_demo(
@@ -308,18 +415,21 @@ def run_demo(
     connections: int = 4,
     rate: float = 50.0,
     data_dir: Path | None = None,
+    mode: Mode = DEFAULT_MODE,
     echo: Echo = print,
 ) -> int:
-    """Run the demo; the exit status: 0 when the migration finished, no write failed and the
-    table is as it should be (column type, no NULLs, row count), 1 otherwise.
+    """Run the demo; the exit status: 0 when the migration finished, no write or read failed
+    and the table is as it should be (column type, no NULLs, row count), 3 when the gate before
+    contract stayed shut (versions mode: sessions of the old version still connected), 1
+    otherwise.
 
     Ctrl-C stops the traffic and the embedded server before returning 130.
     """
-    _check_arguments(rows, connections, rate)
+    _check_arguments(rows, connections, rate, mode)
     began = time.perf_counter()
     with ExitStack() as cleanup:
         try:
-            code = _run(cleanup, dsn, rows, connections, rate, data_dir, echo)
+            code = _run(cleanup, dsn, rows, connections, rate, data_dir, mode, echo)
         except KeyboardInterrupt:
             echo("interrupted: stopping the traffic and the server")
             return INTERRUPTED
@@ -330,6 +440,30 @@ def run_demo(
     return code
 
 
+@dataclass
+class _Migration:
+    """The executor as the demo drives it, with what the runs came to."""
+
+    executor: Executor
+    reporter: _DemoReporter
+    status: str = "done"
+    error: str | None = None
+    waiting: str | None = None  # why a gate stayed shut
+
+    def apply(self, until: str | None = None) -> bool:
+        """Apply (up to and with `until`); whether the migration may go on."""
+        try:
+            self.status = self.executor.apply(until).status
+        except GateWaiting as shut:
+            self.status, self.waiting = "waiting", str(shut)
+        except PgshiftError as failure:
+            # The executor has rolled back what it applied; the traffic's side still matters.
+            self.status, self.error = "failed", str(failure)
+        finally:
+            self.reporter.backfill_finished()
+        return self.error is None and self.waiting is None
+
+
 def _run(
     cleanup: ExitStack,
     dsn: str | None,
@@ -337,6 +471,7 @@ def _run(
     connections: int,
     rate: float,
     data_dir: Path | None,
+    mode: Mode,
     echo: Echo,
 ) -> int:
     if dsn is None:
@@ -357,54 +492,157 @@ def _run(
     seeded = _duration(time.perf_counter() - started)
     echo(f"table       {TABLE} with {rows:,} rows, seeded in {seeded}")
 
-    loaded = _bundled_plan()
-    pace = f"{rate:g} writes/s each" if rate else "as fast as they can"
-    plural = "s" if connections > 1 else ""
-    echo(
-        f"traffic     {connections} connection{plural}, {pace}:"
-        " inserts, updates, deletes, key updates"
-    )
-    traffic = Traffic(demo_dsn, table=TABLE, connections=connections, rate=rate, mix=TRAFFIC_MIX)
-    traffic.start()
-    cleanup.callback(traffic.stop)  # stops before the server: callbacks run last in, first out
+    loaded = _bundled_plan(mode)
+    plan = loaded.plan
+    width = max(12, *(len(phase.name) for phase in plan.phases))
+    reporter = _DemoReporter(echo=echo, width=width)
+    store = StateStore(STATE_SCHEMA, actor="pgshift demo")
+    migration = _Migration(Executor(demo_dsn, loaded, store, reporter), reporter)
+    pool = f"{connections} connection{'s' if connections > 1 else ''}"
+    unit = "statements" if mode == "versions" else "writes"  # reads count against the rate
+    pace = f"{rate:g} {unit}/s each" if rate else "as fast as they can"
+    kinds = "inserts, updates, deletes, key updates"
+    if mode == "versions":
+        first = _Version(
+            "v1",
+            f"the old version ({TABLE}: {COLUMN} integer)",
+            Traffic(
+                demo_dsn,
+                table=TABLE,
+                connections=connections,
+                rate=rate,
+                mix=OLD_VERSION_MIX,
+                name="demo app v1",
+            ),
+            reads=True,
+        )
+        echo(f"traffic     v1, the old version: {pool}, {pace}: {kinds}, prepared reads")
+    else:
+        first = _Version(
+            "",
+            "",
+            Traffic(demo_dsn, table=TABLE, connections=connections, rate=rate, mix=TRAFFIC_MIX),
+            reads=False,
+        )
+        echo(f"traffic     {pool}, {pace}: {kinds}")
+    reporter.versions.append(first)
+    first.start()
+    # stops before the server: callbacks run last in, first out
+    cleanup.callback(first.traffic.stop)
 
     echo("")
-    about = f": {loaded.plan.description}" if loaded.plan.description else ""
-    echo(f"migrating   {loaded.plan.name}{about}")
-    reporter = _DemoReporter(echo=echo, traffic=traffic)
-    store = StateStore(STATE_SCHEMA, actor="pgshift demo")
-    status, error = "done", None
-    try:
-        result = Executor(demo_dsn, loaded, store, reporter).apply()
-        status = result.status
-    except PgshiftError as failure:
-        # The executor has rolled back what it applied; the traffic's side still matters.
-        status, error = "failed", str(failure)
-    finally:
-        reporter.backfill_finished()
+    about = f": {plan.description}" if plan.description else ""
+    echo(f"migrating   {plan.name}{about}")
+    if mode == "rename":
+        migration.apply()
+    elif migration.apply(until=BEFORE_NEW_VERSION):
+        second = _Version(
+            "v2",
+            f"the new version (search_path {plan.view_schema}, public: {COLUMN} bigint)",
+            Traffic(
+                demo_dsn,
+                table=TABLE,
+                connections=connections,
+                rate=rate,
+                mix=NEW_VERSION_MIX,
+                search_path=f"{plan.view_schema}, public",
+                name="demo app v2",
+            ),
+            reads=True,
+        )
+        _roll_out(cleanup, migration, store, first, second, pool, echo)
     time.sleep(AFTER_MIGRATION)
-    stats = traffic.stop()
+    for version in reporter.versions:
+        if version.running:
+            version.stop()
+    return _verdict(demo_dsn, store, plan, migration, rows, echo)
 
-    with connect(demo_dsn, role="demo summary") as conn:
-        state = store.get(conn, loaded.plan.name)
+
+def _roll_out(
+    cleanup: ExitStack,
+    migration: _Migration,
+    store: StateStore,
+    old: _Version,
+    new: _Version,
+    pool: str,
+    echo: Echo,
+) -> None:
+    """versions, once the new shape is filled and verified: the new version is deployed beside
+    the old one, the old one is deployed away, then the rest of the plan (the gate, contract)."""
+    plan = migration.executor.plan
+    migration.reporter.versions.append(new)
+    new.start()
+    cleanup.callback(new.traffic.stop)
+    view = f"{plan.view_schema}.{split_name(TABLE)[1]}"
+    echo(
+        f"deploy      v2, the new version, starts beside v1: {pool} with search_path"
+        f" {plan.view_schema}, public, where {view} shows {COLUMN} as {TARGET_TYPE}"
+    )
+    time.sleep(BOTH_VERSIONS)
+    old.stop()
+    left = _old_sessions_gone(migration.executor.dsn, store, plan.name)
+    echo(f"deploy      v1, the old version, is gone: traffic stopped, connections closed ({left})")
+    migration.apply()
+
+
+def _verdict(
+    dsn: str, store: StateStore, plan: Plan, migration: _Migration, rows: int, echo: Echo
+) -> int:
+    """Print the summary; the exit status."""
+    with connect(dsn, role="demo summary") as conn:
+        state = store.get(conn, plan.name)
         phases = [phase_report(p) for p in state.phases] if state else []
+        error = migration.error or migration.waiting
         if state is not None and state.status != "done" and error is None:
             error = state.last_error
-        if state is not None:
-            status = state.status
-        facts = _facts(conn)
+        status = state.status if state is not None else migration.status
+        facts = _facts(conn, plan.view_schema if plan.versions else None)
     outcome = _Outcome(
         migration_status=status,
-        migration_error=error,
         phases=phases,
         facts=facts,
-        traffic=stats,
-        expected_rows=rows + stats.inserts - stats.deletes,
+        versions=migration.reporter.versions,
+        seeded=rows,
     )
-    problems = _summary(outcome, rows, reporter, echo)
+    problems = _summary(outcome, migration.reporter, echo)
     echo("")
+    if migration.waiting is not None:
+        echo(
+            "WAITING: the migration stopped at a gate (`migrate apply` exits"
+            f" {int(ExitCode.WAITING)} there): {migration.waiting}"
+        )
+        if problems:
+            echo(f"FAILED too: {'; '.join(problems)}")
+        return int(ExitCode.WAITING)
+    if status != "done":
+        problems.insert(0, f"migration {status}: {error or 'not finished'}")
     if problems:
         echo(f"FAILED: {'; '.join(problems)}")
         return int(ExitCode.FAILED)
-    echo(f"OK: {TABLE}.{COLUMN} is {TARGET_TYPE}, and the application saw no failed write")
+    if plan.versions:
+        echo(
+            f"OK: {TABLE}.{COLUMN} is {TARGET_TYPE}, and neither application version saw a"
+            " failed write or read"
+        )
+    else:
+        echo(f"OK: {TABLE}.{COLUMN} is {TARGET_TYPE}, and the application saw no failed write")
     return int(ExitCode.DONE)
+
+
+def _old_sessions_gone(dsn: str, store: StateStore, name: str) -> str:
+    """Wait (a little) until no session older than the new version is connected: a closed
+    connection's server process ends a moment after the client has gone. What is left, as
+    words."""
+    with connect(dsn, role="demo deploy") as conn:
+        state = store.get(conn, name)
+        since = new_version_ready(state) if state else None
+        if since is None:
+            return "backfill has not finished"
+        deadline = time.monotonic() + OLD_SESSIONS_GRACE
+        while True:
+            left = old_sessions(conn, since)
+            if not left:
+                return "no session older than the new version left"
+            if time.monotonic() >= deadline:
+                return f"still connected after {OLD_SESSIONS_GRACE:g} s: {old_sessions_text(left)}"
+            time.sleep(0.05)

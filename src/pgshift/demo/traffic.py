@@ -1,4 +1,5 @@
-"""Simulated application traffic: single-row writes on several connections at a steady rate.
+"""Simulated application traffic: single-row writes (and reads) on several connections at a
+steady rate.
 
 `migrate demo` and the concurrency tests run it while a migration changes the table underneath,
 to show what the application sees: how many writes it did, how many failed (the point: none),
@@ -9,12 +10,20 @@ the table's row count follows exactly from the counted inserts and deletes. Writ
 the key and the columns the caller calls stable, because columns may be renamed at cutover.
 No write returns rows: a prepared statement whose result type changes (an int key becoming
 bigint) fails with "cached plan must not change result type", a failure of the traffic itself
-that would be blamed on the migration. The one read (the key range) is never prepared.
+that would be blamed on the migration. Reads (the kind `read`, off unless the mix weighs it)
+do return the key and `Columns.read`, through statements prepared on the server, as an
+application's driver would: under a rename cutover of one of those columns they fail that way,
+which is what application mode `versions` avoids. The key range read is never prepared.
+
+`search_path` makes the traffic one application version: its connections set it, and its
+statements name the table without its schema, so the path decides which relation they reach
+(the version schema's view of the new shape, in versions mode).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import threading
@@ -33,14 +42,20 @@ from pgshift.db import split_name
 from pgshift.demo.seed import DOMAINS, FIRST_NAMES, LAST_NAMES, STATUSES
 from pgshift.errors import PgshiftError
 
-Kind = Literal["insert", "update", "delete", "key_update"]
-KINDS: tuple[Kind, ...] = ("insert", "update", "delete", "key_update")
+Kind = Literal["insert", "update", "delete", "key_update", "read"]
+KINDS: tuple[Kind, ...] = ("insert", "update", "delete", "key_update", "read")
 
 Value = str | Callable[[random.Random], object]
 """How a write fills a column: a str is an SQL expression written by the caller (`now()`),
 sent as SQL; a callable makes a parameter value from the worker's random generator."""
 
-DEFAULT_MIX: Mapping[str, float] = {"insert": 3, "update": 5, "delete": 2, "key_update": 0}
+DEFAULT_MIX: Mapping[str, float] = {
+    "insert": 3,
+    "update": 5,
+    "delete": 2,
+    "key_update": 0,
+    "read": 0,
+}
 MAX_ERRORS = 10
 MAX_CONNECTIONS = 100
 KEY_RANGE_REFRESH = 1.0  # seconds; keeps new keys (inserts, key updates) reachable
@@ -66,10 +81,12 @@ def random_balance(rng: random.Random) -> int:
 
 @dataclass(frozen=True)
 class Columns:
-    """The columns writes fill, beside the key. Name only columns that survive the migration."""
+    """The columns writes fill, beside the key, and those reads return after the key. Name
+    only columns that survive the migration."""
 
     insert: Mapping[str, Value]
     update: Mapping[str, Value]
+    read: tuple[str, ...] = ()
 
 
 DEMO_COLUMNS = Columns(
@@ -81,6 +98,8 @@ DEMO_COLUMNS = Columns(
         "status": random_status,
         "updated_at": "now()",
     },
+    # balance among them: what a migration of balance changes under a prepared statement
+    read=("balance", "email", "status"),
 )
 
 
@@ -95,8 +114,9 @@ class TrafficStats:
     worst_latency_ms: float
     p99_latency_ms: float
     seconds: float
-    missed: int = 0  # updates and deletes that found no row (deleted meanwhile): not failures
-    interrupted: int = 0  # writes still waiting when stop() cancelled them: not failures
+    missed: int = 0  # updates, deletes and reads that found no row (deleted meanwhile)
+    interrupted: int = 0  # statements still waiting when stop() cancelled them: not failures
+    reads: int = 0  # reads that succeeded and returned a row (not among `writes`)
 
     @property
     def writes(self) -> int:
@@ -149,6 +169,7 @@ class _Statements:
     delete: sql.Composed
     key_update: sql.Composed
     key_range: sql.Composed
+    read: sql.Composed
     key_from_default: bool  # the key has a default (sequence, identity): let it give keys
 
 
@@ -205,6 +226,12 @@ def _statements(
         key_range=sql.SQL("SELECT min({k})::bigint, max({k})::bigint FROM {t}").format(
             k=k, t=table
         ),
+        read=sql.SQL("SELECT {} FROM {} WHERE {} = {}").format(
+            sql.SQL(", ").join(sql.Identifier(name) for name in (key, *columns.read)),
+            table,
+            k,
+            pick,
+        ),
         key_from_default=from_default,
     )
 
@@ -216,10 +243,23 @@ def _one_line(error: BaseException) -> str:
     return f"{state} {first}"[:200] if state else first[:200]
 
 
-def _connect(dsn: str, number: int) -> psycopg.Connection[Any]:
+def _options(search_path: str | None) -> str:
+    """libpq's `options` setting search_path; spaces escaped as libpq wants."""
+    if search_path is None:
+        return ""
+    return "-c search_path=" + search_path.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+def _connect(
+    dsn: str, number: int, name: str = "demo app", search_path: str | None = None
+) -> psycopg.Connection[Any]:
     # Not db.connect: this is the application, and must not look like one of pgshift's sessions.
     return psycopg.connect(
-        dsn, autocommit=True, application_name=f"demo app writer {number}", connect_timeout=10
+        dsn,
+        autocommit=True,
+        application_name=f"{name} writer {number}",
+        options=_options(search_path),
+        connect_timeout=10,
     )
 
 
@@ -227,7 +267,7 @@ class _Worker(threading.Thread):
     def __init__(
         self,
         number: int,
-        dsn: str,
+        connect: Callable[[], psycopg.Connection[Any]],
         conn: psycopg.Connection[Any],
         statements: _Statements,
         weights: list[float],
@@ -238,7 +278,7 @@ class _Worker(threading.Thread):
     ) -> None:
         super().__init__(name=f"pgshift-traffic-{number}", daemon=True)
         self.number = number
-        self.dsn = dsn
+        self.connect = connect  # a new connection like the first, for a broken one
         self.conn: psycopg.Connection[Any] | None = conn
         self.s = statements
         self.weights = weights
@@ -298,13 +338,14 @@ class _Worker(threading.Thread):
             self.conn.close()
             self.conn = None
         try:
-            self.conn = _connect(self.dsn, self.number)
+            self.conn = self.connect()
         except psycopg.Error as error:
             self._fail("connect", error)
         return self.conn
 
     def _write(self, conn: psycopg.Connection[Any], kind: Kind) -> int | None:
-        """Rows the write changed; None when the table is empty and there is nothing to change."""
+        """Rows the write changed (or the read returned); None when the table is empty and
+        there is nothing to change."""
         rng = self.rng
         params: list[object] = []
         if kind == "insert":
@@ -319,6 +360,11 @@ class _Worker(threading.Thread):
             self.range_read_at = time.monotonic()
         if self.low is None or self.high is None:
             return None
+        if kind == "read":
+            # prepare=True: prepared on the server from the first run, as drivers do by
+            # default after a few (its result types are then fixed for the connection)
+            cursor = conn.execute(self.s.read, [rng.randint(self.low, self.high)], prepare=True)
+            return 0 if cursor.fetchone() is None else 1
         if kind == "update":
             query = self.s.update
             params.extend(make(rng) for make in self.s.update_values)
@@ -332,7 +378,7 @@ class _Worker(threading.Thread):
         return conn.execute(query, params).rowcount
 
     def _step(self) -> bool:
-        """One write; False when it failed."""
+        """One write or read; False when it failed."""
         conn = self._connection()
         if conn is None:
             return False
@@ -365,11 +411,19 @@ class _Worker(threading.Thread):
 
 
 class Traffic:
-    """Writers on `connections` connections, each doing `rate` writes a second (0: flat out).
+    """Writers on `connections` connections, each doing `rate` writes (or reads) a second (0:
+    flat out).
 
     `mix` weighs the kinds of write: insert, update, delete, key_update (the key set to a fresh
-    value from its default, or from a counter above the largest key when it has none). The key
-    must be an integer column. `columns` says which columns inserts and updates fill.
+    value from its default, or from a counter above the largest key when it has none), and
+    read (one row by key, returning the key and `columns.read`, prepared; counted apart from
+    the writes). The key must be an integer column. `columns` says which columns inserts and
+    updates fill and reads return.
+
+    `search_path` (e.g. "app_v2, public") makes the traffic an application version: every
+    connection sets it and the statements name the table without its schema. `table` must then
+    name its schema: the key's default and the largest key are read from the table itself.
+    `name` begins each connection's application_name (`<name> writer <n>`).
     """
 
     def __init__(
@@ -383,6 +437,8 @@ class Traffic:
         mix: Mapping[str, float] | None = None,
         seed: int | None = None,
         columns: Columns = DEMO_COLUMNS,
+        search_path: str | None = None,
+        name: str = "demo app",
     ) -> None:
         if not 1 <= connections <= MAX_CONNECTIONS:
             raise ValueError(f"connections must be between 1 and {MAX_CONNECTIONS}")
@@ -397,9 +453,15 @@ class Traffic:
             raise ValueError("mix weights must be 0 or more, and at least one more than 0")
         if weights[KINDS.index("update")] > 0 and not columns.update:
             raise ValueError("the mix asks for updates but columns.update names no column")
+        schema, table_name = split_name(table)
+        if search_path is not None and schema is None:
+            raise ValueError("with search_path, name the table with its schema (public.accounts)")
         self.dsn = dsn
-        schema, name = split_name(table)
-        self.table = sql.Identifier(schema, name) if schema else sql.Identifier(name)
+        self.table = sql.Identifier(schema, table_name) if schema else sql.Identifier(table_name)
+        # what the statements name: with a search_path, the path decides
+        self.named = sql.Identifier(table_name) if search_path is not None else self.table
+        self.search_path = search_path
+        self.name = name
         self.key = key
         self.connections = connections
         self.rate = rate
@@ -444,13 +506,13 @@ class Traffic:
         conns: list[psycopg.Connection[Any]] = []
         try:
             for number in range(self.connections):
-                conns.append(_connect(self.dsn, number))
+                conns.append(self._connect(number))
             has_default, high = self._inspect(conns[0])
         except BaseException:
             for conn in conns:
                 conn.close()
             raise
-        statements = _statements(self.table, self.key, self.columns, has_default)
+        statements = _statements(self.named, self.key, self.columns, has_default)
         keys = None if has_default else count((high or 0) + 1)
         self._stop.clear()
         self._started_at = time.perf_counter()
@@ -459,7 +521,7 @@ class Traffic:
             self._workers.append(
                 _Worker(
                     number,
-                    self.dsn,
+                    functools.partial(self._connect, number),
                     conn,
                     statements,
                     self.weights,
@@ -471,6 +533,9 @@ class Traffic:
             )
         for worker in self._workers:
             worker.start()
+
+    def _connect(self, number: int) -> psycopg.Connection[Any]:
+        return _connect(self.dsn, number, self.name, self.search_path)
 
     def snapshot(self) -> TrafficStats:
         """The numbers so far, while the traffic runs (for a progress display)."""
@@ -499,6 +564,7 @@ class Traffic:
             updates=done["update"],
             deletes=done["delete"],
             key_updates=done["key_update"],
+            reads=done["read"],
             failed=failed,
             errors=errors_seen[:MAX_ERRORS],
             worst_latency_ms=latencies.worst * 1000,

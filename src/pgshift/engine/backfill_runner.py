@@ -8,6 +8,7 @@ one's rows per second, never more than doubling or halving at once, so a sudden 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -81,7 +82,10 @@ def run_backfill(
     policy: BatchPolicy,
     throttle: Throttle,
     reporter: Reporter,
+    check: Callable[[psycopg.Connection[Any]], None] | None = None,
 ) -> BackfillOutcome:
+    """`check` runs before every batch (the rows the triggers could not map: one indexed
+    query) and stops the backfill by raising."""
     last: list[str] | None = checkpoint.get("last") if isinstance(checkpoint, dict) else None
     size = policy.size or int(
         checkpoint.get("size", AUTO_START) if isinstance(checkpoint, dict) else AUTO_START
@@ -94,6 +98,8 @@ def run_backfill(
     try:
         while True:
             throttle.wait()
+            if check is not None:
+                check(conn)
             t0 = time.monotonic()
 
             def one_batch(

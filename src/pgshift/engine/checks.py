@@ -11,8 +11,9 @@ import psycopg
 
 from pgshift.compile import CompiledPlan
 from pgshift.engine.progress import Reporter
+from pgshift.engine.sessions import new_version_ready, old_sessions, old_sessions_text
 from pgshift.engine.shadow_read_runner import run_shadow_read
-from pgshift.engine.state import StateStore
+from pgshift.engine.state import MigrationState, StateStore
 from pgshift.engine.throttle import Throttle
 from pgshift.engine.verify_runner import run_verify
 from pgshift.errors import DifferencesFound, GateWaiting
@@ -67,6 +68,8 @@ class Checks:
                     f"its soak time: {format_duration(step.wait)} after the previous phase,"
                     f" {format_duration(timedelta(seconds=round(left.total_seconds())))} from now"
                 )
+        if step.require_no_old_sessions:
+            closed += self._old_sessions(conn, state)
         if step.require_verify and not closed:
             # only once nothing else keeps the gate shut: a verify reads the whole table
             closed += self._verify_for_gate(conn, compiled)
@@ -84,6 +87,20 @@ class Checks:
         if any(c.startswith("a clean verify") for c in closed):
             raise DifferencesFound(reason)  # exit 4: differences, not merely time or approval
         raise GateWaiting(reason)
+
+    def _old_sessions(self, conn: psycopg.Connection[Any], state: MigrationState) -> list[str]:
+        """What keeps a require_no_old_sessions gate shut: sessions older than the new version
+        (backfill's end), which may still run the old one."""
+        since = new_version_ready(state)
+        if since is None:
+            return []
+        sessions = old_sessions(conn, since)
+        if not sessions:
+            return []
+        return [
+            f"the old version's sessions to go ({old_sessions_text(sessions)}; stop the old"
+            " version or reconnect its pools, then apply again)"
+        ]
 
     def verify_phase(
         self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase, step: VerifyStep

@@ -19,16 +19,20 @@ from pgshift.compile import CompiledPlan, compile_plan
 from pgshift.db import connect
 from pgshift.engine.backfill_runner import BatchPolicy, run_backfill
 from pgshift.engine.checks import Checks
+from pgshift.engine.data_check import run_data_check
 from pgshift.engine.failpoints import failpoint
 from pgshift.engine.locks import below_deadlock_timeout, migration_lock, table_lock
 from pgshift.engine.progress import Reporter
-from pgshift.engine.state import MigrationState, StateStore
+from pgshift.engine.row_errors import RowErrorsFound, refresh, refuse_losing, remap, swapped
+from pgshift.engine.row_errors import check as check_row_errors
+from pgshift.engine.state import DIRECTIONS, MigrationState, StateStore
 from pgshift.engine.steps import run_sql_step
 from pgshift.engine.throttle import Throttle
 from pgshift.engine.verify_runner import run_verify
 from pgshift.errors import DifferencesFound, GateWaiting, MigrationFailed, PgshiftError, UsageError
 from pgshift.phases.base import (
     BackfillStep,
+    DataCheckStep,
     GateStep,
     Phase,
     ShadowReadStep,
@@ -48,6 +52,7 @@ from pgshift.plan.check import (
     resolve_key,
 )
 from pgshift.plan.load import LoadedPlan
+from pgshift.report.clients import client_impact
 from pgshift.verify.rowhash import VerifyResult
 
 log = structlog.get_logger("pgshift.executor")
@@ -159,6 +164,8 @@ class Executor:
                 self.store.approve(conn, self.name, gate, self.store.actor)
             if state.status == "done":
                 return RunResult(self.name, "done", f"migration {self.name} is already done")
+            # rows the triggers could not map: another pass, now (fixed since, or by --force)
+            remap(conn, self.store, compiled, self.settings)
             self.store.set_status(conn, self.name, "running")
             self.store.event(conn, self.name, "apply started", detail={"until": until})
             run: list[str] = []
@@ -179,6 +186,7 @@ class Executor:
                         phase.name,
                         run,
                     )
+            self.store.clear_row_errors(conn, self.name)  # the old shape they concern is gone
             self.store.set_status(conn, self.name, "done")
             self.store.event(conn, self.name, "done")
             return RunResult(self.name, "done", f"migration {self.name} done", None, run)
@@ -220,6 +228,12 @@ class Executor:
                     "new_table": table_to_snapshot(compiled.new_table)
                     if compiled.new_table is not None
                     else None,
+                    # for `status`, which reads no plan
+                    "application": {
+                        "mode": self.plan.application.mode,
+                        "schema": compiled.context.view_schema,
+                        "clients": [c.data() for c in client_impact(compiled)],
+                    },
                 },
                 compiled.table.row_estimate if compiled.table.row_estimate >= 0 else None,
             )
@@ -240,6 +254,8 @@ class Executor:
             self.store.event(
                 conn, self.name, "plan changed (--force)", detail={"plan_hash": self.loaded.sha256}
             )
+            # the trigger in force takes the changed expressions too
+            refresh(conn, compiled)
         fresh = self.store.get(conn, self.name)
         assert fresh is not None
         return fresh
@@ -252,6 +268,8 @@ class Executor:
         state: MigrationState,
     ) -> None:
         phase_state = state.phase(phase.index)
+        if not phase.reversible and phase_state.steps_done == 0:
+            self._before_no_return(conn, compiled, phase)
         self.store.set_phase(conn, self.name, phase.index, "running")
         self.store.event(conn, self.name, "phase started", phase=phase.name)
         self.reporter.event("phase started", migration=self.name, phase=phase.name)
@@ -260,6 +278,7 @@ class Executor:
             for number in range(phase_state.steps_done, len(phase.forward)):
                 step = phase.forward[number]
                 label = f"{phase.name}:{number}"
+                self._rows_check(compiled, phase, number)(conn)
                 failpoint(f"{label}:before")
                 self.reporter.event("step", phase=phase.name, step=step.description)
                 if isinstance(step, BackfillStep):
@@ -281,6 +300,7 @@ class Executor:
                         policy=BatchPolicy.of(self.settings, phase.options),
                         throttle=Throttle(conn, self.store, self.name, self.settings),
                         reporter=self.reporter,
+                        check=self._rows_check(compiled, phase, number),
                     )
                     self.reporter.event(
                         "backfill finished",
@@ -289,6 +309,17 @@ class Executor:
                         batches=outcome.batches,
                         seconds=round(outcome.seconds, 2),
                         slowest_batch_ms=round(outcome.slowest_batch_seconds * 1000),
+                    )
+                elif isinstance(step, DataCheckStep):
+                    run_data_check(
+                        conn,
+                        compiled,
+                        phase,
+                        number,
+                        step,
+                        store=self.store,
+                        settings=self.settings,
+                        reporter=self.reporter,
                     )
                 elif isinstance(step, VerifyStep):
                     self.checks.verify_phase(conn, compiled, phase, step)
@@ -303,11 +334,15 @@ class Executor:
                     with conn.transaction():
                         self.store.step_done(conn, self.name, phase.index, number + 1)
                 else:
+                    # checked again inside the step's transaction: a swap never commits over a
+                    # row written meanwhile that the trigger could not map
                     skipped = run_sql_step(
                         conn,
                         step,
                         self.settings,
-                        self._recorder(phase.index, number + 1),
+                        self._recorder(
+                            phase.index, number + 1, self._rows_check(compiled, phase, number)
+                        ),
                         label,
                     )
                     if skipped:
@@ -332,6 +367,22 @@ class Executor:
         self.store.event(conn, self.name, "phase done", phase=phase.name)
         self.reporter.event("phase done", migration=self.name, phase=phase.name)
 
+    def _before_no_return(
+        self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase
+    ) -> None:
+        """Recorded rows stop a phase past which nothing rolls back before it is even marked
+        started, so the migration can still be rolled back (or the rows fixed)."""
+        try:
+            check_row_errors(
+                conn, self.store, self.name, compiled.plan.target, compiled.plan.versions
+            )
+        except RowErrorsFound as error:
+            message = f"{phase.name} (the point of no return) not started: {error}"
+            self.store.set_status(conn, self.name, "failed", message)
+            self.store.event(conn, self.name, "phase not started", phase=phase.name)
+            log.error("phase not started", migration=self.name, phase=phase.name, error=message)
+            raise MigrationFailed(message) from error
+
     def _undo(self, conn: psycopg.Connection[Any], phase: Phase, step: SqlStep) -> None:
         """Take back what a failed step's phase left in force, and start the phase over."""
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -350,13 +401,38 @@ class Executor:
                 "could not take back a failed step", step=step.description, error=one_line(error)
             )
 
-    def _recorder(self, idx: int, steps_done: int) -> Callable[[psycopg.Connection[Any]], None]:
-        """Records a step as done; runs inside the step's own transaction when it has one."""
+    def _recorder(
+        self,
+        idx: int,
+        steps_done: int,
+        check: Callable[[psycopg.Connection[Any]], None] | None = None,
+    ) -> Callable[[psycopg.Connection[Any]], None]:
+        """Records a step as done (after `check`); runs inside the step's own transaction when
+        it has one."""
 
         def record(conn: psycopg.Connection[Any]) -> None:
+            if check is not None:
+                check(conn)
             self.store.step_done(conn, self.name, idx, steps_done)
 
         return record
+
+    def _rows_check(
+        self, compiled: CompiledPlan, phase: Phase, number: int
+    ) -> Callable[[psycopg.Connection[Any]], None]:
+        """Rows the triggers recorded as not mapped fail the phase (on_failure applies), up to
+        contract (checked before it starts, `_before_no_return`): the old shape they concern
+        goes with it."""
+        contract = next((p.index for p in compiled.phases if p.kind == "contract"), None)
+        moot = contract is not None and phase.index >= contract
+
+        def check(conn: psycopg.Connection[Any]) -> None:
+            if not moot:
+                check_row_errors(
+                    conn, self.store, self.name, compiled.plan.target, compiled.plan.versions
+                )
+
+        return check
 
     def _fail(
         self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase, error: Exception
@@ -453,7 +529,9 @@ class Executor:
                 )
             target = -1 if to is None else compiled.phase(to).index
             self.store.event(conn, self.name, "rollback started", detail={"to": to})
-            undone = self._rollback_phases(conn, compiled, state, target)
+            # rows written since cutover that did not map back: another pass, now
+            remap(conn, self.store, compiled, self.settings, ("down",))
+            undone = self._rollback_phases(conn, compiled, state, target, lose_rows=self.force)
             status = "rolled_back" if target == -1 else "paused"
             self.store.set_status(conn, self.name, status)
             self.store.event(conn, self.name, "rollback done", detail={"to": to})
@@ -466,7 +544,10 @@ class Executor:
         compiled: CompiledPlan,
         state: MigrationState,
         target: int,
+        lose_rows: bool = False,
     ) -> list[str]:
+        """Roll back the phases after `target`. Rolling back cutover while rows written since
+        could not be mapped back is refused (inside the swap back too) unless `lose_rows`."""
         todo = [
             p
             for p in reversed(compiled.phases)
@@ -480,6 +561,24 @@ class Executor:
                     f" cannot be rolled back; run `migrate apply` to finish it, and write a new"
                     " migration to change the table back"
                 )
+
+        def refuse(c: psycopg.Connection[Any]) -> None:
+            refusal = refuse_losing(
+                c, self.store, self.name, compiled.plan.target, compiled.plan.versions
+            )
+            if refusal is not None:
+                raise MigrationFailed(refusal)
+
+        # only while the swap is in force (a crash may have left records of one undone); in
+        # versions mode, the new version's writes are lost with its shape at dual_write's undo
+        undoing = "dual_write" if compiled.plan.versions else "cutover"
+        guard = (
+            not lose_rows
+            and any(p.kind == undoing for p in todo)
+            and (compiled.plan.versions or swapped(conn, compiled))
+        )
+        if guard:
+            refuse(conn)
         for phase in todo:
             ps = state.phase(phase.index)
             first = phase.forward[0] if phase.forward else None
@@ -490,13 +589,23 @@ class Executor:
                 continue
             self.reporter.event("rolling back", migration=self.name, phase=phase.name)
             for number, step in enumerate(phase.rollback):
+                # the swap back (its first step) commits only if no such row came meanwhile
+                last_word = guard and phase.kind == undoing and number == 0
                 run_sql_step(
                     conn,
                     step,
                     self.settings,
-                    lambda c: None,
+                    refuse if last_word else lambda c: None,
                     f"{phase.name}:rollback:{number}",
                 )
             self.store.set_phase(conn, self.name, phase.index, "rolled_back", reset=True)
             self.store.event(conn, self.name, "phase rolled back", phase=phase.name)
+            if phase.kind in ("cutover", "dual_write"):
+                # the trigger that recorded them is gone: what they describe no longer exists
+                gone = DIRECTIONS if phase.kind == "dual_write" else ("down",)
+                lost = self.store.clear_row_errors(conn, self.name, gone)
+                if lost and phase.kind == "cutover":
+                    self.store.event(
+                        conn, self.name, "rolled back without unmapped rows", detail={"rows": lost}
+                    )
         return [p.name for p in todo]

@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 from pgshift.errors import PgshiftError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry upgrades the state schema from the previous version; never edit a released one.
 _UPGRADES: dict[int, str] = {
@@ -61,6 +61,36 @@ _UPGRADES: dict[int, str] = {
     );
     CREATE INDEX IF NOT EXISTS events_migration_idx ON {s}.events (migration, id);
     """,
+    # Rows a dual-write trigger could not map, one entry per row (the latest error): the
+    # application's statement went on, the migration fails at its next step. The triggers run
+    # as the application's roles, so they record through a SECURITY DEFINER function with a
+    # pinned search_path; PUBLIC may execute it (and look the schema up to find it), nothing else.
+    2: """
+    CREATE TABLE IF NOT EXISTS {s}.row_errors (
+        migration text NOT NULL,
+        direction text NOT NULL CHECK (direction IN ('up', 'down')),
+        key text NOT NULL,
+        key_values text[] NOT NULL,
+        sqlstate text NOT NULL,
+        message text NOT NULL,
+        at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (migration, direction, key)
+    );
+    CREATE INDEX IF NOT EXISTS row_errors_first_idx ON {s}.row_errors (migration, at);
+    CREATE OR REPLACE FUNCTION {s}.record_row_error(
+        migration text, direction text, key_columns text, key_values text[],
+        sqlstate text, message text
+    ) RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+        INSERT INTO {s}.row_errors (migration, direction, key, key_values, sqlstate, message)
+        VALUES ($1, $2, $3 || '=(' || array_to_string($4, ', ') || ')', $4, $5, $6)
+        ON CONFLICT (migration, direction, key) DO UPDATE
+        SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, at = clock_timestamp()
+    $f$;
+    REVOKE ALL ON FUNCTION {s}.record_row_error(text, text, text, text[], text, text) FROM PUBLIC;
+    GRANT EXECUTE ON FUNCTION {s}.record_row_error(text, text, text, text[], text, text)
+        TO PUBLIC;
+    GRANT USAGE ON SCHEMA {s} TO PUBLIC;
+    """,
 }
 
 
@@ -93,6 +123,7 @@ class MigrationState:
     created_at: datetime
     updated_at: datetime
     phases: list[PhaseState]
+    row_errors: int = 0  # rows a dual-write trigger could not map (see StateStore.row_errors)
 
     def phase(self, idx: int) -> PhaseState:
         return self.phases[idx]
@@ -101,6 +132,25 @@ class MigrationState:
     def started(self) -> bool:
         """Whether anything of it is applied (so the table no longer looks as before)."""
         return any(p.status in ("running", "done", "failed") for p in self.phases)
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A row the application wrote that a dual-write trigger could not map (the latest error
+    for that row): `up` towards the new shape, `down` back towards the old one."""
+
+    direction: str
+    key: str  # (id)=(42)
+    key_values: list[str]
+    sqlstate: str
+    message: str
+    at: datetime
+
+    def describe(self) -> str:
+        return f"{self.key}: {self.message} ({self.sqlstate})"
+
+
+DIRECTIONS = ("up", "down")
 
 
 class StateStore:
@@ -159,7 +209,77 @@ class StateStore:
                 ),
                 (name,),
             ).fetchall()
-        return MigrationState(phases=[PhaseState(**p) for p in phases], **row)
+        errors = self.row_error_count(conn, name) if self._has_row_errors(conn) else 0
+        return MigrationState(phases=[PhaseState(**p) for p in phases], row_errors=errors, **row)
+
+    def _has_row_errors(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether the schema has the row_errors table (version 2): `status` reads a schema
+        an older pgshift made without upgrading it."""
+        row = conn.execute(
+            "SELECT to_regclass(format('%%I.row_errors', %s::text)) IS NOT NULL", (self.schema,)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def row_errors(
+        self,
+        conn: psycopg.Connection[Any],
+        name: str,
+        limit: int = 1,
+        directions: tuple[str, ...] = DIRECTIONS,
+    ) -> list[RowError]:
+        """The first `limit` rows the triggers could not map, oldest first."""
+        with conn.cursor(row_factory=dict_row) as cur:
+            found = cur.execute(
+                self._q(
+                    "SELECT direction, key, key_values, sqlstate, message, at FROM {s}.row_errors"
+                    " WHERE migration = %s AND direction = ANY(%s) ORDER BY at, key LIMIT %s"
+                ),
+                (name, list(directions), limit),
+            ).fetchall()
+        return [RowError(**r) for r in found]
+
+    def row_error_count(
+        self, conn: psycopg.Connection[Any], name: str, directions: tuple[str, ...] = DIRECTIONS
+    ) -> int:
+        row = conn.execute(
+            self._q(
+                "SELECT count(*) FROM {s}.row_errors WHERE migration = %s AND direction = ANY(%s)"
+            ),
+            (name, list(directions)),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def take_row_errors(
+        self,
+        conn: psycopg.Connection[Any],
+        name: str,
+        direction: str,
+        before: datetime,
+        limit: int,
+    ) -> list[list[str]]:
+        """Delete up to `limit` of the oldest records of `direction` made before `before`, and
+        return their keys' values (to give those rows another pass in the same transaction)."""
+        return [
+            r[0]
+            for r in conn.execute(
+                self._q(
+                    "DELETE FROM {s}.row_errors WHERE migration = %s AND direction = %s AND key IN"
+                    " (SELECT key FROM {s}.row_errors WHERE migration = %s AND direction = %s"
+                    " AND at <= %s ORDER BY at LIMIT %s) RETURNING key_values"
+                ),
+                (name, direction, name, direction, before, limit),
+            )
+        ]
+
+    def clear_row_errors(
+        self, conn: psycopg.Connection[Any], name: str, directions: tuple[str, ...] = DIRECTIONS
+    ) -> int:
+        """Forget the recorded rows: the shape they were written against is gone."""
+        cur = conn.execute(
+            self._q("DELETE FROM {s}.row_errors WHERE migration = %s AND direction = ANY(%s)"),
+            (name, list(directions)),
+        )
+        return max(cur.rowcount, 0)
 
     def unfinished_on(
         self, conn: psycopg.Connection[Any], table: str, other_than: str

@@ -16,7 +16,6 @@ from typing import Any
 
 from psycopg import sql
 
-from pgshift.catalog import Table
 from pgshift.db import Query
 from pgshift.phases.base import (
     BackfillStep,
@@ -28,41 +27,9 @@ from pgshift.phases.base import (
 )
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.phases.dual_write import BACKFILL_SETTING
+from pgshift.phases.keys import bounds_queries, key_range
 from pgshift.phases.table_shape import TableShape
 from pgshift.plan.check import deferred_indexes
-
-
-def key_range(table: Table, key: tuple[str, ...]) -> dict[str, Query]:
-    """The key-walking pieces every batched pass over a table shares (backfill, and later
-    verify): row comparisons on the whole key, so composite keys page correctly."""
-    cols = sql.SQL(", ").join(sql.Identifier(k) for k in key)
-    typed = sql.SQL(", ").join(
-        sql.SQL("{}::{}").format(sql.Placeholder(), sql.SQL(table.columns[k].type)) for k in key
-    )
-    as_text = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in key)
-    return {
-        "cols": sql.SQL("({})").format(cols),
-        "order": cols,
-        "params": sql.SQL("({})").format(typed),
-        "as_text": as_text,
-    }
-
-
-def bounds_queries(table: Table, key: tuple[str, ...]) -> tuple[Query, Query]:
-    """(after a key, from the start): the key `size` rows ahead, as text, or no row at the end.
-
-    ORDER BY names the key columns qualified: a bare `id` would mean the output column
-    `id::text` (also named `id`), a sort by text over every later row instead of an index walk.
-    """
-    k = key_range(table, key)
-    k["order"] = sql.SQL(", ").join(sql.Identifier(table.schema, table.name, c) for c in key)
-    after = sql.SQL(
-        "SELECT {as_text} FROM {t} WHERE {cols} > {params} ORDER BY {order} OFFSET {n} LIMIT 1"
-    ).format(t=table.qualified, n=sql.Placeholder(), **k)
-    first = sql.SQL("SELECT {as_text} FROM {t} ORDER BY {order} OFFSET {n} LIMIT 1").format(
-        t=table.qualified, n=sql.Placeholder(), **k
-    )
-    return after, first
 
 
 def _copy_step(ctx: CompileContext) -> BackfillStep:
@@ -101,6 +68,8 @@ def _copy_step(ctx: CompileContext) -> BackfillStep:
         key_types=tuple(table.columns[c].type for c in shape.key),
         bounds=after,
         first_bounds=first,
+        # a copy-back trigger on the new table (versions mode) skips the copy's own rows
+        session_settings=((BACKFILL_SETTING, "on"),),
     )
 
 

@@ -32,6 +32,8 @@ LockLevel = Literal[
 
 LOCK_ORDER: tuple[LockLevel, ...] = LockLevel.__args__  # type: ignore[attr-defined]
 
+Server = Literal["source", "destination"]
+
 # Which lock levels block the application's reads or writes while held or queued.
 BLOCKS_WRITES = {"SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"}
 BLOCKS_READS = {"ACCESS EXCLUSIVE"}
@@ -57,6 +59,9 @@ class SqlStep:
     # When this step fails: statements taking back what the phase's earlier steps left in
     # force (a NOT VALID check that would reject writes), after which the phase starts over.
     undo_on_failure: tuple[Query, ...] = ()
+    # Where it runs: a `move` has steps on both servers (the state stays on the source);
+    # every other target's steps run on its one database.
+    server: Server = "source"
 
 
 def index_build(
@@ -92,20 +97,21 @@ def index_drop(description: str, index: tuple[str, str]) -> SqlStep:
     )
 
 
-@dataclass(frozen=True)
-class BackfillStep:
-    """Fill the new shape for rows that existed before dual-write, batch by batch in key order.
-    The runner finds each batch's upper key with `bounds`, then runs `statement` over the key
-    range (previous last key, upper key]."""
+class KeyRanges:
+    """Key ranges (lower, upper] over a table's key, for the steps that walk it in keyset
+    batches (backfill, the data check)."""
 
-    def batch(self, lower: Query | None, upper: Query | None) -> Query:
-        """The batch statement over the key range (lower, upper], either end open (None)."""
+    key_columns: Query  # (k1, k2)
+    key_types: tuple[str, ...]
+
+    def condition(self, lower: Query | None, upper: Query | None) -> Query:
+        """The key range (lower, upper], either end open (None)."""
         parts = []
         if lower is not None:
             parts.append(sql.SQL("{} > {}").format(self.key_columns, lower))
         if upper is not None:
             parts.append(sql.SQL("{} <= {}").format(self.key_columns, upper))
-        return self.statement(sql.SQL(" AND ").join(parts) if parts else sql.SQL("true"))
+        return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
 
     def key_value(self, values: list[str]) -> Query:
         """A key as typed literals, `('42'::integer)`. Batches carry their bounds as literals,
@@ -117,6 +123,17 @@ class BackfillStep:
                 for v, t in zip(values, self.key_types, strict=True)
             )
         )
+
+
+@dataclass(frozen=True)
+class BackfillStep(KeyRanges):
+    """Fill the new shape for rows that existed before dual-write, batch by batch in key order.
+    The runner finds each batch's upper key with `bounds`, then runs `statement` over the key
+    range (previous last key, upper key]."""
+
+    def batch(self, lower: Query | None, upper: Query | None) -> Query:
+        """The batch statement over the key range (lower, upper], either end open (None)."""
+        return self.statement(self.condition(lower, upper))
 
     description: str
     table: sql.Identifier
@@ -145,6 +162,7 @@ class GateStep:
     approval: bool
     wait: timedelta | None
     require_verify: bool
+    require_no_old_sessions: bool = False
     lock: LockLevel = "none"
     scans: bool = False
     rewrites: bool = False
@@ -181,7 +199,38 @@ class ShadowReadStep:
     hold: str = "the queries' own time (writes continue)"
 
 
-Step = SqlStep | BackfillStep | GateStep | VerifyStep | ShadowReadStep
+@dataclass(frozen=True)
+class DataCheckStep(KeyRanges):
+    """Every existing row's new values computed and assigned to the new column types as the
+    trigger will assign them (typmod included; NULL into a new table's NOT NULL column fails
+    too), read only, in keyset batches like a backfill: dual_write's first step, so a plan
+    whose expressions fail on some rows stops before a trigger can fail the application's
+    writes of those rows. `statement` checks the columns at the given positions over a key
+    condition and leaves the number of rows it read in the setting `rows_setting`."""
+
+    def check(self, lower: Query | None, upper: Query | None, only: tuple[int, ...] = ()) -> Query:
+        """The check over the key range (lower, upper]: every column, or those at `only`."""
+        return self.statement(self.condition(lower, upper), only or tuple(range(len(self.columns))))
+
+    description: str
+    what: str  # what the plan calls the expressions: "up", "new_table.columns"
+    table: sql.Identifier
+    key: tuple[str, ...]
+    columns: tuple[str, ...]  # the columns whose values are checked, in the plan's order
+    statement: Callable[[Query, tuple[int, ...]], Query]
+    rows_setting: str
+    count: Callable[[Query], Query]  # count(*) over a key condition (no plan SQL in it)
+    key_columns: Query
+    key_types: tuple[str, ...]
+    bounds: Query  # as BackfillStep's
+    first_bounds: Query
+    lock: LockLevel = "ACCESS SHARE"
+    scans: bool = True
+    rewrites: bool = False
+    hold: str = "one batch's snapshot (writes continue)"
+
+
+Step = SqlStep | BackfillStep | DataCheckStep | GateStep | VerifyStep | ShadowReadStep
 
 
 @dataclass(frozen=True)
@@ -213,7 +262,11 @@ class CompileContext:
 
     @property
     def view_schema(self) -> str:
-        return f"pgshift_{self.plan.name}"
+        return self.plan.view_schema
+
+    @property
+    def versions(self) -> bool:
+        return self.plan.versions
 
 
 def exists_query(query: str, *params: Any) -> Query:

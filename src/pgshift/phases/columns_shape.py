@@ -67,6 +67,18 @@ class ColumnsShape:
     def changed(self) -> tuple[ShadowColumn, ...]:
         return tuple(c for c in self.columns if not c.is_new)
 
+    def new_shape(self, table: Table) -> list[tuple[str, str]]:
+        """The new shape's columns as (name, the live table's column holding it): every live
+        column in order, changed ones by their shadow, then the new columns."""
+        by_name = {c.name: c for c in self.columns}
+        shadows = {c.shadow for c in self.columns}
+        out = [
+            (name, by_name[name].shadow if name in by_name else name)
+            for name in table.columns
+            if name not in shadows
+        ]
+        return out + [(c.name, c.shadow) for c in self.columns if c.is_new]
+
 
 def build_shape(plan: Plan, table: Table, view_schema: str, key: tuple[str, ...]) -> ColumnsShape:
     assert plan.columns is not None

@@ -26,6 +26,7 @@ from pgshift.phases.base import (
 )
 from pgshift.phases.columns_shape import ColumnsShape, RebuiltIndex, ShadowColumn
 from pgshift.phases.dual_write import (
+    RowErrorSink,
     drop_copy_triggers,
     forward_body,
     forward_copy,
@@ -112,7 +113,9 @@ def _carried_text(parts: list[tuple[Sequence[str], str]]) -> str:
     return f" ({'; '.join(said)})" if said else ""
 
 
-def swap_statements(ctx: CompileContext) -> tuple[Query, ...]:
+def swap_statements(ctx: CompileContext, turn_trigger: bool = True) -> tuple[Query, ...]:
+    """The renames (and what follows them: constraints, NOT NULL, defaults, sequences, carried
+    views and policies). With `turn_trigger`, the sync trigger then fills the old columns."""
     shape: ColumnsShape = ctx.shape
     out: list[Query] = _carry(ctx)
     for ix in shape.indexes:
@@ -171,7 +174,8 @@ def swap_statements(ctx: CompileContext) -> tuple[Query, ...]:
                     sql.Identifier(ctx.table.schema, ctx.table.name, col.name),
                 )
             )
-    out.append(function_ddl(shape, reverse_body(shape)))
+    if turn_trigger:
+        out.append(function_ddl(shape, reverse_body(shape, errors=RowErrorSink.of(ctx))))
     out.append(recreate())
     return tuple(out)
 
@@ -180,7 +184,10 @@ def unswap_statements(ctx: CompileContext) -> tuple[Query, ...]:
     """The inverse of `swap_statements`. Constraints move back first: a column cannot lose
     NOT NULL while a primary key still stands on it."""
     shape: ColumnsShape = ctx.shape
-    out: list[Query] = [*_carry(ctx), function_ddl(shape, forward_body(shape))]
+    out: list[Query] = [
+        *_carry(ctx),
+        function_ddl(shape, forward_body(shape, errors=RowErrorSink.of(ctx))),
+    ]
     for ix in reversed(shape.indexes):
         if ix.constraint:
             # the constraint's index on the new column goes with it; backfill's copy is rebuilt
@@ -259,12 +266,14 @@ def _add_constraint(ctx: CompileContext, ix: RebuiltIndex, index_name: str) -> Q
     )
 
 
-def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
-    if ctx.plan.target == "new_table":
-        return _compile_swap(ctx, index)
+def not_null_steps(ctx: CompileContext) -> tuple[list[SqlStep], Query | None]:
+    """NOT NULL proven without a long lock: CHECK (... IS NOT NULL) NOT VALID, then VALIDATE
+    under a weak lock; the swap then sets NOT NULL without a scan. Also returns the statement
+    dropping those checks (None when no column ends NOT NULL)."""
     shape: ColumnsShape = ctx.shape
-    table = ctx.table
     not_null = [c for c in shape.columns if c.not_null]
+    if not not_null:
+        return [], None
     drop_checks = _alter(
         ctx,
         sql.SQL(", ").join(
@@ -272,45 +281,63 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
             for c in not_null
         ),
     )
-    forward: list[SqlStep] = []
-    if not_null:
-        forward.append(
-            SqlStep(
-                description="prove NOT NULL without a long lock: CHECK (... IS NOT NULL) NOT VALID",
-                statements=tuple(
-                    _alter(
-                        ctx,
-                        sql.SQL("ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(
-                            sql.Identifier(c.check_name), sql.Identifier(c.shadow)
-                        ),
-                    )
-                    for c in not_null
-                ),
-                lock="ACCESS EXCLUSIVE",
-                done_if=exists_query(
-                    "SELECT 1 FROM pg_constraint WHERE conrelid = {}::regclass AND conname = {}",
-                    table.regclass,
-                    not_null[0].check_name,
+    add = SqlStep(
+        description="prove NOT NULL without a long lock: CHECK (... IS NOT NULL) NOT VALID",
+        statements=tuple(
+            _alter(
+                ctx,
+                sql.SQL("ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(
+                    sql.Identifier(c.check_name), sql.Identifier(c.shadow)
                 ),
             )
-        )
-        forward.append(
-            SqlStep(
-                description="validate the NOT NULL checks (scans; writes continue)",
-                statements=tuple(
-                    _alter(
-                        ctx, sql.SQL("VALIDATE CONSTRAINT {}").format(sql.Identifier(c.check_name))
-                    )
-                    for c in not_null
-                ),
-                lock="SHARE UPDATE EXCLUSIVE",
-                scans=True,
-                done_if=swapped_query(ctx),
-                hold="one scan of the table (writes continue)",
-                # a check left NOT VALID would reject every write whose new value is NULL
-                undo_on_failure=(drop_checks,),
-            )
-        )
+            for c in not_null
+        ),
+        lock="ACCESS EXCLUSIVE",
+        done_if=exists_query(
+            "SELECT 1 FROM pg_constraint WHERE conrelid = {}::regclass AND conname = {}",
+            ctx.table.regclass,
+            not_null[0].check_name,
+        ),
+    )
+    validate = SqlStep(
+        description="validate the NOT NULL checks (scans; writes continue)",
+        statements=tuple(
+            _alter(ctx, sql.SQL("VALIDATE CONSTRAINT {}").format(sql.Identifier(c.check_name)))
+            for c in not_null
+        ),
+        lock="SHARE UPDATE EXCLUSIVE",
+        scans=True,
+        done_if=swapped_query(ctx),
+        hold="one scan of the table (writes continue)",
+        # a check left NOT VALID would reject every write whose new value is NULL
+        undo_on_failure=(drop_checks,),
+    )
+    return [add, validate], drop_checks
+
+
+def analyze_step(ctx: CompileContext) -> SqlStep:
+    shape: ColumnsShape = ctx.shape
+    return SqlStep(
+        description="collect statistics for the new columns",
+        statements=(
+            sql.SQL("ANALYZE {} ({})").format(
+                ctx.table.qualified,
+                sql.SQL(", ").join(sql.Identifier(c.shadow) for c in shape.columns),
+            ),
+        ),
+        lock="SHARE UPDATE EXCLUSIVE",
+        scans=True,
+        done_if=swapped_query(ctx),
+        hold="a sample of the table (writes continue)",
+    )
+
+
+def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    if ctx.plan.target == "new_table":
+        return _compile_swap(ctx, index)
+    shape: ColumnsShape = ctx.shape
+    table = ctx.table
+    forward, drop_checks = not_null_steps(ctx)
     for ix in shape.indexes:
         if ix.constraint and ix.spare is not None:
             forward.append(
@@ -330,21 +357,7 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
                     hold="nothing when backfill's index copy exists; else the index build",
                 )
             )
-    forward.append(
-        SqlStep(
-            description="collect statistics for the new columns",
-            statements=(
-                sql.SQL("ANALYZE {} ({})").format(
-                    table.qualified,
-                    sql.SQL(", ").join(sql.Identifier(c.shadow) for c in shape.columns),
-                ),
-            ),
-            lock="SHARE UPDATE EXCLUSIVE",
-            scans=True,
-            done_if=swapped_query(ctx),
-            hold="a sample of the table (writes continue)",
-        )
-    )
+    forward.append(analyze_step(ctx))
     forward.append(
         SqlStep(
             description="swap: the new columns take the live names"
@@ -364,7 +377,7 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
             hold="milliseconds (catalog changes only)",
         )
     ]
-    if not_null:
+    if drop_checks is not None:
         rollback.append(
             SqlStep(
                 description="drop the NOT NULL checks",
@@ -445,7 +458,7 @@ def _feed_statements(shape: TableShape, live: str, old: str, forward: bool) -> l
     return out
 
 
-def _foreign_keys(shape: TableShape) -> tuple[list[Query], list[SqlStep]]:
+def foreign_keys(shape: TableShape) -> tuple[list[Query], list[SqlStep]]:
     """Foreign keys of other tables follow the live name: dropped and added again NOT VALID
     inside the swap (their definitions name the table, which the new one now holds), then
     validated after it under a weak lock."""
@@ -494,11 +507,36 @@ def _carried(shape: TableShape) -> str:
     )
 
 
+def table_swap_statements(ctx: CompileContext, fk_swap: list[Query]) -> list[Query]:
+    """The new table takes the live name, the old one `old_name`; what reads the live name
+    (views, policies, the table's own triggers, other tables' foreign keys) and the key's
+    sequence follow. The caller ends the transaction with `recreate()`."""
+    shape: TableShape = ctx.shape
+    old, new = shape.old, shape.new
+    return [
+        # views and policies follow the name, not the table: recorded and dropped here,
+        # created again once the names are swapped
+        drop_policies(new.qualified),
+        capture_and_drop(
+            old.qualified,
+            ctx.view_schema,
+            copy_policies=True,
+            triggers=TriggerMove(sql.Identifier(old.schema, shape.old_name), drop=False),
+        ),
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+            old.qualified, sql.Identifier(shape.old_name)
+        ),
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(new.qualified, sql.Identifier(old.name)),
+        *_feed_statements(shape, old.name, shape.old_name, forward=True),
+        *fk_swap,
+    ]
+
+
 def _compile_swap(ctx: CompileContext, index: int) -> Phase:
     shape: TableShape = ctx.shape
     old, new = shape.old, shape.new
     schema = old.schema
-    fk_swap, fk_validate = _foreign_keys(shape)
+    fk_swap, fk_validate = foreign_keys(shape)
     live_after = sql.Identifier(schema, old.name)
     old_after = sql.Identifier(schema, shape.old_name)
     old_exists = exists_query(
@@ -512,22 +550,8 @@ def _compile_swap(ctx: CompileContext, index: int) -> Phase:
         f" now flow back to {shape.old_name}",
         statements=(
             *drop_copy_triggers(shape.forward_trigger, old.qualified),
-            # views and policies follow the name, not the table: recorded and dropped here,
-            # created again once the names are swapped
-            drop_policies(new.qualified),
-            capture_and_drop(
-                old.qualified,
-                ctx.view_schema,
-                copy_policies=True,
-                triggers=TriggerMove(old_after, drop=False),
-            ),
-            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                old.qualified, sql.Identifier(shape.old_name)
-            ),
-            sql.SQL("ALTER TABLE {} RENAME TO {}").format(new.qualified, sql.Identifier(old.name)),
-            *_feed_statements(shape, old.name, shape.old_name, forward=True),
-            *fk_swap,
-            *reverse_copy(shape, live_after, old_after),
+            *table_swap_statements(ctx, fk_swap),
+            *reverse_copy(shape, live_after, old_after, errors=RowErrorSink.of(ctx)),
             recreate(),
         ),
         lock="ACCESS EXCLUSIVE",
@@ -550,7 +574,7 @@ def _compile_swap(ctx: CompileContext, index: int) -> Phase:
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(live_after, sql.Identifier(new.name)),
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(old_after, sql.Identifier(old.name)),
             *fk_swap,
-            *forward_copy(shape),
+            *forward_copy(shape, errors=RowErrorSink.of(ctx)),
             recreate(),
         ),
         lock="ACCESS EXCLUSIVE",

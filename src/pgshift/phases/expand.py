@@ -20,22 +20,76 @@ from pgshift.plan.check import created_tables, expand_statements
 
 
 def view_schema_step(
-    ctx: CompileContext, columns: list[sql.Composable], source: sql.Identifier
+    ctx: CompileContext,
+    columns: list[sql.Composable],
+    source: sql.Identifier,
+    defaults: list[tuple[str, str]] | None = None,
 ) -> SqlStep:
-    """The schema `pgshift_<name>` with a view named like the live table showing the new
-    shape: what shadow reads put first on search_path."""
-    return SqlStep(
-        description=f"create the view schema {ctx.view_schema} showing the new shape",
-        statements=(
-            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ctx.view_schema)),
-            sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(
-                sql.Identifier(ctx.view_schema, ctx.table.name),
-                sql.SQL(", ").join(columns),
-                source,
-            ),
+    """The schema `pgshift_<name>` (or the plan's version schema) with a view named like the
+    live table showing the new shape: what shadow reads put first on search_path. In versions
+    mode it is the new application version's table: it runs with the caller's rights
+    (security_invoker, so grants and row security of the table apply through it), carries the
+    table's owner and grants, and the new shape's column `defaults`."""
+    view = sql.Identifier(ctx.view_schema, ctx.table.name)
+    statements: list[Query] = [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ctx.view_schema)),
+        sql.SQL("CREATE OR REPLACE VIEW {}{} AS SELECT {} FROM {}").format(
+            view,
+            sql.SQL(" WITH (security_invoker = true)" if ctx.versions else ""),
+            sql.SQL(", ").join(columns),
+            source,
         ),
+    ]
+    if ctx.versions:
+        statements += _version_access(ctx, view, defaults or [])
+    return SqlStep(
+        description=f"create the view schema {ctx.view_schema} showing the new shape"
+        + (" (the new version's table: owner, grants, defaults)" if ctx.versions else ""),
+        statements=tuple(statements),
         lock="ACCESS SHARE",
     )
+
+
+# the privileges a view can pass on to its callers
+VIEW_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+
+def _version_access(
+    ctx: CompileContext, view: sql.Identifier, defaults: list[tuple[str, str]]
+) -> list[Query]:
+    """The version view belongs to the table's owner and is granted what the table is, so a
+    role reaches exactly as much through it as through the table."""
+    table = ctx.table
+    grantees = sorted({g for g, privilege, _ in table.grants if privilege in VIEW_PRIVILEGES})
+    out: list[Query] = [
+        sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(
+            view, sql.Identifier(column), sql.SQL(default)
+        )
+        for column, default in defaults
+    ]
+    if table.owner:
+        out.append(sql.SQL("ALTER VIEW {} OWNER TO {}").format(view, sql.Identifier(table.owner)))
+    out += [
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+            sql.Identifier(ctx.view_schema), _grantee(grantee)
+        )
+        for grantee in grantees
+    ]
+    out += [
+        sql.SQL("GRANT {} ON {} TO {}{}").format(
+            sql.SQL(privilege),  # a privilege keyword from aclexplode
+            view,
+            _grantee(grantee),
+            sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+        )
+        for grantee, privilege, grantable in table.grants
+        if privilege in VIEW_PRIVILEGES
+    ]
+    return out
+
+
+def _grantee(name: str) -> sql.Composable:
+    return sql.SQL("PUBLIC") if name == "PUBLIC" else sql.Identifier(name)
 
 
 def drop_view_schema_step(ctx: CompileContext) -> SqlStep:
@@ -72,7 +126,14 @@ def compile_expand(ctx: CompileContext, index: int, spec: Any) -> Phase:
     ]
     # The index copies on the shadow columns are built at the end of backfill, not here: built
     # now, every backfilled row would update them one by one (and could never be a HOT update).
-    forward.append(view_schema_step(ctx, _new_shape_columns(ctx), table.qualified))
+    forward.append(
+        view_schema_step(
+            ctx,
+            _new_shape_columns(ctx),
+            table.qualified,
+            _new_shape_defaults(ctx),
+        )
+    )
     rollback: list[SqlStep] = [drop_view_schema_step(ctx)]
     for rebuilt in shape.indexes:
         rollback.append(
@@ -105,23 +166,29 @@ def compile_expand(ctx: CompileContext, index: int, spec: Any) -> Phase:
 
 def _new_shape_columns(ctx: CompileContext) -> list[sql.Composable]:
     """Every live column in order, changed ones replaced by their shadow, then new columns."""
-    shape: ColumnsShape = ctx.shape
-    by_name = {c.name: c for c in shape.columns}
-    shadows = {c.shadow for c in shape.columns}
-    out: list[sql.Composable] = []
-    for name in ctx.table.columns:
-        if name in shadows:
-            continue
-        col = by_name.get(name)
-        if col is None:
-            out.append(sql.Identifier(name))
-        else:
-            out.append(sql.SQL("{} AS {}").format(sql.Identifier(col.shadow), sql.Identifier(name)))
-    out += [
-        sql.SQL("{} AS {}").format(sql.Identifier(c.shadow), sql.Identifier(c.name))
-        for c in shape.columns
-        if c.is_new
+    return [
+        sql.Identifier(name)
+        if source == name
+        else sql.SQL("{} AS {}").format(sql.Identifier(source), sql.Identifier(name))
+        for name, source in ctx.shape.new_shape(ctx.table)
     ]
+
+
+def _new_shape_defaults(ctx: CompileContext) -> list[tuple[str, str]]:
+    """Every column default of the new shape, for the view: `SET col = DEFAULT` through a view
+    takes the view's default, not the table's."""
+    shape: ColumnsShape = ctx.shape
+    changed = {c.name: c for c in shape.columns}
+    out = []
+    for name, source in shape.new_shape(ctx.table):
+        if name in changed:
+            default = changed[name].default
+        else:
+            column = ctx.table.columns[source]
+            # a generated column's "default" is its generation expression
+            default = None if column.generated else column.default
+        if default is not None:
+            out.append((name, default))
     return out
 
 
@@ -193,7 +260,7 @@ def _compile_create(ctx: CompileContext, index: int) -> Phase:
             sql.SQL("GRANT {} ON {} TO {}{}").format(
                 sql.SQL(privilege),  # a privilege keyword from aclexplode, e.g. SELECT
                 table,
-                sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee),
+                _grantee(grantee),
                 sql.SQL(" WITH GRANT OPTION" if grantable else ""),
             )
             for grantee, privilege, grantable in old.grants
@@ -205,7 +272,7 @@ def _compile_create(ctx: CompileContext, index: int) -> Phase:
             sql.SQL(privilege),  # a privilege keyword from aclexplode
             sql.Identifier(column),
             new.qualified,
-            sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee),
+            _grantee(grantee),
             sql.SQL(" WITH GRANT OPTION" if grantable else ""),
         )
         for column, grantee, privilege, grantable in old.column_grants
@@ -226,7 +293,16 @@ def _compile_create(ctx: CompileContext, index: int) -> Phase:
             lock="ACCESS EXCLUSIVE",
             hold="milliseconds (on the new table only)",
         ),
-        view_schema_step(ctx, [sql.Identifier(c) for c in new.columns], new.qualified),
+        view_schema_step(
+            ctx,
+            [sql.Identifier(c) for c in new.columns],
+            new.qualified,
+            [
+                (name, c.default)
+                for name, c in new.columns.items()
+                if c.default is not None and not c.generated
+            ],
+        ),
     ]
     rollback = [
         drop_view_schema_step(ctx),

@@ -1,6 +1,8 @@
 """gate: a stop for rollout. `apply` halts here (exit 3) until the gate is approved
 (`migrate approve`, or `apply --approve`), its soak `wait` has passed since the previous phase
-ended, and, with `require_verify`, a fresh verify finds no difference. Nothing to roll back;
+ended, with `require_verify`, a fresh verify finds no difference, and with
+`require_no_old_sessions` (versions mode) no session that connected before the new version
+existed is still connected. Nothing to roll back;
 rolling a gate back forgets its approval."""
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ def compile_gate(ctx: CompileContext, index: int, spec: Any) -> Phase:
         needs.append(f"{format_duration(spec.wait)} after the previous phase")
     if spec.require_verify:
         needs.append("a clean verify")
+    if spec.require_no_old_sessions:
+        needs.append("no session older than the new version")
     summary = f"stop until {', '.join(needs)}" if needs else "passes at once (nothing required)"
     return Phase(
         index=index,
@@ -31,6 +35,7 @@ def compile_gate(ctx: CompileContext, index: int, spec: Any) -> Phase:
                 approval=spec.approval,
                 wait=spec.wait,
                 require_verify=spec.require_verify,
+                require_no_old_sessions=spec.require_no_old_sessions,
             ),
         ),
         rollback=(),

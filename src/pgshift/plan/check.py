@@ -346,7 +346,31 @@ def check_plan(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> tuple
     key = resolve_key(plan, table)
     if plan.columns is not None:
         check_columns(conn, plan, table)
+    check_version_schema(conn, plan)
     return key
+
+
+def check_version_schema(conn: psycopg.Connection[Any], plan: Plan) -> None:
+    """Versions mode needs views that run with the caller's rights (PostgreSQL 15 or newer),
+    and a version schema that is pgshift's to create and, on rollback, to drop."""
+    if not plan.versions:
+        return
+    if conn.info.server_version < 150000:
+        raise PlanError(
+            "application mode versions needs PostgreSQL 15 or newer (its views run with the"
+            " caller's rights, security_invoker); use mode rename on this server",
+            path=("application", "mode"),
+        )
+    row = conn.execute(
+        "SELECT 1 FROM pg_namespace WHERE nspname = %s", (plan.view_schema,)
+    ).fetchone()
+    if row is not None:
+        raise PlanError(
+            f"schema {plan.view_schema} already exists; pgshift creates the version schema"
+            " (and drops it on rollback): name another, or drop it if an earlier migration"
+            " left it",
+            path=("application", "schema") if plan.application.version_schema else ("name",),
+        )
 
 
 def check_carried(

@@ -104,6 +104,61 @@ class NewTable(Strict):
     reverse: dict[str, str] = Field(default_factory=dict)
 
 
+SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class Application(Strict):
+    """How the application moves to the new shape. `rename`: cutover gives the new shape the
+    live names under every client at once. `versions`: from expand on the new shape is served by
+    a view in `schema` beside the old one; each application version picks its shape by its
+    search_path, and contract (after a gate) ends the old shape."""
+
+    mode: Literal["rename", "versions"] = "rename"
+    version_schema: str | None = Field(default=None, alias="schema")
+
+    @field_validator("version_schema")
+    @classmethod
+    def _schema(cls, value: str | None) -> str | None:
+        if value is not None and (not SCHEMA_RE.match(value) or value.startswith("pg_")):
+            raise ValueError(
+                "schema must be a lowercase name of a-z, 0-9 and _ (at most 63 characters),"
+                " not starting with pg_"
+            )
+        if value in ("public", "information_schema"):
+            raise ValueError(f"schema {value!r} is not pgshift's to create and drop; name another")
+        return value
+
+
+class MoveHooks(Strict):
+    """Commands run around cutover's fence (and the fence of its rollback): the state as JSON
+    on stdin; a non-zero exit fails the step. `after_fence` is where the application's DSN (or
+    its pooler) is flipped to the other server."""
+
+    before_fence: str | None = None
+    after_fence: str | None = None
+    timeout: Duration = timedelta(seconds=60)
+
+
+class Move(Strict):
+    """The `move` target: tables (or every ordinary table of schemas) moved to another server
+    over logical replication. The servers come from the command line, never from the plan."""
+
+    tables: list[str] | None = Field(default=None, min_length=1)
+    schemas: list[str] | None = Field(default=None, min_length=1)
+    hooks: MoveHooks = Field(default_factory=MoveHooks)
+    # cutover fences writes only once the destination is less than this behind
+    max_lag: Duration = timedelta(seconds=1)
+    # the longest writes stay fenced while the destination catches up; then cutover fails
+    # and its rollback lifts the fence
+    fence_timeout: Duration = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _something(self) -> Move:
+        if self.tables is None and self.schemas is None:
+            raise ValueError("needs `tables` or `schemas` (or both)")
+        return self
+
+
 class PhaseBase(Strict):
     """One entry of `phases`. `name` is what `--until`, `--to` and gates are addressed by."""
 
@@ -153,6 +208,9 @@ class GatePhase(PhaseBase):
     approval: bool = True
     wait: Duration | None = None
     require_verify: bool = False
+    # versions: the gate stays shut while a session that connected before the new version was
+    # ready (before backfill finished) is still connected
+    require_no_old_sessions: bool = False
 
 
 class CutoverPhase(PhaseBase):
@@ -217,10 +275,12 @@ class Plan(Strict):
     version: Literal[1]
     name: str
     description: str | None = None
-    table: str
+    table: str = ""  # required, except by the `move` target
     key: list[str] | None = Field(default=None, min_length=1)
     columns: dict[str, ColumnChange] | None = None
     new_table: NewTable | None = None
+    move: Move | None = None
+    application: Application = Field(default_factory=Application)
     settings: Settings = Field(default_factory=Settings)
     phases: list[PhaseSpec] = Field(min_length=1)
 
@@ -256,28 +316,75 @@ class Plan(Strict):
 
     @model_validator(mode="after")
     def _target_and_order(self) -> Plan:
+        if self.move is not None:
+            check_move(self)
+            return self
+        if not self.table:
+            raise PlanRuleError("missing required key 'table'")
         if self.columns is not None and self.new_table is not None:
             raise PlanRuleError(
                 "a plan needs exactly one of `columns` or `new_table`, not both", ("new_table",)
             )
         if self.columns is None and self.new_table is None:
             raise PlanRuleError("a plan needs one of `columns` (change in place) or `new_table`")
-        check_phase_order(self.phases)
+        check_phase_order(self.phases, versions=self.versions)
         return self
 
     @property
-    def target(self) -> Literal["columns", "new_table"]:
+    def versions(self) -> bool:
+        """Whether both shapes are served at once through a version schema."""
+        return self.application.mode == "versions"
+
+    @property
+    def view_schema(self) -> str:
+        """The schema whose view shows the new shape (the new version's, in versions mode)."""
+        return self.application.version_schema or f"pgshift_{self.name}"
+
+    @property
+    def target(self) -> Literal["columns", "new_table", "move"]:
+        if self.move is not None:
+            return "move"
         return "columns" if self.columns is not None else "new_table"
 
     def phase_names(self) -> list[str]:
         return [p.name for p in self.phases]
 
 
+MOVE_PHASES = ("expand", "dual_write", "backfill", "verify", "gate", "cutover", "contract")
+
+
+def check_move(plan: Plan) -> None:
+    """What a `move` plan may hold: no other target, no table keys, and its phase kinds."""
+    for key in ("table", "key", "columns", "new_table"):
+        if getattr(plan, key):
+            raise PlanRuleError(
+                f"a move plan names its tables under `move`: remove `{key}`", (key,)
+            )
+    if plan.versions:
+        raise PlanRuleError(
+            "application mode versions is for changes within one server; a move has none",
+            ("application",),
+        )
+    for index, phase in enumerate(plan.phases):
+        if phase.kind not in MOVE_PHASES:
+            raise PlanRuleError(
+                f"phase {phase.kind!r} is not available in a move; its phases are"
+                f" {', '.join(MOVE_PHASES)}",
+                ("phases", index),
+            )
+        if getattr(phase, "require_verify", False):
+            raise PlanRuleError(
+                "require_verify is not available in a move: put a verify phase before the gate",
+                ("phases", index),
+            )
+    check_phase_order(plan.phases)
+
+
 # kinds that may appear at most once, in this relative order
 _ORDERED = ("expand", "dual_write", "backfill", "cutover", "contract")
 
 
-def check_phase_order(phases: list[PhaseSpec]) -> None:
+def check_phase_order(phases: list[PhaseSpec], versions: bool = False) -> None:
     """The order rules every plan must keep; raises PlanRuleError naming the first broken one."""
     seen: dict[str, int] = {}
     names: set[str] = set()
@@ -297,6 +404,12 @@ def check_phase_order(phases: list[PhaseSpec]) -> None:
             )
         if phase.kind == "gate":
             names.add(phase.name)
+            if getattr(phase, "require_no_old_sessions", False) and not versions:
+                raise PlanRuleError(
+                    "require_no_old_sessions needs application mode versions (in rename mode"
+                    " every session moves at cutover)",
+                    ("phases", index),
+                )
         if phase.kind == "sql" and phase.name != "sql":
             names.add(phase.name)
     needs = {
@@ -305,8 +418,17 @@ def check_phase_order(phases: list[PhaseSpec]) -> None:
         "verify": ("backfill",),
         "shadow_read": ("backfill",),
         "cutover": ("expand", "dual_write", "backfill"),
-        "contract": ("cutover",),
+        "contract": ("backfill", "gate") if versions else ("cutover",),
     }
+    if versions and "cutover" in seen:
+        raise PlanRuleError(
+            "application mode versions has no cutover (no client's names are swapped): remove"
+            " it; contract, after a gate, ends the old shape",
+            ("phases", seen["cutover"]),
+        )
+    gates = [i for i, p in enumerate(phases) if p.kind == "gate"]
+    if gates:
+        seen["gate"] = gates[-1]  # contract must follow the last gate when it needs one
     for index, phase in enumerate(phases):
         for before in needs.get(phase.kind, ()):
             if before not in seen or seen[before] > index:

@@ -11,6 +11,7 @@ from pgshift.phases.base import (
     BLOCKS_READS,
     BLOCKS_WRITES,
     BackfillStep,
+    DataCheckStep,
     GateStep,
     Phase,
     ShadowReadStep,
@@ -18,6 +19,7 @@ from pgshift.phases.base import (
     Step,
     VerifyStep,
 )
+from pgshift.report.clients import client_impact
 
 # Rough speeds for estimates before anything was measured on this server.
 BACKFILL_ROWS_PER_SECOND = 50_000
@@ -37,6 +39,16 @@ def step_sql(step: Step) -> list[str]:
             "-- each batch, in one transaction with its checkpoint:",
             step.bounds.as_string() + ";",
             step.batch(
+                step.key_value(["<last key of the previous batch>"] * len(step.key)),
+                step.key_value(["<last key of this batch>"] * len(step.key)),
+            ).as_string()
+            + ";",
+        ]
+    if isinstance(step, DataCheckStep):
+        return [
+            "-- each batch, read only (a failing batch is bisected to its failing rows):",
+            step.bounds.as_string() + ";",
+            step.check(
                 step.key_value(["<last key of the previous batch>"] * len(step.key)),
                 step.key_value(["<last key of this batch>"] * len(step.key)),
             ).as_string()
@@ -106,6 +118,11 @@ def preview_data(compiled: CompiledPlan, rows_per_second: float | None = None) -
         "rows_estimate": table.row_estimate if table.row_estimate >= 0 else None,
         "table_bytes": table.table_bytes,
         "total_bytes": table.total_bytes,
+        "application": {
+            "mode": compiled.plan.application.mode,
+            "schema": compiled.context.view_schema,
+        },
+        "clients": [c.data() for c in client_impact(compiled)],
         "phases": [phase_data(p, compiled, rows_per_second) for p in compiled.phases],
         "warnings": warnings(compiled),
     }
@@ -164,6 +181,12 @@ def render_text(data: dict[str, Any]) -> str:
         lines.append(data["description"])
     for warning in data["warnings"]:
         lines.append(f"warning: {warning}")
+    if data["clients"]:
+        lines.append("")
+        lines.append(f"application clients (mode {data['application']['mode']}):")
+        lines += [
+            f"  - {c['when']}: {c['who']} {c['error']}. {c['action']}" for c in data["clients"]
+        ]
     for phase in data["phases"]:
         lines.append("")
         title = f"{phase['index'] + 1}. {phase['name']}"

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from pgshift.engine.sessions import new_version_ready
 from pgshift.engine.state import MigrationState, PhaseState
+from pgshift.report.clients import upcoming
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -44,20 +46,55 @@ def migration_report(
     exit_code: int | None = None,
     verify: dict[str, Any] | None = None,
     gate: dict[str, Any] | None = None,
+    old_sessions: int | None = None,
+    move: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    report = {
         "migration": state.name,
         "table": state.table_name,
         "status": state.status,
         "paused": state.paused,
         "waiting_for": state.throttle_reason,
         "last_error": state.last_error,
+        # rows the application wrote that the triggers could not map (the migration fails)
+        "row_errors": state.row_errors,
         "updated_at": _iso(state.updated_at),
         "phases": [phase_report(p) for p in state.phases],
         "verify": verify if verify is not None else last_verify(state),
         "gate": gate if gate is not None else waiting_gate(state),
+        "application": application(state, old_sessions),
         "exit_code": exit_code,
     }
+    if move is not None:
+        report["move"] = move  # a move's replication: direction, lag, copy, cutover window
+    return report
+
+
+def application(state: MigrationState, old_sessions: int | None) -> dict[str, Any] | None:
+    """How the application moves (as the migration started), and in versions mode, between
+    backfill and contract, how many sessions older than the new version are still connected."""
+    recorded = (state.snapshot or {}).get("application") if state.snapshot else None
+    if not isinstance(recorded, dict):
+        return None
+    done = {p.kind for p in state.phases if p.status == "done"}
+    return {
+        "mode": recorded["mode"],
+        "schema": recorded["schema"],
+        "old_sessions": old_sessions,
+        "clients_ahead": upcoming(recorded.get("clients", []), done),
+    }
+
+
+def versions_window(state: MigrationState) -> datetime | None:
+    """In versions mode, while both versions are served (the new one ready, contract not
+    done): when the new version became ready. None otherwise."""
+    recorded = (state.snapshot or {}).get("application") if state.snapshot else None
+    if not isinstance(recorded, dict) or recorded.get("mode") != "versions":
+        return None
+    contract = next((p for p in state.phases if p.kind == "contract"), None)
+    if contract is not None and contract.status == "done":
+        return None
+    return new_version_ready(state)
 
 
 def last_verify(state: MigrationState) -> dict[str, Any] | None:
@@ -119,6 +156,20 @@ def render_status(report: dict[str, Any]) -> str:
         lines.append(f"  waiting: {report['waiting_for']}")
     if report["last_error"]:
         lines.append(f"  last error: {report['last_error']}")
+    if report.get("row_errors"):
+        lines.append(f"  rows the triggers could not map: {report['row_errors']:,}")
+    app = report.get("application")
+    if app and app["mode"] == "versions":
+        text = f"  versions: the new version reads and writes through schema {app['schema']}"
+        if app["old_sessions"] is not None:
+            text += f"; {app['old_sessions']} session(s) older than the new version"
+        lines.append(text)
+    if app and report["status"] not in ("done", "rolled_back"):
+        lines += [
+            f"  clients, {c['when']}: {c['who']} {c['error']}. {c['action']}"
+            for c in app["clients_ahead"]
+        ]
+    lines += move_lines(report.get("move"))
     for phase in report["phases"]:
         text = f"  {phase['name']:<16} {phase['status']:<12}"
         if phase["rows"]:
@@ -133,3 +184,25 @@ def render_status(report: dict[str, Any]) -> str:
             text += f"  error: {phase['error']}"
         lines.append(text.rstrip())
     return "\n".join(lines)
+
+
+def move_lines(move: dict[str, Any] | None) -> list[str]:
+    """A move's replication, copy and cutover window, for `status`."""
+    if not move:
+        return []
+    lines = []
+    if move["replicating"]:
+        text = f"  replication: {move['replicating']} (slot {move['slot']})"
+        if move["lag_bytes"] is not None:
+            text += f", {move['lag_bytes']:,} bytes behind"
+        if move["lag_seconds"] is not None:
+            text += f", {move['lag_seconds']:.1f}s"
+        if move["slot_status"] not in (None, "reserved"):
+            text += f", slot {move['slot_status']}"
+        lines.append(text)
+    if move["copy"]:
+        copy = move["copy"]
+        lines.append(f"  copy: {copy['tables_ready']} of {copy['tables']} table(s) ready")
+    if move["write_blocked_seconds"] is not None:
+        lines.append(f"  cutover: writes blocked for {move['write_blocked_seconds']:.3f}s")
+    return lines

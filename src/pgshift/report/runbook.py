@@ -29,6 +29,7 @@ from pgshift.phases.base import (
     BLOCKS_READS,
     BLOCKS_WRITES,
     BackfillStep,
+    DataCheckStep,
     GateStep,
     LockLevel,
     Phase,
@@ -42,6 +43,7 @@ from pgshift.plan.durations import format_duration
 from pgshift.plan.load import LoadedPlan
 from pgshift.plan.plan_lint import lint_plan
 from pgshift.report import preview
+from pgshift.report.clients import client_impact
 from pgshift.report.report import phase_report
 
 POINT_OF_NO_RETURN = "POINT OF NO RETURN"
@@ -312,6 +314,7 @@ class _Renderer:
     def render(self) -> str:
         self.header()
         self.overview()
+        self.clients()
         self.preflight()
         for phase in self.phases:
             self.phase(phase)
@@ -396,6 +399,21 @@ class _Renderer:
                 "",
             )
         self.add(*self.mermaid(), "")
+
+    def clients(self) -> None:
+        """Which application clients see an error at which step, and what to do."""
+        impact = client_impact(self.compiled)
+        if not impact:
+            return
+        mode = self.plan.application.mode
+        self.add(f"## Application clients (mode `{mode}`)", "")
+        self.add(
+            *_table(
+                ["when", "who", "sees", "what to do"],
+                [[c.when, c.who.rstrip(";"), c.error, c.action] for c in impact],
+            ),
+            "",
+        )
 
     def mermaid(self) -> list[str]:
         out = ["```mermaid", "flowchart LR", "    start([before the migration])"]
@@ -737,6 +755,12 @@ class _Renderer:
             )
         if isinstance(step, VerifyStep):
             return "one short REPEATABLE READ transaction per chunk, each checkpointed"
+        if isinstance(step, DataCheckStep):
+            return (
+                "read only, one short transaction per batch (sized by batch_time, throttled and"
+                " pausable like the backfill), each checkpointed; a row that fails stops the"
+                " phase before the trigger exists, naming its key"
+            )
         if isinstance(step, ShadowReadStep):
             return "one REPEATABLE READ, read-only transaction for every query on both shapes"
         if data["in_transaction"]:
