@@ -15,6 +15,7 @@ from pgshift.db import Query
 from pgshift.phases.base import CompileContext, Phase, SqlStep, exists_query, index_drop
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.phases.cutover import (
+    analyze_new_table,
     analyze_step,
     foreign_keys,
     not_null_steps,
@@ -44,16 +45,7 @@ def compile_contract(ctx: CompileContext, index: int, spec: Any) -> Phase:
         ),
         sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(ctx.view_schema)),
     ]
-    old = [c.old for c in shape.changed() if c.old]
-    if old:
-        statements.append(
-            sql.SQL("ALTER TABLE {} {}").format(
-                table.qualified,
-                sql.SQL(", ").join(
-                    sql.SQL("DROP COLUMN IF EXISTS {}").format(sql.Identifier(c)) for c in old
-                ),
-            )
-        )
+    statements += _drop_old_columns(ctx)
     steps.append(
         SqlStep(
             description="drop the sync trigger, the view schema and the old columns together",
@@ -71,6 +63,21 @@ def compile_contract(ctx: CompileContext, index: int, spec: Any) -> Phase:
         reversible=False,
         summary="drop the old columns and the trigger: the point of no return",
     )
+
+
+def _drop_old_columns(ctx: CompileContext) -> list[Query]:
+    """The old columns (named as after the renames), dropped in one ALTER TABLE."""
+    old = [c.old for c in ctx.shape.changed() if c.old]
+    if not old:
+        return []
+    return [
+        sql.SQL("ALTER TABLE {} {}").format(
+            ctx.table.qualified,
+            sql.SQL(", ").join(
+                sql.SQL("DROP COLUMN IF EXISTS {}").format(sql.Identifier(c)) for c in old
+            ),
+        )
+    ]
 
 
 def _compile_drop_old(ctx: CompileContext, index: int) -> Phase:
@@ -130,7 +137,6 @@ def _end_columns(ctx: CompileContext) -> list[SqlStep]:
     table = ctx.table
     steps, _ = not_null_steps(ctx)
     steps.append(analyze_step(ctx))
-    old = [c.old for c in shape.changed() if c.old]
     statements: list[Query] = [
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
             sql.Identifier(shape.trigger), table.qualified
@@ -138,16 +144,7 @@ def _end_columns(ctx: CompileContext) -> list[SqlStep]:
         *swap_statements(ctx, turn_trigger=False),
         sql.SQL("DROP FUNCTION IF EXISTS {}()").format(shape.function),
     ]
-    if old:
-        # their indexes go with them
-        statements.append(
-            sql.SQL("ALTER TABLE {} {}").format(
-                table.qualified,
-                sql.SQL(", ").join(
-                    sql.SQL("DROP COLUMN IF EXISTS {}").format(sql.Identifier(c)) for c in old
-                ),
-            )
-        )
+    statements += _drop_old_columns(ctx)  # their indexes go with them
     steps.append(
         SqlStep(
             description="the new columns take the live names; the trigger and the old columns"
@@ -171,14 +168,7 @@ def _end_table(ctx: CompileContext) -> list[SqlStep]:
         "SELECT 1 WHERE to_regclass({}) IS NULL",
         sql.Identifier(new.schema, new.name).as_string(),
     )
-    analyze = SqlStep(
-        description=f"collect statistics for {new.display}",
-        statements=(sql.SQL("ANALYZE {}").format(new.qualified),),
-        lock="SHARE UPDATE EXCLUSIVE",
-        scans=True,
-        done_if=gone,
-        hold="a sample of the table (writes continue)",
-    )
+    analyze = analyze_new_table(shape, done_if=gone)
     swap = SqlStep(
         description=f"{new.display} takes the name {old.name}; both copy triggers and the old"
         " table are dropped, together",

@@ -507,6 +507,17 @@ def _carried(shape: TableShape) -> str:
     )
 
 
+def analyze_new_table(shape: TableShape, done_if: Query) -> SqlStep:
+    return SqlStep(
+        description=f"collect statistics for {shape.new.display}",
+        statements=(sql.SQL("ANALYZE {}").format(shape.new.qualified),),
+        lock="SHARE UPDATE EXCLUSIVE",
+        scans=True,
+        done_if=done_if,
+        hold="a sample of the table (writes continue)",
+    )
+
+
 def table_swap_statements(ctx: CompileContext, fk_swap: list[Query]) -> list[Query]:
     """The new table takes the live name, the old one `old_name`; what reads the live name
     (views, policies, the table's own triggers, other tables' foreign keys) and the key's
@@ -581,14 +592,7 @@ def _compile_swap(ctx: CompileContext, index: int) -> Phase:
         done_if=old_gone,
         hold="milliseconds (catalog changes only)",
     )
-    analyze = SqlStep(
-        description=f"collect statistics for {new.display}",
-        statements=(sql.SQL("ANALYZE {}").format(new.qualified),),
-        lock="SHARE UPDATE EXCLUSIVE",
-        scans=True,
-        done_if=old_exists,
-        hold="a sample of the table (writes continue)",
-    )
+    analyze = analyze_new_table(shape, done_if=old_exists)
     return Phase(
         index=index,
         kind="cutover",
