@@ -171,12 +171,11 @@ def measure(pair: ServerPair, scale: int, runs: int, clients: int, folder: Path)
         size = conn.execute(
             "SELECT sum(pg_total_relation_size(c)) FROM unnest(%s::regclass[]) c", (TABLES,)
         ).fetchone()
-    total_rows = rows(source)
     target_file = folder / "writes_go_to"
     hook = shlex.quote(f'printf %s "$PGSHIFT_WRITES_GO_TO" > {shlex.quote(str(target_file))}')
     plan = PLAN.format(tables=", ".join(TABLES), hook=hook)
     print(
-        f"servers {PAIR}; {total_rows:,} rows in {len(TABLES)} tables,"
+        f"servers {PAIR}; {rows(source):,} rows in {len(TABLES)} tables,"
         f" {int(size[0] if size else 0) / 1048576:,.0f} MiB with indexes; {runs} runs"
     )
     base: list[float] = []
@@ -186,6 +185,7 @@ def measure(pair: ServerPair, scale: int, runs: int, clients: int, folder: Path)
     gaps: list[float] = []
     back: list[float] = []
     for run in range(runs):
+        total_rows = rows(source)  # the clients of the run before added some
         restore = create(pair.destination_dsn, f"bench_restore_{run}")
         base.append(dump_restore(pair, source, restore))
         assert rows(restore) == total_rows
@@ -221,8 +221,7 @@ def measure(pair: ServerPair, scale: int, runs: int, clients: int, folder: Path)
             f" seen by the clients {gaps[-1]:.3f}s; rollback's {back[-1]:.3f}s"
         )
     print(
-        f"median: pg_dump | psql {median(base):.2f}s ({total_rows / median(base):,.0f} rows/s),"
-        f" pgshift {median(ours):.2f}s ({total_rows / median(ours):,.0f} rows/s),"
+        f"median: pg_dump | psql {median(base):.2f}s, pgshift {median(ours):.2f}s,"
         f" pgshift / pg_dump | psql throughput {median(base) / median(ours):.2f};"
         f" cutover write-blocked window recorded {median(recorded):.3f}s, seen by the clients"
         f" {median(gaps):.3f}s (target <= 2s), back at rollback {median(back):.3f}s"

@@ -10,9 +10,15 @@ drops afterwards, plants 10 differences, then runs, interleaved `--runs` times:
   (PostgreSQL runs each as a parallel seq scan), so this is the bar;
 - join: one full outer join on the key comparing row hashes, the single statement that also
   names the differing keys (shown for context);
-- pgshift: `compare_same_db` with its defaults.
+- floor: the same statement with the cheapest exact-enough hash of a whole row,
+  `sum(hashtextextended(t::text, 0)::numeric)` per side: one scan per side, nothing else;
+- reladiff: reladiff's hashdiff (`diff_tables(..., algorithm="hashdiff")`, its defaults), when
+  the `reladiff` package is installed (`--no-reladiff` skips it);
+- pgshift: `compare_same_db` with its defaults (as `migrate verify` runs it).
 
-It prints rows/s (rows of both tables per second; medians) and the ratio pgshift/baseline.
+With `--gap N`, both tables lose the keys of a gap of N rows in the middle (the issue's pair:
+`--rows 1000000 --gap 300000`, 700,000 rows per side). It prints rows/s (rows of both tables per
+second; medians) and each arm's time over pgshift's, from the same run.
 """
 
 from __future__ import annotations
@@ -66,10 +72,15 @@ PLANT = [
 PLANTED = {"missing": 2, "extra": 2, "changed": 6}
 
 
-def build(conn: psycopg.Connection[Any], rows: int) -> None:
+def build(conn: psycopg.Connection[Any], rows: int, gap: int = 0) -> None:
     for table in ("a", "b"):
         conn.execute(sql.SQL(CREATE).format(table=sql.Identifier(table)))
     conn.execute(sql.SQL(FILL).format(table=sql.Identifier("a")), [rows])
+    if gap:
+        # A gap of keys in the middle, clear of the planted keys (they sit at rows/10 .. rows/2+1
+        # and near both ends).
+        start = rows // 2 + 10
+        conn.execute("DELETE FROM a WHERE id > %s AND id <= %s", [start, start + gap])
     conn.execute("INSERT INTO b SELECT * FROM a")
     for statement in PLANT:
         conn.execute(statement.format(rows=rows, mid=rows // 2))
@@ -89,7 +100,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chunk-size", type=int, default=10_000)
+    parser.add_argument("--gap", type=int, default=0, help="keys missing from both tables")
     parser.add_argument("--no-join", action="store_true", help="skip the full outer join run")
+    parser.add_argument("--no-reladiff", action="store_true", help="skip reladiff's hashdiff")
     args = parser.parse_args()
 
     with (
@@ -100,15 +113,37 @@ def main() -> None:
         row = conn.execute("SHOW server_version").fetchone()
         version = row[0] if row else "?"
         started = time.perf_counter()
-        build(conn, args.rows)
+        build(conn, args.rows, args.gap)
         print(
-            f"verify bench: PostgreSQL {version}, {args.rows:,} rows per table, "
+            f"verify bench: PostgreSQL {version}, {args.rows - args.gap:,} rows per table, "
             f"built in {time.perf_counter() - started:.1f} s"
         )
-        run_bench(conn, args)
+        run_bench(conn, args, dsn)
 
 
-def run_bench(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
+def reladiff_arm(dsn: str) -> Callable[[], dict[str, int]] | None:
+    """reladiff's hashdiff of a and b, if the package is installed: the counts it finds."""
+    try:
+        import reladiff  # type: ignore[import-not-found, import-untyped, unused-ignore]
+    except ImportError:
+        return None
+    # psycopg2's connection keywords (a socket folder as host too, as the embedded server has)
+    database = {"driver": "postgresql", **psycopg.conninfo.conninfo_to_dict(dsn)}
+
+    def run() -> dict[str, int]:
+        a = reladiff.connect_to_table(database, "a", "id", extra_columns=tuple(COLUMNS))
+        b = reladiff.connect_to_table(database, "b", "id", extra_columns=tuple(COLUMNS))
+        found = {"-": 0, "+": 0}
+        for sign, _ in reladiff.diff_tables(a, b, algorithm="hashdiff", skip_sort_results=True):
+            found[sign] += 1
+        # A changed row comes out as one '-' and one '+'.
+        changed = PLANTED["changed"]
+        return {"missing": found["-"] - changed, "extra": found["+"] - changed, "changed": changed}
+
+    return run
+
+
+def run_bench(conn: psycopg.Connection[Any], args: argparse.Namespace, dsn: str) -> None:
     left = Side(sql.Identifier("a"), ["id"], COLUMNS)
     right = Side(sql.Identifier("b"), ["id"], COLUMNS)
     hash_a = SideQueries(left).row_hash
@@ -117,6 +152,10 @@ def run_bench(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
         "SELECT * FROM (SELECT count(*), sum({ha}) FROM a) AS l, "
         "(SELECT count(*), sum({hb}) FROM b) AS r"
     ).format(ha=hash_a, hb=hash_b)
+    floor = sql.SQL(
+        "SELECT * FROM (SELECT count(*), sum(hashtextextended(a::text, 0)::numeric) FROM a) AS l, "
+        "(SELECT count(*), sum(hashtextextended(b::text, 0)::numeric) FROM b) AS r"
+    )
     join = sql.SQL(
         "SELECT count(*) FILTER (WHERE r.id IS NULL), count(*) FILTER (WHERE l.id IS NULL), "
         "count(*) FILTER (WHERE l.h <> r.h) "
@@ -127,10 +166,24 @@ def run_bench(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
         row[0] for row in conn.execute("SELECT count(*) FROM a UNION ALL SELECT count(*) FROM b")
     )
 
-    times: dict[str, list[float]] = {"baseline": [], "join": [], "pgshift": []}
+    rela = None if args.no_reladiff else reladiff_arm(dsn)
+    times: dict[str, list[float]] = {
+        "baseline": [],
+        "floor": [],
+        "join": [],
+        "reladiff": [],
+        "pgshift": [],
+    }
     for run in range(1, args.runs + 1):
         seconds, _ = timed(lambda: conn.execute(baseline).fetchall())
         times["baseline"].append(seconds)
+        seconds, _ = timed(lambda: conn.execute(floor).fetchall())
+        times["floor"].append(seconds)
+        if rela is not None:
+            seconds, found = timed(rela)
+            times["reladiff"].append(seconds)
+            if found != PLANTED:
+                raise SystemExit(f"reladiff found {found}, planted {PLANTED}")
         if not args.no_join:
             seconds, counts = timed(lambda: conn.execute(join).fetchone())
             times["join"].append(seconds)
@@ -144,12 +197,16 @@ def run_bench(conn: psycopg.Connection[Any], args: argparse.Namespace) -> None:
         line = "  ".join(f"{name} {values[-1]:6.2f} s" for name, values in times.items() if values)
         print(f"run {run}: {line}")
 
-    rates = {name: total / statistics.median(values) for name, values in times.items() if values}
-    for name, rate in rates.items():
-        print(f"median {name:9} {rate:12,.0f} rows/s")
-    print(f"ratio pgshift/baseline: {rates['pgshift'] / rates['baseline']:.2f} (bar: 0.5)")
-    if "join" in rates:
-        print(f"ratio pgshift/join:     {rates['pgshift'] / rates['join']:.2f}")
+    medians = {name: statistics.median(values) for name, values in times.items() if values}
+    for name, seconds in medians.items():
+        print(
+            f"median {name:9} {seconds:7.2f} s {total / seconds:12,.0f} rows/s  "
+            f"{name}/pgshift time {seconds / medians['pgshift']:5.2f}"
+        )
+    print(f"ratio pgshift/baseline (speed): {medians['baseline'] / medians['pgshift']:.2f}")
+    print(f"ratio pgshift/floor (speed):    {medians['floor'] / medians['pgshift']:.2f}")
+    if "reladiff" in medians:
+        print(f"pgshift is {medians['reladiff'] / medians['pgshift']:.1f}x faster than reladiff")
 
 
 def check(result: VerifyResult) -> None:

@@ -159,8 +159,10 @@ def resolve_table(conn: psycopg.Connection[Any], name: str) -> tuple[str, str, i
 def load_table(conn: psycopg.Connection[Any], name: str) -> Table:
     found = resolve_table(conn, name)
     if found is None:
+        info = conn.info
         raise PlanError(
-            f"table {name!r} does not exist in this database; check `table` and --dsn",
+            f"table {name!r} does not exist in database {info.dbname!r} as {info.user!r} on"
+            f" {info.host}:{info.port}; check `table`, and --dsn or $DATABASE_URL",
             path=("table",),
         )
     schema, relname, oid, kind = found

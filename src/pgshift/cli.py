@@ -1,4 +1,4 @@
-"""The `migrate` command line (SPEC §3): parse, call, print, exit. No logic of its own."""
+"""The `migrate` command line: parse, call, print, exit. No logic of its own."""
 
 from __future__ import annotations
 
@@ -34,11 +34,12 @@ from pgshift.errors import (
 from pgshift.log import configure
 from pgshift.move.commands import move_status, plan_output, refuse_checks
 from pgshift.move.executor import MoveExecutor
-from pgshift.plan.lint import format_finding, lint_file
+from pgshift.plan.lint import FORMATS, Finding, lint_paths, render
 from pgshift.plan.load import LoadedPlan, load_plan
 from pgshift.plan.plan_lint import lint_plan
 from pgshift.report.preview import preview_data, render_text
 from pgshift.report.report import (
+    fallback_report,
     github_summary,
     migration_report,
     render_status,
@@ -55,8 +56,10 @@ class Options:
         state_schema: str,
         verbose: int,
         destination_dsn: str | None = None,
+        log_format: str | None = None,
     ) -> None:
         self.given_dsn = dsn
+        self.log_format = log_format
         self.state_schema = state_schema
         self.verbose = verbose
         self.destination_dsn = destination_dsn  # a move's destination server
@@ -85,11 +88,31 @@ class Options:
 
 
 def _actor() -> str:
-    return os.environ.get("PGSHIFT_ACTOR") or os.environ.get("USER") or "pgshift"
+    """Who the events name: $PGSHIFT_ACTOR, else $USER or $LOGNAME, else the operating
+    system's name of the account (a container or CI job often sets neither), else `pgshift`."""
+    named = (os.environ.get(v) for v in ("PGSHIFT_ACTOR", "USER", "LOGNAME"))
+    given = next((name for name in named if name), None)
+    if given:
+        return given
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name or "pgshift"
+    except (ImportError, AttributeError, KeyError):  # no password database, or no entry
+        return "pgshift"
 
 
 def fail(error: BaseException, verbose: int) -> NoReturn:
     """One line on stderr, the matching exit status; the traceback only with -v."""
+    message, code = _message(error)
+    if verbose:
+        traceback.print_exception(error, file=sys.stderr)
+    click.echo(f"error: {message}", err=True)
+    sys.exit(int(code))
+
+
+def _message(error: BaseException) -> tuple[str, int]:
+    """The one line a failed command prints, and its exit status."""
     if isinstance(error, PgshiftError):
         message, code = str(error), error.exit_code
     elif isinstance(error, psycopg.OperationalError):
@@ -106,14 +129,11 @@ def fail(error: BaseException, verbose: int) -> NoReturn:
             f"internal error: {type(error).__name__}: {error} (run with -v for details)",
             ExitCode.FAILED,
         )
-    if verbose:
-        traceback.print_exception(error, file=sys.stderr)
-    click.echo(f"error: {message}", err=True)
-    sys.exit(int(code))
+    return message, code
 
 
 class Group(click.Group):
-    """Turns every error into one line and an exit status (SPEC §3)."""
+    """Turns every error into one line and an exit status."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -133,6 +153,8 @@ def _load(path: str) -> LoadedPlan:
 
 
 def _located(error: PlanError, loaded: LoadedPlan) -> PlanError:
+    if error.where is None and error.path is not None and error.at is not None:
+        return error.located(loaded.where_in(error.path, *error.at))
     if error.where is None and error.path is not None:
         # an error about a whole column entry points at its name, not at its first option
         whole_entry = len(error.path) == 2 and error.path[0] == "columns"
@@ -180,7 +202,7 @@ def main(
 ) -> None:
     """pgshift: zero-downtime migrations for PostgreSQL."""
     configure(log_format, verbose)
-    ctx.obj = Options(dsn, state_schema, verbose, destination_dsn)
+    ctx.obj = Options(dsn, state_schema, verbose, destination_dsn, log_format)
 
 
 pass_options = click.make_pass_decorator(Options)
@@ -202,7 +224,7 @@ def plan_command(options: Options, plan_file: str, as_json: bool, check_data: bo
     findings = lint_plan(loaded)
     for finding in findings:
         click.echo(f"lint: {finding}", err=True)
-    errors = [f for f in findings if not f.finding.allowed]
+    errors = [f for f in findings if f.finding.fails]
     if errors:
         raise PlanError(
             f"{len(errors)} DDL safety rule(s) broken (above); fix them or accept one with"
@@ -272,25 +294,32 @@ def _finish(result: RunResult) -> None:
     click.echo(result.message)
 
 
-def _reported(options: Options, name: str, report: str | None, action: Callable[[], Any]) -> Any:
-    """Run `action`; with --report, write the JSON report (SPEC §7) whatever the outcome, and
+def _reported(
+    options: Options,
+    plan_file: str,
+    report: str | None,
+    action: Callable[[LoadedPlan], Any],
+) -> Any:
+    """Load the plan and run `action` on it; with --report, write the JSON report whatever the
+    outcome (an invalid plan and an unreachable database too, their error as `last_error`), and
     append a Markdown summary to $GITHUB_STEP_SUMMARY when it is set."""
     if report is None and not os.environ.get("GITHUB_STEP_SUMMARY"):
-        return action()
+        return action(_load(plan_file))
     code: int = ExitCode.DONE
+    name: str | None = None
+    error_line: str | None = None
     try:
-        return action()
-    except PgshiftError as error:
-        code = error.exit_code
-        raise
+        loaded = _load(plan_file)
+        name = loaded.plan.name
+        return action(loaded)
     except KeyboardInterrupt:
-        code = 130  # what the command line exits with on Ctrl-C
+        code, error_line = 130, "interrupted"  # what the command line exits with on Ctrl-C
         raise
-    except Exception:
-        code = ExitCode.FAILED
+    except Exception as error:
+        error_line, code = _message(error)
         raise
     finally:
-        _write_report(options, name, report, int(code))
+        _write_report(options, name, plan_file, report, int(code), error_line)
 
 
 def _migration_report(
@@ -307,20 +336,32 @@ def _migration_report(
     return migration_report(state, exit_code=exit_code, old_sessions=old, move=move)
 
 
-def _write_report(options: Options, name: str, path: str | None, code: int) -> None:
-    data: dict[str, Any] = {"migration": name, "status": "pending", "exit_code": code}
-    state = None
-    try:
-        with connect(options.dsn, role="report") as conn:
-            state = options.store().get(conn, name)
-            if state is not None:
-                data = _migration_report(conn, state, code, options.destination_dsn)
-    except psycopg.Error:
-        state = None
+def _write_report(
+    options: Options,
+    name: str | None,
+    plan_file: str,
+    path: str | None,
+    code: int,
+    error: str | None,
+) -> None:
+    """The migration's report as the state has it, else (a plan that did not load, a database
+    out of reach, a migration never started) one with what is known; the command's error is
+    its `last_error`."""
+    data: dict[str, Any] = fallback_report(name, plan_file, code)
+    if name is not None:
+        try:
+            with connect(options.dsn, role="report") as conn:
+                state = options.store().get(conn, name)
+                if state is not None:
+                    data = _migration_report(conn, state, code, options.destination_dsn)
+        except psycopg.Error:
+            data["status"] = "unknown"  # the database is out of reach: the error says so
+    if error is not None and code not in (ExitCode.DONE, ExitCode.WAITING):
+        data["last_error"] = error
     if path:
         Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary and state is not None:
+    if summary:
         with open(summary, "a", encoding="utf-8") as out:
             out.write(github_summary(data))
 
@@ -345,15 +386,23 @@ def apply_command(
     report: str | None,
 ) -> None:
     """Run PLAN_FILE from its last checkpoint."""
-    loaded = _load(plan_file)
-    executor = options.executor(loaded, force=force)
-    result = _reported(
-        options,
-        loaded.plan.name,
-        report,
-        lambda: _with_plan_locations(loaded, lambda: executor.apply(until, approve)),
-    )
-    _finish(result)
+
+    def run(loaded: LoadedPlan) -> Any:
+        gates = _gates_of(loaded, approve)  # before anything connects or writes
+        executor = options.executor(loaded, force=force)
+        return _with_plan_locations(loaded, lambda: executor.apply(until, gates))
+
+    _finish(_reported(options, plan_file, report, run))
+
+
+def _gates_of(loaded: LoadedPlan, names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names`, each a gate of the plan."""
+    gates = [p.name for p in loaded.plan.phases if p.kind == "gate"]
+    for name in names:
+        if name not in gates:
+            have = f"its gates: {', '.join(gates)}" if gates else "it has no gate"
+            raise UsageError(f"plan {loaded.plan.name} has no gate named {name!r}; {have}")
+    return names
 
 
 @main.command("rollback")
@@ -371,20 +420,25 @@ def rollback_command(
     options: Options, plan_file: str, to: str | None, report: str | None, force: bool
 ) -> None:
     """Undo applied phases in reverse order, up to the point of no return."""
-    loaded = _load(plan_file)
-    executor = options.executor(loaded, force=force)
     result = _reported(
         options,
-        loaded.plan.name,
+        plan_file,
         report,
-        lambda: _with_plan_locations(loaded, lambda: executor.rollback(to)),
+        lambda loaded: _with_plan_locations(
+            loaded, lambda: options.executor(loaded, force=force).rollback(to)
+        ),
     )
     _finish(result)
 
 
 @main.command("verify")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (SPEC §4).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as JSON: counts, differences, example keys.",
+)
 @click.option("--chunk-size", default=10_000, show_default=True, help="Keys per chunk.")
 @pass_options
 def verify_command(options: Options, plan_file: str, as_json: bool, chunk_size: int) -> None:
@@ -409,17 +463,31 @@ def verify_command(options: Options, plan_file: str, as_json: bool, chunk_size: 
 @main.command("approve")
 @click.argument("plan_or_name")
 @click.argument("gate")
-@click.option("--by", "by", default=None, help="Who approves (default: $PGSHIFT_ACTOR or $USER).")
+@click.option(
+    "--by",
+    "by",
+    default=None,
+    help="Who approves (default: $PGSHIFT_ACTOR, else $USER, else the account's name).",
+)
 @pass_options
 def approve_command(options: Options, plan_or_name: str, gate: str, by: str | None) -> None:
     """Record an approval of GATE (who and when), so `apply` passes it."""
     name = _migration_name(plan_or_name)
+    if _is_plan_file(plan_or_name):
+        _gates_of(_load(plan_or_name), (gate,))
     who = by or _actor()
     with connect(options.dsn, role="approve") as conn:
-        if not options.store().approve(conn, name, gate, who):
+        store = options.store()
+        state = store.get(conn, name)
+        if state is None:
             raise UsageError(
-                f"no gate {gate!r} in migration {name} here; apply the plan up to the gate first"
+                f"no migration named {name} in state schema {options.state_schema}: apply"
+                " its plan up to the gate first, then approve it"
             )
+        if not store.approve(conn, name, gate, who):
+            gates = [p.name for p in state.phases if p.kind == "gate"]
+            have = f"its gates: {', '.join(gates)}" if gates else "it has no gate"
+            raise UsageError(f"migration {name} has no gate named {gate!r}; {have}")
     click.echo(f"gate {gate} of {name} approved by {who}")
 
 
@@ -450,14 +518,22 @@ def status_command(options: Options, plan_or_name: str | None, as_json: bool) ->
 
 def _migration_name(plan_or_name: str) -> str:
     """A plan file's migration name, or the name itself."""
-    if plan_or_name.endswith((".yaml", ".yml")) or Path(plan_or_name).is_file():
+    if _is_plan_file(plan_or_name):
         return _load(plan_or_name).plan.name
     return plan_or_name
+
+
+def _is_plan_file(plan_or_name: str) -> bool:
+    return plan_or_name.endswith((".yaml", ".yml")) or Path(plan_or_name).is_file()
 
 
 def _set_paused(options: Options, name: str, paused: bool) -> None:
     store = options.store()
     with connect(options.dsn, role="pause") as conn:
+        state = store.get(conn, _migration_name(name)) if paused else None
+        if state is not None and state.status in ("done", "rolled_back"):
+            what = "is done" if state.status == "done" else "was rolled back"
+            raise UsageError(f"migration {state.name} {what}: nothing runs that a pause would stop")
         if not store.set_paused(conn, _migration_name(name), paused):
             raise UsageError(f"no migration named {name} in state schema {options.state_schema}")
     verb = "paused: backfill and verify stop after the current batch" if paused else "resumed"
@@ -519,22 +595,32 @@ def runbook_command(options: Options, plan_file: str, output: str | None) -> Non
 
 
 @main.command("lint")
-@click.argument("path", type=click.Path(dir_okay=False, exists=True))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="Output: text lines, JSON, SARIF 2.1.0, or GitHub Actions annotations.",
+)
 @pass_options
-def lint_command(options: Options, path: str) -> None:
-    """Check a plan's raw SQL, or a .sql file, against the DDL safety rules (docs/lint.md)."""
-    if path.endswith((".yaml", ".yml")):
-        lines = [str(f) for f in lint_plan(_load(path))]
-        broken = [line for line in lines if not line.endswith("(allowed)")]
-    else:
-        findings = lint_file(Path(path))
-        lines = [format_finding(f, path) for f in findings]
-        broken = [line for f, line in zip(findings, lines, strict=True) if not f.allowed]
-    for line in lines:
-        click.echo(line)
+def lint_command(options: Options, paths: tuple[str, ...], fmt: str) -> None:
+    """Check plans' raw SQL, .sql files and migration folders (in migration order, as one run)
+    against the DDL safety rules (docs/lint.md)."""
+    found: list[tuple[str, Finding]] = []
+    sql_paths = [Path(p) for p in paths if not p.endswith((".yaml", ".yml"))]
+    for path in paths:
+        if path.endswith((".yaml", ".yml")):
+            found += [(f.file, f.finding) for f in lint_plan(_load(path))]
+    found += [(str(file), f) for file, f in lint_paths(sql_paths)]
+    click.echo(render(found, fmt), nl=False)
+    broken = [f for _, f in found if f.fails]
+    where = paths[0] if len(paths) == 1 else f"{len(paths)} paths"
     if broken:
-        raise UsageError(f"{len(broken)} DDL safety rule(s) broken in {path}")
-    click.echo(f"{path}: no DDL safety rule broken")
+        raise UsageError(f"{len(broken)} DDL safety rule(s) broken in {where}")
+    if fmt == "text":
+        click.echo(f"{where}: no DDL safety rule broken")
 
 
 @main.command("demo")
@@ -568,6 +654,7 @@ def demo_command(
     """The whole flow on an embedded PostgreSQL with live simulated traffic."""
     from pgshift.demo.run import run_demo
 
+    configure(options.log_format, options.verbose, events=False)  # the demo prints its own
     code = run_demo(
         dsn=options.given_dsn,
         rows=rows,

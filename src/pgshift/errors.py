@@ -1,4 +1,4 @@
-"""Errors a user sees: one line that says what to do, and the exit status it maps to (SPEC §3)."""
+"""Errors a user sees: one line that says what to do, and the exit status it maps to."""
 
 from __future__ import annotations
 
@@ -22,16 +22,22 @@ class PgshiftError(Exception):
 class PlanError(PgshiftError):
     """The plan is invalid. `where` is `file:line:column` when known; checks against the
     database give `path` instead (e.g. ("columns", "balance", "up")), which the command line
-    turns into `where` through the plan's source map."""
+    turns into `where` through the plan's source map. `at` is (line, column), 1-based, inside
+    the text at `path` (a SQL text's syntax error), for a `where` at that very place."""
 
     exit_code = ExitCode.USAGE
 
     def __init__(
-        self, message: str, where: str | None = None, path: tuple[str | int, ...] | None = None
+        self,
+        message: str,
+        where: str | None = None,
+        path: tuple[str | int, ...] | None = None,
+        at: tuple[int, int] | None = None,
     ) -> None:
         self.message = message
         self.where = where
         self.path = path
+        self.at = at
         super().__init__(f"{where}: {message}" if where else message)
 
     def located(self, where: str) -> PlanError:

@@ -12,6 +12,13 @@ import structlog
 
 _SECRET_KEYS = {"password", "dsn", "conninfo"}
 
+# On a terminal without -v an operator sees what a run is doing at the level of phases: each
+# phase starting and ending, waits and resumes, rollbacks, warnings. These details need -v; the
+# periodic `... progress` lines too when the progress bar shows the same on a terminal.
+DETAIL_EVENTS = frozenset(
+    {"step", "step already done", "lock_timeout capped below the server's deadlock_timeout"}
+)
+
 
 def _redact(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
     from pgshift.db import redact
@@ -22,15 +29,26 @@ def _redact(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mappin
     return event
 
 
-def configure(log_format: str | None = None, verbose: int = 0) -> None:
+def _operator_events(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+    name = event.get("event")
+    progress = isinstance(name, str) and name.endswith(" progress") and sys.stderr.isatty()
+    if name in DETAIL_EVENTS or progress:
+        raise structlog.DropEvent
+    return event
+
+
+def configure(log_format: str | None = None, verbose: int = 0, events: bool = True) -> None:
+    """Logging on stderr. JSON: every info event. Console: with -v every info event (-vv
+    debug); without, the operator's events (`events`, see DETAIL_EVENTS) or warnings only."""
     fmt = log_format or ("console" if sys.stderr.isatty() else "json")
     level = (
         logging.DEBUG
         if verbose > 1
         else logging.INFO
-        if verbose or fmt == "json"
+        if verbose or fmt == "json" or events
         else logging.WARNING
     )
+    terse = [_operator_events] if fmt == "console" and not verbose else []
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -39,6 +57,7 @@ def configure(log_format: str | None = None, verbose: int = 0) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *terse,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,

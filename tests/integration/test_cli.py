@@ -12,7 +12,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
+from psycopg.conninfo import conninfo_to_dict
 
+from pgshift.cli import main
 from pgshift.demo.seed import create_accounts
 from tests.integration.helpers import PLANS, cli, definition, error_line, rows, write_plan
 
@@ -373,3 +376,71 @@ def test_plan_warns_about_the_tables_own_triggers(
     assert any("backfill's UPDATEs fire them" in w for w in in_place["warnings"])
     copy = json.loads(cli(dsn, "plan", str(PLANS / "accounts_bigint_key.yaml"), "--json").stdout)
     assert any("cutover moves them to the new table" in w for w in copy["warnings"])
+
+
+def test_pause_refuses_a_rolled_back_or_done_migration(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    path = write_plan(tmp_path, plan_text())
+    assert cli(dsn, "apply", path, "--until", "expand").exit_code == 0
+    assert cli(dsn, "rollback", path).exit_code == 0
+    result = cli(dsn, "pause", "cli_test")
+    assert result.exit_code == 2
+    assert error_line(result) == (
+        "error: migration cli_test was rolled back: nothing runs that a pause would stop"
+    )
+    assert json.loads(cli(dsn, "status", "cli_test", "--json").stdout)["paused"] is False
+
+    assert cli(dsn, "apply", path).exit_code == 0
+    result = cli(dsn, "pause", path)
+    assert result.exit_code == 2 and "cli_test is done" in error_line(result)
+    assert cli(dsn, "resume", "cli_test").exit_code == 0  # clearing the flag is harmless
+
+
+@pytest.mark.parametrize(
+    ("up", "line", "column"),
+    [
+        (
+            "|\n        CREATE INDEX CONCURRENTLY accounts_x ON accounts (email);\n"
+            "        ALTER TABLE accounts ADD COLUMN foo int DEFALT 1;\n",
+            14,
+            49,
+        ),
+        ("ALTER TABLE accounts ADD COLUMN foo int DEFALT 1", 12, 51),
+        ('"ALTER TABLE accounts ADD COLUMN foo int DEFALT 1"', 12, 52),
+    ],
+)
+def test_sql_phase_syntax_error_points_at_the_sql(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path, up: str, line: int, column: int
+) -> None:
+    text = plan_text().replace(
+        "phases: [expand, dual_write, backfill, cutover, contract]",
+        "phases:\n  - expand\n  - sql:\n      name: extra\n      irreversible: true\n"
+        f"      up: {up}",
+    )
+    path = write_plan(tmp_path, text)
+    assert text.splitlines()[line - 1][column - 1 :].startswith("DEFALT")
+    result = cli(dsn, "apply", path)
+    assert result.exit_code == 2
+    assert error_line(result) == (
+        f'error: {path}:{line}:{column}: SQL does not parse: syntax error at or near "DEFALT"'
+    )
+
+
+def test_without_dsn_a_missing_table_names_the_database(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    params = conninfo_to_dict(dsn)
+    env = {
+        "DATABASE_URL": None,
+        "PGHOST": str(params.get("host", "")),
+        "PGPORT": str(params.get("port", "5432")),
+        "PGUSER": str(params.get("user", "")),
+        "PGDATABASE": str(params["dbname"]),
+    }
+    path = write_plan(tmp_path, plan_text(table="public.nope"))
+    result = CliRunner(env=env).invoke(main, ["--log-format", "json", "apply", path])
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert f"does not exist in database '{params['dbname']}' as '{params.get('user')}'" in line
+    assert line.endswith("check `table`, and --dsn or $DATABASE_URL")

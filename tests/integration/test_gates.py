@@ -4,6 +4,8 @@ report, approval opens it (recorded with who and when), apply then finishes."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -113,4 +115,81 @@ def test_approve_unknown_gate_is_a_usage_error(
     plan = write_plan(tmp_path, PLAN.format(options=""))
     assert cli(dsn, "apply", plan, "--until", "expand").exit_code == 0
     result = cli(dsn, "approve", plan, "after_cutover")
-    assert result.exit_code == 2 and "no gate 'after_cutover'" in error_line(result)
+    assert result.exit_code == 2 and "no gate named 'after_cutover'" in error_line(result)
+
+
+def test_status_after_rollbacks_waits_for_nothing_and_keeps_run_times(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    text = PLAN.format(options=", wait: 1h").replace("  - backfill\n", "  - backfill\n  - verify\n")
+    plan = write_plan(tmp_path, text)
+    assert cli(dsn, "apply", plan).exit_code == 3
+    before = json.loads(cli(dsn, "status", "gated", "--json").stdout)
+    assert "soak time" in before["waiting_for"]
+    ran = {p["name"]: p["seconds"] for p in before["phases"] if p["status"] == "done"}
+    assert set(ran) == {"expand", "dual_write", "backfill", "verify"}
+
+    report = tmp_path / "report.json"
+    assert cli(dsn, "rollback", plan, "--to", "verify", "--report", str(report)).exit_code == 0
+    for data in (
+        json.loads(report.read_text()),
+        json.loads(cli(dsn, "status", "gated", "--json").stdout),
+    ):
+        assert data["waiting_for"] is None and data["gate"] is None
+    assert "waiting" not in cli(dsn, "status", "gated").stdout
+
+    assert cli(dsn, "rollback", plan, "--report", str(report)).exit_code == 0
+    for data in (
+        json.loads(report.read_text()),
+        json.loads(cli(dsn, "status", "gated", "--json").stdout),
+    ):
+        assert data["status"] == "rolled_back"
+        assert data["waiting_for"] is None and data["gate"] is None
+        # a rolled-back phase shows the time its run took, not the time since it started
+        assert {p["name"]: p["seconds"] for p in data["phases"] if p["name"] in ran} == ran
+    assert "waiting" not in cli(dsn, "status", "gated").stdout
+
+
+def test_apply_approving_an_unknown_gate_writes_nothing(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    plan = write_plan(tmp_path, PLAN.format(options=""))
+    result = cli(dsn, "apply", plan, "--approve", "nosuchgate")
+    assert result.exit_code == 2
+    assert "has no gate named 'nosuchgate'; its gates: before_cutover" in error_line(result)
+    schema = accounts.execute("SELECT to_regnamespace('pgshift')").fetchone()
+    assert schema == (None,)  # not even the state schema
+
+    assert cli(dsn, "apply", plan, "--until", "expand").exit_code == 0
+    events = accounts.execute("SELECT count(*) FROM pgshift.events").fetchone()
+    assert cli(dsn, "apply", plan, "--approve", "nosuchgate").exit_code == 2
+    assert accounts.execute("SELECT count(*) FROM pgshift.events").fetchone() == events
+
+
+def test_approve_by_name_says_which_gates_the_migration_has(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    result = cli(dsn, "approve", "gated", "before_cutover")
+    assert result.exit_code == 2
+    assert "no migration named gated" in error_line(result)
+    assert "apply its plan up to the gate first" in error_line(result)
+
+    plan = write_plan(tmp_path, PLAN.format(options=""))
+    assert cli(dsn, "apply", plan, "--until", "expand").exit_code == 0
+    result = cli(dsn, "approve", "gated", "no_such_gate")
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "migration gated has no gate named 'no_such_gate'; its gates: before_cutover" in line
+    assert "apply" not in line
+
+
+def test_without_user_the_actor_is_the_accounts_name(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    plan = write_plan(tmp_path, PLAN.format(options=""))
+    unset = {"USER": None, "LOGNAME": None, "PGSHIFT_ACTOR": None}
+    runner = CliRunner(env=unset)
+    args = ["--dsn", dsn, "--log-format", "json", "apply", plan, "--approve", "before_cutover"]
+    assert runner.invoke(main, args).exit_code == 0
+    actors = accounts.execute("SELECT DISTINCT actor FROM pgshift.events").fetchall()
+    assert actors == [(pwd.getpwuid(os.getuid()).pw_name,)]

@@ -219,3 +219,31 @@ def test_without_a_database_exit_2_and_say_to_pass_dsn() -> None:
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert "--dsn" in lines[0]
     assert result.stdout == ""
+
+
+def test_new_table_runbook_names_the_insert_the_new_tables_locks_and_the_shadow_reads(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    text = (PLANS / "accounts_bigint_key.yaml").read_text()
+    text = text.replace(
+        "  - verify\n",
+        "  - verify\n  - shadow_read:\n      queries: ['SELECT count(*) FROM accounts']\n",
+    )
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(text)
+    parts = sections(runbook(dsn, plan))
+
+    backfill = parts["backfill"]
+    assert "the INSERT then copies exactly the rows of that key range" in backfill
+    assert "the UPDATE" not in backfill
+    for index in ("accounts_v2_email_idx", "accounts_v2_balance_idx"):
+        step = backfill.split(f"build {index}", 1)[1].split("### Step", 1)[0]
+        assert "- **Lock:** `SHARE UPDATE EXCLUSIVE` on `public.accounts_v2`" in step
+    # the new table's owner and grants: its ACCESS EXCLUSIVE is on the new table only
+    owner = parts["expand"].split("the owner, grants", 1)[1].split("### Step", 1)[0]
+    assert "- **Lock:** `ACCESS EXCLUSIVE` on `public.accounts_v2`" in owner
+
+    shadow = parts["shadow_read"]
+    assert "catalog changes only" not in shadow and "< 1s" not in shadow
+    assert "as long as its queries take, run on both shapes" in shadow
+    assert "reads what its queries read" in shadow

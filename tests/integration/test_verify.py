@@ -136,3 +136,16 @@ def test_verify_resumes_after_a_kill_without_counting_twice(
         "SELECT checkpoint -> 'result' FROM pgshift.phases WHERE kind = 'verify'"
     ).fetchone()[0]  # type: ignore[index]
     assert result["rows_compared"] == 3_000  # each row once, across the two runs
+
+
+def test_verify_phase_logs_its_progress_as_verify_progress(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    path = write_plan(tmp_path, PLAN.format(chunk=1000))
+    result = cli(dsn, "apply", path, "--until", "verify")
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    progress = [(e["event"], e["phase"]) for e in events if e["event"].endswith(" progress")]
+    assert ("backfill progress", "backfill") in progress
+    assert ("verify progress", "verify") in progress
+    assert ("backfill progress", "verify") not in progress

@@ -192,15 +192,18 @@ def test_volatile_or_unknown_defaults_fire(column: str, volatile: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    "column",
+    ("column", "warnings"),
     [
-        "c bigserial",
-        "c int GENERATED ALWAYS AS IDENTITY",
-        "c int GENERATED ALWAYS AS (balance * 2) STORED",
+        ("c bigserial", ["PGS014"]),  # prefer-identity
+        ("c int GENERATED ALWAYS AS IDENTITY", ["PGS013"]),  # prefer-bigint
+        ("c bigint GENERATED ALWAYS AS IDENTITY", []),
+        ("c int GENERATED ALWAYS AS (balance * 2) STORED", []),
     ],
 )
-def test_columns_filled_per_row_fire(column: str) -> None:
-    assert rules(f"{TIMEOUT}ALTER TABLE accounts ADD COLUMN {column};") == ["PGS002"]
+def test_columns_filled_per_row_fire(column: str, warnings: list[str]) -> None:
+    found = lint_sql(f"{TIMEOUT}ALTER TABLE accounts ADD COLUMN {column};")
+    assert [f.rule for f in found if f.severity == "error"] == ["PGS002"]
+    assert [f.rule for f in found if f.severity == "warning"] == warnings
 
 
 def test_virtual_generated_column_passes() -> None:
@@ -307,8 +310,11 @@ def test_not_null_constraint_not_valid_then_validate() -> None:
 
 def test_lock_taking_statements_need_lock_timeout() -> None:
     for statement in (
-        "ALTER TABLE accounts VALIDATE CONSTRAINT c;",
-        "DROP TABLE accounts;",
+        "DROP TABLE accounts; -- pgshift:allow drop-table",
+        "DROP VIEW accounts_v;",
+        "CREATE TABLE notes (id bigint, account_id bigint REFERENCES accounts (id));",
+        "CREATE TABLE notes (id bigint, account_id bigint, FOREIGN KEY (account_id)"
+        " REFERENCES accounts (id));",
         "TRUNCATE accounts;",
         "LOCK TABLE accounts IN SHARE MODE;",
         "CREATE TRIGGER t BEFORE UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION f();",
@@ -322,7 +328,10 @@ def test_statements_without_table_locks_need_no_lock_timeout() -> None:
     sql = (
         "SELECT 1;\nINSERT INTO accounts (id) VALUES (1);\n"
         "CREATE INDEX CONCURRENTLY i ON accounts (id);\nDROP INDEX CONCURRENTLY i;\n"
-        "REINDEX TABLE CONCURRENTLY accounts;\nVACUUM accounts;\nCREATE TABLE t (id int);"
+        "REINDEX TABLE CONCURRENTLY accounts;\nVACUUM accounts;\nCREATE TABLE t (id int);\n"
+        "ALTER TABLE accounts VALIDATE CONSTRAINT c;\n"  # SHARE UPDATE EXCLUSIVE
+        "CREATE TABLE u (id bigint, t_id int REFERENCES t (id));\n"  # t is new
+        "ALTER TABLE events DETACH PARTITION events_2020 CONCURRENTLY;"
     )
     assert rules(sql) == []
 
@@ -342,7 +351,7 @@ def test_lock_timeout_zero_reset_and_transaction_end() -> None:
 
 
 def test_require_lock_timeout_false_turns_the_rule_off() -> None:
-    sql = "ALTER TABLE accounts ADD COLUMN note text;\nDROP TABLE old_accounts;"
+    sql = "ALTER TABLE accounts ADD COLUMN note text;\nTRUNCATE old_accounts;"
     assert rules(sql, require_lock_timeout=False) == []
     assert rules("CREATE INDEX i ON accounts (id);", require_lock_timeout=False) == ["PGS005"]
 

@@ -1,4 +1,4 @@
-"""`migrate demo` (SPEC §9): a live table migrated while simulated application traffic writes to it.
+"""`migrate demo`: a live table migrated while simulated application traffic writes to it.
 
 By default (application mode `versions`) two application versions run: the old one from the
 start, on the table as it was; the new one, deployed once the new shape is filled and

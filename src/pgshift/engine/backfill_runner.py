@@ -1,14 +1,16 @@
 """Run a BackfillStep: keyset batches, each committed together with its checkpoint.
 
-Batch size adapts to `batch_time` when `batch_size: auto`: each batch is sized from the last
-one's rows per second, never more than doubling or halving at once, so a sudden slow batch
-(a checkpoint, a vacuum) shrinks the next one instead of compounding.
+Batch size adapts to `batch_time` when `batch_size: auto`: each batch is sized from the slowest
+rows per second of the last `RECENT_BATCHES` batches, never more than doubling or halving at
+once, so a sudden slow batch (a checkpoint, a vacuum) shrinks the next ones instead of
+compounding, and the size grows back only once the slow spell has left the window.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -26,6 +28,8 @@ from pgshift.plan.model import Settings
 AUTO_START = 1_000
 AUTO_MIN = 10
 AUTO_MAX = 500_000
+# Batches whose rows per second size the next one: the slowest of them counts.
+RECENT_BATCHES = 5
 
 
 @dataclass(frozen=True)
@@ -48,13 +52,19 @@ class BatchPolicy:
             pause=pick("batch_pause"),
         )
 
-    def next_size(self, size: int, rows: int, seconds: float) -> int:
+    def next_size(
+        self, size: int, rows: int, seconds: float, earlier: Sequence[tuple[int, float]] = ()
+    ) -> int:
+        """The next batch's size after one of `rows` rows in `seconds`; `earlier` holds the
+        (rows, seconds) of the batches before it (the last few), and the slowest rate of them
+        all sizes the next batch."""
         if self.size is not None:
             return self.size
-        if seconds <= 0:
-            return size * 2
         # rows actually written per second (a range thinned by deletes is cheaper, and says so)
-        wanted = max(rows, 1) * self.batch_time.total_seconds() / seconds
+        rates = [max(r, 1) / s for r, s in (*earlier, (rows, seconds)) if s > 0]
+        if not rates:
+            return int(min(size * 2, AUTO_MAX))
+        wanted = min(rates) * self.batch_time.total_seconds()
         return int(min(max(wanted, size / 2, AUTO_MIN), size * 2, AUTO_MAX))
 
 
@@ -94,6 +104,7 @@ def run_backfill(
     done_here = 0
     batches = 0
     slowest = 0.0
+    recent: deque[tuple[int, float]] = deque(maxlen=RECENT_BATCHES - 1)
     reporter.backfill_started(phase_name, rows_done, rows_total)
     try:
         while True:
@@ -168,7 +179,9 @@ def run_backfill(
             if upper is None:
                 break
             last = upper
-            size = policy.next_size(size, count, seconds)
+            size = policy.next_size(size, count, seconds, recent)
+            recent.append((count, seconds))
+            throttle.nice(seconds)
             if policy.pause > timedelta(0):
                 time.sleep(policy.pause.total_seconds())
     finally:

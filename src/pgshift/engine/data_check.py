@@ -304,6 +304,7 @@ def check_rows(
                     batch_size=size,
                     rows_per_second=done_here / elapsed if elapsed > 0 else 0.0,
                 ),
+                work=PROGRESS,
             )
             if upper is None:
                 break

@@ -157,10 +157,11 @@ class Executor:
             compiled, state = prepare(conn, self.loaded, self.store)
             if until is not None:
                 compiled.phase(until)  # an unknown name is a usage error before anything runs
-            state = self._record(conn, compiled, state)
             for gate in approve:
                 if not any(p.kind == "gate" and p.name == gate for p in compiled.phases):
                     raise UsageError(f"plan {self.name} has no gate named {gate!r}")
+            state = self._record(conn, compiled, state)
+            for gate in approve:
                 self.store.approve(conn, self.name, gate, self.store.actor)
             if state.status == "done":
                 return RunResult(self.name, "done", f"migration {self.name} is already done")
@@ -491,7 +492,7 @@ class Executor:
     # ---------------------------------------------------------------- verify
 
     def verify(self, chunk_size: int = 10_000) -> VerifyResult:
-        """A row-hash comparison now, at any phase after backfill (SPEC §4)."""
+        """A row-hash comparison now, at any phase after backfill."""
         with (
             migration_lock(self.dsn, self.name, "verify"),
             connect(self.dsn, role=f"verify {self.name}") as conn,

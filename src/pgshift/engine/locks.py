@@ -1,4 +1,4 @@
-"""Lock discipline (SPEC §5, DESIGN "Locks").
+"""Lock discipline.
 
 Every lock-taking statement runs under a short lock_timeout, so a waiting ACCESS EXCLUSIVE
 request never queues the application's reads behind it for long; on lock timeout or deadlock

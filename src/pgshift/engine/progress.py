@@ -55,6 +55,7 @@ class Reporter:
         log.warning(message, **fields)
 
     def backfill_started(self, phase: str, rows_done: int, rows_total: int | None) -> None:
+        self._last_log = 0.0  # each piece of work logs its first batch
         if self.bar:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -70,7 +71,8 @@ class Reporter:
                 phase, total=max(rows_total or 0, rows_done) or None, completed=rows_done, rate=""
             )
 
-    def batch(self, phase: str, report: BatchReport) -> None:
+    def batch(self, phase: str, report: BatchReport, work: str = "backfill") -> None:
+        """A batch done; every few seconds a `<work> progress` event (`verify progress`...)."""
         if self._progress is not None and self._task is not None:
             total = report.rows_total
             if total is not None and report.rows_done > total:
@@ -85,7 +87,7 @@ class Reporter:
         if now - self._last_log >= self.log_every_seconds:
             self._last_log = now
             log.info(
-                "backfill progress",
+                f"{work} progress",
                 phase=phase,
                 rows=report.rows_done,
                 rows_total=report.rows_total,

@@ -1,4 +1,4 @@
-"""The state schema (SPEC §10): migrations, their phases with checkpoints, and an append-only
+"""The state schema: migrations, their phases with checkpoints, and an append-only
 event log. It lives in the migrated database so a checkpoint can commit in the same
 transaction as the work it describes. The schema carries its own version; `ensure_schema`
 upgrades an older one in place."""
@@ -363,12 +363,15 @@ class StateStore:
     def set_status(
         self, conn: psycopg.Connection[Any], name: str, status: str, error: str | None = None
     ) -> None:
+        """What the migration waited for is cleared unless it now waits at a gate (a run
+        sets it again while it waits): a stopped, rolled-back or finished one waits for nothing."""
         conn.execute(
             self._q(
-                "UPDATE {s}.migrations SET status = %s, last_error = %s, updated_at = now()"
+                "UPDATE {s}.migrations SET status = %s, last_error = %s, updated_at = now(),"
+                " throttle_reason = CASE WHEN %s = 'waiting' THEN throttle_reason END"
                 " WHERE name = %s"
             ),
-            (status, error, name),
+            (status, error, status, name),
         )
 
     def set_phase(
@@ -391,9 +394,13 @@ class StateStore:
                     checkpoint = CASE WHEN %(reset)s THEN NULL ELSE checkpoint END,
                     rows_done = CASE WHEN %(reset)s THEN 0 ELSE rows_done END,
                     batches = CASE WHEN %(reset)s THEN 0 ELSE batches END,
-                    started_at = CASE WHEN %(status)s = 'running' AND started_at IS NULL
+                    started_at = CASE WHEN %(status)s = 'running'
+                                           AND (started_at IS NULL OR status = 'rolled_back')
                                       THEN clock_timestamp() ELSE started_at END,
-                    finished_at = CASE WHEN %(status)s IN ('done', 'failed', 'rolled_back')
+                    -- a rolled-back phase keeps the time its run took
+                    finished_at = CASE WHEN %(status)s = 'rolled_back'
+                                       THEN coalesce(finished_at, clock_timestamp())
+                                       WHEN %(status)s IN ('done', 'failed')
                                        THEN clock_timestamp()
                                        WHEN %(status)s = 'running' THEN NULL ELSE finished_at END,
                     error = %(error)s

@@ -1,7 +1,9 @@
 """Before each batch of backfill (and verify): wait while the migration is paused, while a
-replica lags more than max_replication_lag, or while the plan's throttle_query says so. The
-reason is logged once when waiting starts (and again when its cause changes) and shown by
-`migrate status`.
+replica lags more than max_replication_lag, while more than max_active_sessions of the
+database's sessions are active (like gh-ost's --max-load), or while the plan's throttle_query
+says so. The reason is logged once when waiting starts (and again when its cause changes) and
+shown by `migrate status`. After each batch, `nice` sleeps nice_ratio times the batch's own
+time (like gh-ost's --nice-ratio).
 
 Replica lag is measured here, not just read from pg_stat_replication. `replay_lag` comes from
 timing samples the walsender keeps; after a quiet spell it has none to measure a stalled replay
@@ -54,6 +56,19 @@ SELECT pg_wal_lsn_diff(w.lsn, '0/0')::numeric AS flushed,
        extract(epoch FROM r.replay_lag)::float8 AS replay_lag
   FROM primary_wal w LEFT JOIN pg_stat_replication r ON true
 """
+
+
+# The database's sessions running a statement now, other than pgshift's own (their
+# application_name starts with "pgshift ", see db.application_name) and this one. Without
+# pg_read_all_stats (or pg_monitor) other roles' sessions show no state and are not counted.
+_ACTIVE_SESSIONS_QUERY = """
+SELECT count(*) FROM pg_stat_activity
+ WHERE datname = current_database() AND state = 'active' AND backend_type = 'client backend'
+   AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pgshift %'
+"""
+
+# The sleep of `nice` (a test counts the calls through it).
+_sleep = time.sleep
 
 
 class LagSampler:
@@ -123,6 +138,9 @@ class Throttle:
         self.on_wait = on_wait
         self.clock = clock
         self.waited_seconds = 0.0
+        # nice_ratio: the sleeps after batches, their count and total
+        self.nice_sleeps = 0
+        self.niced_seconds = 0.0
         self.limit = settings.max_replication_lag.total_seconds()
         # a resolution well under the limit, and a window (~1024 spacings) 32 times as long
         self.sampler = LagSampler(spacing=self.limit / 32)
@@ -182,11 +200,28 @@ class Throttle:
                     f" ({worst.behind_bytes:,} bytes of WAL behind),"
                     f" more than max_replication_lag {self.limit:g}s"
                 )
+        most = self.settings.max_active_sessions
+        if most > 0:
+            row = self.conn.execute(_ACTIVE_SESSIONS_QUERY).fetchone()
+            active = int(row[0]) if row else 0
+            if active > most:
+                return "max_active_sessions", (
+                    f"{active} active sessions in the database, more than max_active_sessions"
+                    f" {most}"
+                )
         if self.settings.throttle_query:
             row = self.conn.execute(sql.SQL(self.settings.throttle_query)).fetchone()
             if row and row[0]:
                 return "throttle_query", "throttle_query returned true"
         return None
+
+    def nice(self, batch_seconds: float) -> None:
+        """After a batch that took `batch_seconds`: sleep nice_ratio times as long."""
+        pause = self.settings.nice_ratio * batch_seconds
+        if pause > 0:
+            self.nice_sleeps += 1
+            self.niced_seconds += pause
+            _sleep(pause)
 
     def reason(self) -> str | None:
         """Why the next batch must wait, or None."""

@@ -40,6 +40,7 @@ def run_verify(
     total = compiled.table.row_estimate if compiled.table.row_estimate > 0 else None
     reporter.backfill_started("verify", base["rows_compared"], total)
     started = time.monotonic()
+    chunk_started = [started]
 
     def on_chunk(progress: ChunkProgress) -> None:
         rows = base["rows_compared"] + progress.rows_compared
@@ -64,10 +65,13 @@ def run_verify(
                 batch_size=chunk_size,
                 rows_per_second=progress.rows_compared / max(time.monotonic() - started, 1e-6),
             ),
+            work="verify",
         )
         failpoint(f"verify:chunk:{progress.chunks}")
         if throttle is not None and not progress.done:
+            throttle.nice(time.monotonic() - chunk_started[0])
             throttle.wait()
+        chunk_started[0] = time.monotonic()
 
     try:
         result = compare_same_db(

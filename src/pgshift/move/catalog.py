@@ -144,6 +144,17 @@ def _named_oids(conn: psycopg.Connection[Any], plan: Plan, state_schema: str) ->
             (row[0],),
         ).fetchall()
         oids += [int(r[0]) for r in found]
+    if move.database:
+        # the schemas pgshift makes for itself (its state, version schemas) stay behind
+        found = conn.execute(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition"
+            " AND n.nspname NOT IN ('pg_catalog', 'information_schema', %s)"
+            " AND n.nspname NOT LIKE 'pg\\_%%' AND n.nspname NOT LIKE 'pgshift\\_%%'"
+            " ORDER BY n.nspname, c.relname",
+            (state_schema,),
+        ).fetchall()
+        oids += [int(r[0]) for r in found]
     return list(dict.fromkeys(oids))
 
 

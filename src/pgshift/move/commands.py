@@ -5,6 +5,7 @@ window) and `runbook`. The command line calls these and prints; no logic of its 
 from __future__ import annotations
 
 import json
+import os
 from contextlib import ExitStack
 from typing import Any
 
@@ -12,21 +13,21 @@ import psycopg
 
 from pgshift.db import connect, redact
 from pgshift.engine.state import MigrationState, StateStore
-from pgshift.errors import MigrationFailed
 from pgshift.move.executor import prepare_move
 from pgshift.move.preflight import Check, refuse, run_preflight
 from pgshift.move.preview import preview_data, render_text
-from pgshift.move.runner import conninfo_for
+from pgshift.move.runner import CONNINFO_ENV, conninfo_for
 from pgshift.phases.base import Server
 from pgshift.plan.load import LoadedPlan
 
 Connection = psycopg.Connection[Any]
 
 
-def _shown(conn: Connection | None) -> str | None:
+def _shown(conn: Connection | None, server: Server) -> str | None:
+    """How the other server's subscription reaches this one, password hidden."""
     if conn is None:
         return None
-    return redact(conninfo_for(conn))
+    return redact(os.environ.get(CONNINFO_ENV[server]) or conninfo_for(conn))
 
 
 def plan_output(
@@ -39,9 +40,9 @@ def plan_output(
         dst = (
             stack.enter_context(connect(destination_dsn, role="plan")) if destination_dsn else None
         )
-        destination = _shown(dst)
+        destination = _shown(dst, "destination")
         shown: dict[Server, str] = {
-            "source": _shown(src) or "",
+            "source": _shown(src, "source") or "",
             "destination": destination or "<the destination, given to `migrate apply`>",
         }
         compiled, state, source = prepare_move(src, loaded, store, shown)
@@ -136,4 +137,4 @@ def _subscribed(conn: Connection, name: str | None) -> bool:
     return bool(row and row[0])
 
 
-__all__ = ["MigrationFailed", "move_status", "plan_output", "redact", "refuse_checks"]
+__all__ = ["move_status", "plan_output", "refuse_checks"]

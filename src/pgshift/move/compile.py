@@ -234,8 +234,7 @@ class MoveCompiler:
 
     @property
     def fence_function(self) -> sql.Identifier:
-        schema, marker = self.names.marker_name
-        return sql.Identifier(schema, marker + "_fence")
+        return self.names.fence_function
 
     def fence_function_sql(self) -> Query:
         return sql.SQL(

@@ -23,7 +23,7 @@ import structlog
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pgshift.db import connect, redact
+from pgshift.db import connect
 from pgshift.engine.executor import RunResult, one_line
 from pgshift.engine.failpoints import failpoint
 from pgshift.engine.locks import below_deadlock_timeout, migration_lock, table_lock
@@ -133,7 +133,12 @@ class MoveExecutor:
             src = stack.enter_context(connect(self.dsn, role=f"{role} {self.name}"))
             dst = stack.enter_context(connect(self.destination_dsn, role=f"{role} {self.name}"))
             self.settings = below_deadlock_timeout(src, self.plan.settings)
-            yield Servers(src, dst)
+            servers = Servers(src, dst)
+            try:
+                yield servers
+            finally:
+                if servers.destination is not dst:  # connected again after a failure
+                    servers.destination.close()
 
     def _prepare(
         self, servers: Servers
@@ -143,14 +148,7 @@ class MoveExecutor:
             "destination": servers.shown("destination"),
         }
         compiled, state, source = prepare_move(servers.source, self.loaded, self.store, shown)
-        same = (
-            servers.source.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
-            == servers.destination.execute(
-                "SELECT system_identifier FROM pg_control_system()"
-            ).fetchone()
-            and servers.source.info.dbname == servers.destination.info.dbname
-        )
-        if same:
+        if _same_database(servers):
             raise UsageError(
                 "the destination is the source database: point --destination-dsn at another"
                 " server (or database)"
@@ -184,7 +182,7 @@ class MoveExecutor:
                 return RunResult(self.name, "done", f"migration {self.name} is already done")
             self.store.set_status(src, self.name, "running")
             self.store.event(src, self.name, "apply started", detail={"until": until})
-            runner = self._runner(servers, compiled, state)
+            runner = self._runner(servers, compiled)
             run: list[str] = []
             for phase in compiled.phases:
                 if state.phase(phase.index).status != "done":
@@ -256,7 +254,8 @@ class MoveExecutor:
         now = fingerprint(src, compiled.tables)
         src.execute(
             sql.SQL(
-                "UPDATE {}.migrations SET snapshot = jsonb_set(snapshot, '{{move,fingerprint}}', %s)"
+                "UPDATE {}.migrations SET snapshot = jsonb_set(snapshot, '{{move,fingerprint}}', "
+                "%s)"
                 " WHERE name = %s"
             ).format(sql.Identifier(self.store.schema)),
             (Jsonb(now), self.name),
@@ -282,9 +281,7 @@ class MoveExecutor:
 
         return check
 
-    def _runner(
-        self, servers: Servers, compiled: CompiledMove, state: MigrationState | None
-    ) -> MoveRunner:
+    def _runner(self, servers: Servers, compiled: CompiledMove) -> MoveRunner:
         return MoveRunner(
             servers,
             compiled,
@@ -612,7 +609,7 @@ class MoveExecutor:
                     " cannot be rolled back; run `migrate apply` to finish it, and move the"
                     " tables back with a new migration if you must"
                 )
-        runner = self._runner(servers, compiled, state)
+        runner = self._runner(servers, compiled)
         for phase in todo:
             self.reporter.event("rolling back", migration=self.name, phase=phase.name)
             for number, step in enumerate(phase.rollback):
@@ -647,8 +644,21 @@ class MoveExecutor:
         failpoint(f"{label}:after")
 
 
+def _same_database(servers: Servers) -> bool:
+    """Whether both connections reach one database (same cluster, same name). A role that may
+    not read the cluster's identifier is not stopped by this check."""
+    ids = []
+    for conn in (servers.source, servers.destination):
+        try:
+            row = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+        except psycopg.Error:
+            return False
+        ids.append((row[0] if row else None, conn.info.dbname))
+    return ids[0] == ids[1]
+
+
 def _server(step: MoveStep) -> str:
     return "source" if isinstance(step, GateStep) else step.server
 
 
-__all__ = ["MoveExecutor", "prepare_move", "redact"]
+__all__ = ["MoveExecutor", "prepare_move"]

@@ -48,7 +48,9 @@ class MoveNames:
 
     @property
     def fence_function(self) -> sql.Identifier:
-        return sql.Identifier(self.state_schema, "move_fence")
+        """The trigger function of the fences (its message comes from each trigger)."""
+        schema, marker = self.marker_name
+        return sql.Identifier(schema, marker + "_fence")
 
     @property
     def fence_trigger(self) -> str:

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from pgshift.errors import MigrationFailed
-from pgshift.move.catalog import MoveSource, display
+from pgshift.move.catalog import MoveSource
 from pgshift.move.steps import CompiledMove
 from pgshift.phases.base import SqlStep
 
@@ -84,7 +84,8 @@ def run_preflight(
             Check(
                 "versions",
                 "refused",
-                f"the destination runs PostgreSQL {dst_major}: a move needs {MIN_DESTINATION} or newer there",
+                f"the destination runs PostgreSQL {dst_major}: a move needs {MIN_DESTINATION} or "
+                "newer there",
             )
         )
     elif dst_major < src_major:
@@ -92,7 +93,8 @@ def run_preflight(
             Check(
                 "versions",
                 "refused",
-                f"the destination runs PostgreSQL {dst_major}, older than the source's {src_major}: move to the same major or a newer one",
+                f"the destination runs PostgreSQL {dst_major}, older than the source's "
+                f"{src_major}: move to the same major or a newer one",
             )
         )
     else:
@@ -113,7 +115,8 @@ def run_preflight(
                 Check(
                     f"wal_level on the {where}",
                     "refused",
-                    f"wal_level is {level} on the {where}{why}: set wal_level = logical and restart it",
+                    f"wal_level is {level} on the {where}{why}: set wal_level = logical and "
+                    "restart it",
                 )
             )
         else:
@@ -129,13 +132,15 @@ def run_preflight(
         free_slots = int(
             _one(
                 conn,
-                "SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)",
+                "SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM "
+                "pg_replication_slots)",
             )
         )
         free_senders = int(
             _one(
                 conn,
-                "SELECT current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)",
+                "SELECT current_setting('max_wal_senders')::int - (SELECT count(*) FROM "
+                "pg_stat_replication)",
             )
         )
         free = min(free_slots, free_senders)
@@ -146,7 +151,8 @@ def run_preflight(
                 Check(
                     name,
                     "refused",
-                    f"{text}; the move needs {want}: raise max_replication_slots and max_wal_senders (a restart), or drop unused slots",
+                    f"{text}; the move needs {want}: raise max_replication_slots and "
+                    "max_wal_senders (a restart), or drop unused slots",
                 )
             )
         elif free < want:
@@ -154,7 +160,8 @@ def run_preflight(
                 Check(
                     name,
                     "warning",
-                    f"{text}; with {want} the tables are copied {want - 1} at a time, with fewer the copy runs slower",
+                    f"{text}; with {want} the tables are copied {want - 1} at a time, with fewer "
+                    "the copy runs slower",
                 )
             )
         else:
@@ -166,7 +173,8 @@ def run_preflight(
                 Check(
                     "logical replication workers on the destination",
                     "refused",
-                    f"max_logical_replication_workers is {workers}: the subscription needs 2 or more (one applies, one copies); raise it and restart",
+                    f"max_logical_replication_workers is {workers}: the subscription needs 2 or "
+                    "more (one applies, one copies); raise it and restart",
                 )
             )
 
@@ -185,7 +193,8 @@ def run_preflight(
             Check(
                 "keys",
                 "warning",
-                f"{', '.join(keyless)} has no primary key: updates and deletes are applied by a scan of the table on the destination, and verify cannot compare it",
+                f"{', '.join(keyless)} has no primary key: updates and deletes are applied by a "
+                "scan of the table on the destination, and verify cannot compare it",
             )
         )
     elif not source.problems:
@@ -199,7 +208,9 @@ def run_preflight(
                 Check(
                     "max_slot_wal_keep_size on the source",
                     "ok",
-                    "unlimited: the slot keeps the WAL the destination still needs; if the destination stops, WAL piles up on the source until the move is rolled back (watch the lag in `migrate status`)",
+                    "unlimited: the slot keeps the WAL the destination still needs; if the "
+                    "destination stops, WAL piles up on the source until the move is rolled back "
+                    "(watch the lag in `migrate status`)",
                 )
             )
         else:
@@ -207,7 +218,9 @@ def run_preflight(
                 Check(
                     "max_slot_wal_keep_size on the source",
                     "warning",
-                    f"{keep}: if the destination falls further behind than that (a long copy under heavy writes), the source drops the WAL it needs and the move fails; raise it (or -1) for the move",
+                    f"{keep}: if the destination falls further behind than that (a long copy "
+                    "under heavy writes), the source drops the WAL it needs and the move fails; "
+                    "raise it (or -1) for the move",
                 )
             )
 
@@ -223,7 +236,9 @@ def run_preflight(
             Check(
                 "long transactions on the source",
                 "warning",
-                f"{len(old)} transaction(s) open for over a minute (the oldest: pid {pid}, {seconds}s): the subscription's slot waits for them to end before the copy starts",
+                f"{len(old)} transaction(s) open for over a minute (the oldest: pid {pid}, "
+                f"{seconds}s): the subscription's slot waits for them to end before the copy "
+                "starts",
             )
         )
     else:
@@ -245,7 +260,8 @@ def run_preflight(
                 Check(
                     "tables on the destination",
                     "refused",
-                    f"{', '.join(there)} already exist(s) on the destination: drop them there, or move into another database",
+                    f"{', '.join(there)} already exist(s) on the destination: drop them there, or "
+                    "move into another database",
                 )
             )
         else:
@@ -263,7 +279,9 @@ def run_preflight(
                 Check(
                     "collations",
                     "warning",
-                    f"the databases' collations differ ({', '.join(sorted(map(str, collations)))}): text keys may sort differently, and verify then reports their rows as different",
+                    "the databases' collations differ "
+                    f"({', '.join(sorted(map(str, collations)))}): text keys may sort "
+                    "differently, and verify then reports their rows as different",
                 )
             )
 
@@ -271,7 +289,9 @@ def run_preflight(
         Check(
             "disk",
             "ok",
-            f"the destination needs about {_bytes(compiled.total_bytes)} for {tables} table(s) with their indexes (~{compiled.rows:,} rows); the source keeps the WAL written during the copy until the destination has it",
+            f"the destination needs about {_bytes(compiled.total_bytes)} for {tables} table(s) "
+            f"with their indexes (~{compiled.rows:,} rows); the source keeps the WAL written "
+            "during the copy until the destination has it",
         )
     )
 
@@ -297,7 +317,9 @@ def _privileges(
             Check(
                 "replication role on the source",
                 "refused",
-                f"role {user} has neither REPLICATION nor SUPERUSER on the source, and the destination's subscription connects as it: ALTER ROLE {sql.Identifier(user).as_string()} REPLICATION",
+                f"role {user} has neither REPLICATION nor SUPERUSER on the source, and the "
+                "destination's subscription connects as it: ALTER ROLE "
+                f"{sql.Identifier(user).as_string()} REPLICATION",
             )
         )
     not_owned = [
@@ -310,7 +332,8 @@ def _privileges(
             Check(
                 "ownership on the source",
                 "refused",
-                f"role {user} does not own {', '.join(not_owned)}: publishing and fencing a table needs its owner (or a superuser)",
+                f"role {user} does not own {', '.join(not_owned)}: publishing and fencing a table "
+                "needs its owner (or a superuser)",
             )
         )
     for conn, where, major in ((dst, "destination", dst_major), (src, "source", src_major)):
@@ -331,7 +354,8 @@ def _privileges(
                 Check(
                     f"subscriptions on the {where}",
                     "refused",
-                    f"role {conn.info.user} cannot create subscriptions on the {where} ({why}): it must be {how}",
+                    f"role {conn.info.user} cannot create subscriptions on the {where} ({why}): "
+                    f"it must be {how}",
                 )
             )
     if dst is not None:
@@ -343,7 +367,8 @@ def _privileges(
                 Check(
                     "replication role on the destination",
                     "refused",
-                    f"role {dst.info.user} has neither REPLICATION nor SUPERUSER on the destination, and the source subscribes as it after cutover",
+                    f"role {dst.info.user} has neither REPLICATION nor SUPERUSER on the "
+                    "destination, and the source subscribes as it after cutover",
                 )
             )
     if not out:
@@ -365,7 +390,8 @@ def _can_subscribe(conn: Connection, major: int) -> bool:
     return bool(
         _one(
             conn,
-            "SELECT pg_has_role(current_user, 'pg_create_subscription', 'USAGE') AND has_database_privilege(current_database(), 'CREATE')",
+            "SELECT pg_has_role(current_user, 'pg_create_subscription', 'USAGE') AND "
+            "has_database_privilege(current_database(), 'CREATE')",
         )
     )
 
@@ -379,7 +405,8 @@ def _roles_and_extensions(src: Connection, dst: Connection, compiled: CompiledMo
         r[0]
         for r in src.execute(
             "SELECT DISTINCT r FROM ("
-            " SELECT pg_get_userbyid(c.relowner) AS r FROM pg_class c WHERE c.oid = ANY(%(o)s::regclass[])"
+            " SELECT pg_get_userbyid(c.relowner) AS r FROM pg_class c WHERE c.oid = "
+            "ANY(%(o)s::regclass[])"
             " UNION SELECT pg_get_userbyid(a.grantee) FROM pg_class c, aclexplode(c.relacl) a"
             "  WHERE c.oid = ANY(%(o)s::regclass[]) AND a.grantee <> 0"
             " UNION SELECT pg_get_userbyid(a.grantee) FROM pg_attribute t, aclexplode(t.attacl) a"
@@ -400,7 +427,9 @@ def _roles_and_extensions(src: Connection, dst: Connection, compiled: CompiledMo
             Check(
                 "roles on the destination",
                 "refused",
-                f"role(s) {', '.join(missing)} (owners or grantees of the moved tables) do not exist on the destination: create them there first (`pg_dumpall --roles-only` of the source lists them)",
+                f"role(s) {', '.join(missing)} (owners or grantees of the moved tables) do not "
+                "exist on the destination: create them there first (`pg_dumpall --roles-only` of "
+                "the source lists them)",
             )
         )
     else:
@@ -419,7 +448,8 @@ def _roles_and_extensions(src: Connection, dst: Connection, compiled: CompiledMo
             Check(
                 "extensions on the destination",
                 "warning",
-                f"{', '.join(lacking)} installed on the source only: if a moved table uses one, the schema check fails (CREATE EXTENSION it on the destination)",
+                f"{', '.join(lacking)} installed on the source only: if a moved table uses one, "
+                "the schema check fails (CREATE EXTENSION it on the destination)",
             )
         )
     else:
@@ -451,7 +481,8 @@ def _dry_run(dst: Connection, compiled: CompiledMove) -> Check:
         return Check(
             "schema on the destination",
             "refused",
-            f"the destination refuses the moved schema: {message} (in: {text[:100]}); create what it needs there first",
+            f"the destination refuses the moved schema: {message} (in: {text[:100]}); create what "
+            "it needs there first",
         )
     return Check(
         "schema on the destination",
@@ -474,4 +505,4 @@ def render(checks: list[Check]) -> list[str]:
     return [f"  [{mark[c.status]}] {c.name}: {c.detail}" for c in checks]
 
 
-__all__ = ["Check", "display", "refuse", "render", "run_preflight"]
+__all__ = ["Check", "refuse", "render", "run_preflight"]

@@ -12,12 +12,12 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 
 from pgshift import __version__
-from pgshift.db import connect, redact
+from pgshift.db import connect
 from pgshift.engine.state import MigrationState, StateStore
+from pgshift.move.commands import _shown
 from pgshift.move.executor import prepare_move
 from pgshift.move.preflight import Check, run_preflight
 from pgshift.move.preview import step_data
-from pgshift.move.runner import conninfo_for
 from pgshift.move.steps import CompiledMove, MovePhase
 from pgshift.phases.base import Server
 from pgshift.plan.durations import format_duration
@@ -43,8 +43,8 @@ def build_move_runbook(
             else None
         )
         shown: dict[Server, str] = {
-            "source": redact(conninfo_for(src)),
-            "destination": redact(conninfo_for(dst)) if dst is not None else "(not given)",
+            "source": _shown(src, "source") or "",
+            "destination": _shown(dst, "destination") or "(not given)",
         }
         compiled, state, source = prepare_move(src, loaded, store, shown)
         checks = run_preflight(src, dst, compiled, source) if source is not None else []
@@ -117,7 +117,8 @@ class _Renderer:
             f"- **Source:** `{self.shown['source']}` ({_major(self.versions[0])})",
             f"- **Destination:** `{self.shown['destination']}` ({_major(self.versions[1])})",
             f"- **Plan:** `{self.plan_arg}` (hash `{self.loaded.sha256[:12]}`)",
-            f"- **Generated:** {self.now.strftime('%Y-%m-%d %H:%M:%S %Z')} by pgshift {__version__}",
+            f"- **Generated:** {self.now.strftime('%Y-%m-%d %H:%M:%S %Z')} by pgshift "
+            f"{__version__}",
             f"- **State on the source:** {self.state_line()}",
             f"- **Cutover:** fences writes once the destination is less than"
             f" {format_duration(move.max_lag)} behind; gives up (and lifts the fence) after"

@@ -63,11 +63,23 @@ class Servers:
         return self.source if server == "source" else self.destination
 
     def conninfo(self, server: Server) -> str:
-        """What a subscription on the other server connects with."""
+        """What pgshift connects to `server` with."""
         return conninfo_for(self.conn(server))
 
+    def subscription_conninfo(self, server: Server) -> str:
+        """What a subscription on the other server connects to `server` with: as pgshift does,
+        unless $PGSHIFT_MOVE_SOURCE_CONNINFO / $PGSHIFT_MOVE_DESTINATION_CONNINFO says how that
+        server reaches this one (another address inside a private network, say)."""
+        return os.environ.get(CONNINFO_ENV[server]) or self.conninfo(server)
+
     def shown(self, server: Server) -> str:
-        return redact(self.conninfo(server))
+        return redact(self.subscription_conninfo(server))
+
+
+CONNINFO_ENV: dict[Server, str] = {
+    "source": "PGSHIFT_MOVE_SOURCE_CONNINFO",
+    "destination": "PGSHIFT_MOVE_DESTINATION_CONNINFO",
+}
 
 
 def conninfo_for(conn: Connection) -> str:
@@ -198,7 +210,7 @@ class MoveRunner:
                 "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = {})"
             ).format(
                 sql.Identifier(name),
-                sql.Literal(self.servers.conninfo(publisher(step.direction))),
+                sql.Literal(self.servers.subscription_conninfo(publisher(step.direction))),
                 sql.Identifier(name),
                 sql.SQL("true" if step.copy_data else "false"),
             )

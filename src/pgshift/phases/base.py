@@ -171,7 +171,7 @@ class GateStep:
 
 @dataclass(frozen=True)
 class VerifyStep:
-    """Row-hash comparison of the new shape against the plan's expressions (SPEC §4); fails
+    """Row-hash comparison of the new shape against the plan's expressions; fails
     the phase on any difference."""
 
     description: str

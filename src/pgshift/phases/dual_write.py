@@ -6,6 +6,11 @@ cached SQL in PL/pgSQL, no dynamic SQL per row. Before cutover it fills the shad
 `up`; cutover swaps its body so it fills the old columns from `down` (see `reverse_body`).
 The backfill sets `pgshift.backfill` in its own transactions and computes the same expressions
 in its UPDATE, so the trigger's WHEN clause skips it there instead of computing them twice.
+
+Every expression runs in a `guarded` block: a row the plan cannot map is recorded, never the
+application's write failed. In versions mode the sync trigger has a second branch for the new
+version's writes (`VersionWriter`: old columns from `down`), and `new_table` gets copy triggers
+both ways at once, kept from copying a copied write back by COPYING_SETTING.
 """
 
 from __future__ import annotations

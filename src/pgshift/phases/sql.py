@@ -20,7 +20,13 @@ def split_statements(text: str) -> list[str]:
     try:
         return [s.strip() for s in pglast.split(text, with_parser=True) if s.strip()]
     except pglast.parser.ParseError as error:
-        raise PlanError(f"SQL does not parse: {error}") from error
+        message = str(error.args[0]) if error.args else str(error)
+        location = error.args[1] if len(error.args) > 1 else None
+        if not isinstance(location, int):  # at the end of the text
+            location = max(len(text.rstrip()) - 1, 0)
+        line_start = text.rfind("\n", 0, location) + 1
+        at = (text.count("\n", 0, location) + 1, location - line_start + 1)
+        raise PlanError(f"SQL does not parse: {message}", at=at) from error
 
 
 def _outside_transaction(statement: str) -> bool:
@@ -66,9 +72,19 @@ def sql_step(text: str, description: str) -> SqlStep:
     )
 
 
+def _field_step(index: int, spec: Any, field: str) -> SqlStep:
+    """`sql_step` of the phase's `up` or `down`; its errors point into that text."""
+    try:
+        return sql_step(getattr(spec, field), f"{spec.name}: {field}")
+    except PlanError as error:
+        if error.path is not None or error.where is not None:
+            raise
+        raise PlanError(error.message, path=("phases", index, "sql", field), at=error.at) from error
+
+
 def compile_sql(ctx: CompileContext, index: int, spec: Any) -> Phase:
-    forward = sql_step(spec.up, f"{spec.name}: up")
-    rollback = () if spec.down is None else (sql_step(spec.down, f"{spec.name}: down"),)
+    forward = _field_step(index, spec, "up")
+    rollback = () if spec.down is None else (_field_step(index, spec, "down"),)
     return Phase(
         index=index,
         kind="sql",

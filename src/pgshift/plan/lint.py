@@ -9,24 +9,31 @@ from __future__ import annotations
 
 import bisect
 import functools
+import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pglast
-from pglast import ast, enums
+from pglast import ast, enums, parse_plpgsql
 from pglast.parser import parse_sql, scan, split
 from pglast.stream import RawStream
 
 __all__ = [
+    "FORMATS",
     "RULES",
     "SYNTAX_ERROR",
     "Finding",
+    "LintContext",
     "Rule",
+    "collect_sql_files",
     "format_finding",
     "lint_file",
+    "lint_paths",
     "lint_sql",
+    "render",
 ]
 
 
@@ -35,6 +42,7 @@ class Rule:
     id: str
     slug: str
     summary: str
+    severity: str = "error"  # "error" fails the run; "warning" is shown only
 
 
 REWRITE_TYPE_CHANGE = Rule(
@@ -62,6 +70,25 @@ REWRITE_STORAGE = Rule(
     "PGS010", "rewrite-storage", "SET LOGGED / UNLOGGED / TABLESPACE / ACCESS METHOD"
 )
 
+DROP_COLUMN = Rule("PGS011", "drop-column", "ALTER TABLE ... DROP COLUMN on a live table")
+DROP_TABLE = Rule("PGS012", "drop-table", "DROP TABLE of a live table")
+PREFER_BIGINT = Rule(
+    "PGS013", "prefer-bigint", "integer / smallint primary key or identity column", "warning"
+)
+PREFER_IDENTITY = Rule(
+    "PGS014", "prefer-identity", "serial / bigserial instead of an identity column", "warning"
+)
+CONCURRENTLY_IN_TRANSACTION = Rule(
+    "PGS015", "concurrently-in-transaction", "CONCURRENTLY inside BEGIN ... COMMIT or a DO block"
+)
+DETACH_CONCURRENTLY = Rule(
+    "PGS016", "detach-partition-concurrently", "DETACH PARTITION without CONCURRENTLY"
+)
+PREFER_JSONB = Rule("PGS017", "prefer-jsonb", "json column instead of jsonb", "warning")
+PREFER_TIMESTAMPTZ = Rule(
+    "PGS018", "prefer-timestamptz", "timestamp without time zone column", "warning"
+)
+
 RULES: tuple[Rule, ...] = (
     REWRITE_TYPE_CHANGE,
     VOLATILE_DEFAULT,
@@ -73,7 +100,16 @@ RULES: tuple[Rule, ...] = (
     LOCK_TIMEOUT,
     REWRITE_MAINTENANCE,
     REWRITE_STORAGE,
+    DROP_COLUMN,
+    DROP_TABLE,
+    PREFER_BIGINT,
+    PREFER_IDENTITY,
+    CONCURRENTLY_IN_TRANSACTION,
+    DETACH_CONCURRENTLY,
+    PREFER_JSONB,
+    PREFER_TIMESTAMPTZ,
 )
+_RULE_BY_ID: dict[str, Rule] = {rule.id: rule for rule in RULES}
 
 SYNTAX_ERROR = "syntax-error"
 
@@ -83,7 +119,10 @@ _RULE_BY_NAME: dict[str, str] = {
     **{rule.slug: rule.id for rule in RULES},
 }
 
-_ALLOW = re.compile(r"pgshift:allow\s+([\w-]+(?:\s*,\s*[\w-]+)*)", re.IGNORECASE)
+# `pgshift:allow RULE[, RULE]` and `pgshift-lint: ignore RULE[, RULE] [reason]`.
+_ALLOW = re.compile(
+    r"(?:pgshift:allow|pgshift-lint:\s*ignore)\s+([\w-]+(?:\s*,\s*[\w-]+)*)", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -94,22 +133,41 @@ class Finding:
     column: int
     statement: str
     allowed: bool
+    severity: str = "error"
+
+    @property
+    def fails(self) -> bool:
+        """Whether this finding fails the run: an error that was not allowed."""
+        return not self.allowed and self.severity == "error"
 
 
 def format_finding(f: Finding, filename: str) -> str:
     """`file:line:column: RULE message` on one line."""
     suffix = " (allowed)" if f.allowed else ""
-    return f"{filename}:{f.line}:{f.column}: {f.rule} {f.message}{suffix}"
+    label = " warning:" if f.severity == "warning" else ""
+    return f"{filename}:{f.line}:{f.column}: {f.rule}{label} {f.message}{suffix}"
 
 
-def lint_file(path: Path) -> list[Finding]:
+class LintContext:
+    """What earlier texts of one run created: tables and indexes that nobody uses yet.
+
+    Pass the same context to `lint_sql` for each migration file in order, so a table created in
+    one file and indexed in the next is still new.
+    """
+
+    def __init__(self, new_tables: Iterable[str] = ()) -> None:
+        self.tables = _TableSet(new_tables)
+        self.indexes: set[str] = set()
+
+
+def lint_file(path: Path, context: LintContext | None = None) -> list[Finding]:
     """Lint a .sql file as raw SQL (lock_timeout required)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         message = f"not valid UTF-8 ({exc.reason}); instead save the file as UTF-8"
         return [Finding(SYNTAX_ERROR, message, 1, 1, "", False)]
-    return lint_sql(text)
+    return lint_sql(text, context=context)
 
 
 def lint_sql(
@@ -119,40 +177,320 @@ def lint_sql(
     new_tables: frozenset[str] = frozenset(),
     in_cutover: bool = False,
     require_lock_timeout: bool = True,
+    context: LintContext | None = None,
 ) -> list[Finding]:
     """Every rule of SPEC §6 over `text`, in statement order; never raises on bad SQL.
 
     `first_line` is the line `text` starts on in its file. `new_tables` (lowercased, with or
     without schema) are tables the plan creates, exempt from the "existing table" rules.
+    `context` carries the tables and indexes earlier texts of the same run created, and
+    receives those this text creates.
     """
     source = _Source(text, first_line)
     try:
         raw_statements = parse_sql(text)
     except pglast.Error as exc:
         return [_syntax_error(source, exc)]
+    if context is None:
+        context = LintContext()
+    for name in new_tables:
+        schema, _, rel = name.lower().rpartition(".")
+        context.tables.add(schema or None, rel)
     linter = _Linter(
-        new_tables=_TableSet(new_tables),
+        new_tables=context.tables,
+        new_indexes=context.indexes,
         in_cutover=in_cutover,
         require_lock_timeout=require_lock_timeout,
     )
     findings: list[Finding] = []
     for statement in source.statements(raw_statements):
-        seen: set[tuple[str, str]] = set()
-        for rule, message in linter.check(statement.node):
-            if (rule.id, message) in seen:
-                continue
-            seen.add((rule.id, message))
-            findings.append(
-                Finding(
-                    rule=rule.id,
-                    message=message,
-                    line=source.line(statement.start),
-                    column=source.column(statement.start),
-                    statement=text[statement.start : statement.end].strip(),
-                    allowed=rule.id in statement.allowed,
+        units = [(statement.node, statement.start, statement.end, statement.allowed)]
+        if isinstance(statement.node, ast.DoStmt):
+            units += _do_statements(source, statement)
+        for node, start, end, allowed in units:
+            linter.in_do = node is not statement.node
+            seen: set[tuple[str, str]] = set()
+            for rule, message in linter.check(node):
+                if (rule.id, message) in seen:
+                    continue
+                seen.add((rule.id, message))
+                findings.append(
+                    Finding(
+                        rule=rule.id,
+                        message=message,
+                        line=source.line(start),
+                        column=source.column(start),
+                        statement=text[start:end].strip(),
+                        allowed=rule.id in allowed,
+                        severity=rule.severity,
+                    )
                 )
-            )
+        linter.in_do = False
     return findings
+
+
+# --- DO blocks ---------------------------------------------------------------------------------
+
+_DOLLAR_QUOTE = re.compile(r"\$([A-Za-z_][A-Za-z_0-9]*)?\$")
+
+
+def _do_statements(
+    source: _Source, statement: _Statement
+) -> list[tuple[ast.Node, int, int, set[str]]]:
+    """The SQL statements of a PL/pgSQL DO block, each with its span in the file's text.
+
+    Only statements PL/pgSQL runs as written count; a string given to EXECUTE is not looked
+    into. A body pgshift cannot parse is skipped: PostgreSQL reports it when the block runs.
+    """
+    node = statement.node
+    assert isinstance(node, ast.DoStmt)
+    body: str | None = None
+    location: int | None = None
+    language = "plpgsql"
+    for arg in node.args or ():
+        if not isinstance(arg, ast.DefElem) or not isinstance(arg.arg, ast.String):
+            continue
+        if arg.defname == "as":
+            body, location = arg.arg.sval, arg.arg_location
+        elif arg.defname == "language":
+            language = (arg.arg.sval or "").lower()
+    if body is None or language != "plpgsql":
+        return []
+    text = source.text
+    body_start = source.index(location) if isinstance(location, int) and location >= 0 else -1
+    if body_start < 0:
+        body_start = statement.start
+    opener = _DOLLAR_QUOTE.match(text, body_start)
+    if opener is not None:
+        body_start = opener.end()
+    elif text.startswith("'", body_start):
+        body_start += 1
+    try:
+        tree = parse_plpgsql(
+            f"CREATE FUNCTION pgshift_do() RETURNS void LANGUAGE plpgsql AS $pgshift_do${body}"
+            "$pgshift_do$"
+        )
+    except Exception:  # pglast.Error, or anything the PL/pgSQL parser trips on
+        return []
+    if isinstance(tree, str):
+        tree = json.loads(tree)
+    line_starts = [0] + [m.end() for m in re.finditer("\n", body)]
+    units: list[tuple[ast.Node, int, int, set[str]]] = []
+    for lineno, query, written, skip in _execsql(tree):
+        try:
+            nodes = parse_sql(query)
+        except pglast.Error:
+            continue
+        line_start = line_starts[min(max(lineno - 1, 0), len(line_starts) - 1)]
+        offset = body.find(written.strip()[:40], line_start)
+        if offset < 0:
+            offset = line_start + len(body[line_start:]) - len(body[line_start:].lstrip(" \t"))
+        else:
+            offset += skip
+        start = body_start + offset
+        end = start + len(query.strip())
+        allowed = set(statement.allowed) | _allowed_on_line(body, offset)
+        for raw in nodes:
+            if raw.stmt is not None:
+                units.append((raw.stmt, start, min(end, statement.end), allowed))
+    return units
+
+
+def _execsql(tree: Any) -> Iterator[tuple[int, str, str, int]]:
+    """Every SQL statement PL/pgSQL runs as written in a PL/pgSQL parse tree, and every
+    `EXECUTE 'constant string'`: (line in the body, SQL, its text as written, offset of the SQL
+    in that text)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key == "PLpgSQL_stmt_execsql" and isinstance(value, dict):
+                expr = value.get("sqlstmt", {}).get("PLpgSQL_expr", {})
+                query = expr.get("query")
+                if isinstance(query, str):
+                    yield int(value.get("lineno", 1)), query, query, 0
+            elif key == "PLpgSQL_stmt_dynexecute" and isinstance(value, dict):
+                expr = value.get("query", {}).get("PLpgSQL_expr", {})
+                written = expr.get("query")
+                constant = _string_constant(written) if isinstance(written, str) else None
+                if written and constant is not None and written.lstrip().startswith("'"):
+                    skip = len(written) - len(written.lstrip()) + 1
+                    yield int(value.get("lineno", 1)), constant, written, skip
+            else:
+                yield from _execsql(value)
+    elif isinstance(tree, list):
+        for item in tree:
+            yield from _execsql(item)
+
+
+def _string_constant(expression: str) -> str | None:
+    """The value of `expression` when it is one string literal, else None."""
+    try:
+        [raw] = parse_sql(f"SELECT {expression}")
+    except (pglast.Error, ValueError):
+        return None
+    select = raw.stmt
+    targets = select.targetList or () if isinstance(select, ast.SelectStmt) else ()
+    if len(targets) != 1:
+        return None
+    target = targets[0]
+    if not isinstance(target, ast.ResTarget) or target.indirection:
+        return None
+    value = target.val
+    if isinstance(value, ast.A_Const) and isinstance(value.val, ast.String):
+        return value.val.sval
+    return None
+
+
+def _allowed_on_line(body: str, offset: int) -> set[str]:
+    """Rules an allow comment names on the line of `offset`, or on a comment line before it."""
+    line_start = body.rfind("\n", 0, offset) + 1
+    line_end = body.find("\n", offset)
+    lines = [body[line_start : line_end if line_end >= 0 else len(body)]]
+    if line_start > 0:
+        previous_start = body.rfind("\n", 0, line_start - 1) + 1
+        previous = body[previous_start : line_start - 1]
+        if previous.strip().startswith("--"):
+            lines.append(previous)
+    names: set[str] = set()
+    for line in lines:
+        comment = line.find("--")
+        if comment < 0:
+            continue
+        for match in _ALLOW.finditer(line[comment:]):
+            names |= _rule_names(match.group(1))
+    return names
+
+
+def _rule_names(listed: str) -> set[str]:
+    return {
+        _RULE_BY_NAME.get(name.strip().lower(), name.strip().upper()) for name in listed.split(",")
+    }
+
+
+# --- several files -----------------------------------------------------------------------------
+
+_DOWN_MIGRATION = re.compile(r"(^|[._-])down\.sql$", re.IGNORECASE)
+
+
+def _natural_key(path: Path) -> tuple[tuple[int, int | str], ...]:
+    """`2_a.sql` before `10_a.sql`: digit runs compare as numbers, the rest ignoring case."""
+    key: list[tuple[int, int | str]] = []
+    for part in path.parts:
+        for chunk in re.split(r"(\d+)", part):
+            if chunk.isdigit():
+                key.append((0, int(chunk)))
+            elif chunk:
+                key.append((1, chunk.lower()))
+        key.append((2, ""))
+    return tuple(key)
+
+
+def collect_sql_files(paths: Iterable[Path]) -> list[Path]:
+    """The .sql files to lint, in the order a migration tool applies them.
+
+    A file is taken as given; a directory gives its .sql files (recursively, down migrations
+    such as `0003_x.down.sql` left out) in natural order of their paths inside it.
+    """
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = [
+                p for p in path.rglob("*.sql") if p.is_file() and not _DOWN_MIGRATION.search(p.name)
+            ]
+            files += sorted(found, key=lambda p: _natural_key(p.relative_to(path)))
+        else:
+            files.append(path)
+    return files
+
+
+def lint_paths(paths: Iterable[Path]) -> list[tuple[Path, Finding]]:
+    """Lint .sql files and directories as one run: what an earlier file creates is new after."""
+    context = LintContext()
+    found: list[tuple[Path, Finding]] = []
+    for path in collect_sql_files(paths):
+        found += [(path, f) for f in lint_file(path, context)]
+    return found
+
+
+# --- output ------------------------------------------------------------------------------------
+
+FORMATS = ("text", "json", "sarif", "github")
+
+
+def _escape_github(value: str, *, prop: bool = False) -> str:
+    value = value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    if prop:
+        value = value.replace(":", "%3A").replace(",", "%2C")
+    return value
+
+
+def render(findings: Sequence[tuple[str, Finding]], fmt: str) -> str:
+    """Findings, each with its file name, as `text`, `json`, `sarif` or `github` annotations."""
+    if fmt == "text":
+        return "".join(format_finding(f, file) + "\n" for file, f in findings)
+    if fmt == "github":
+        lines = []
+        for file, f in findings:
+            level = "warning" if f.severity == "warning" or f.allowed else "error"
+            props = f"file={_escape_github(file, prop=True)},line={f.line},col={f.column}"
+            title = _escape_github(f"{f.rule}" + (" (allowed)" if f.allowed else ""), prop=True)
+            lines.append(f"::{level} {props},title={title}::{_escape_github(f.message)}\n")
+        return "".join(lines)
+    if fmt == "json":
+        rows = [
+            {
+                "file": file,
+                "line": f.line,
+                "column": f.column,
+                "rule": f.rule,
+                "slug": _RULE_BY_ID[f.rule].slug if f.rule in _RULE_BY_ID else f.rule,
+                "severity": f.severity,
+                "allowed": f.allowed,
+                "message": f.message,
+                "statement": f.statement,
+            }
+            for file, f in findings
+        ]
+        return json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+    if fmt == "sarif":
+        rules = [
+            {
+                "id": rule.id,
+                "name": rule.slug,
+                "shortDescription": {"text": rule.summary},
+                "helpUri": "docs/lint.md",
+                "defaultConfiguration": {"level": rule.severity},
+            }
+            for rule in RULES
+        ]
+        results = [
+            {
+                "ruleId": f.rule,
+                "level": "note" if f.allowed else f.severity,
+                "message": {"text": f.message},
+                **({"suppressions": [{"kind": "inSource"}]} if f.allowed else {}),
+                "locations": [
+                    {
+                        "physicalLocation": {
+                            "artifactLocation": {"uri": file},
+                            "region": {"startLine": f.line, "startColumn": f.column},
+                        }
+                    }
+                ],
+            }
+            for file, f in findings
+        ]
+        log = {
+            "version": "2.1.0",
+            "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+            "runs": [
+                {
+                    "tool": {"driver": {"name": "pgshift-lint", "rules": rules}},
+                    "results": results,
+                }
+            ],
+        }
+        return json.dumps(log, indent=2, ensure_ascii=False) + "\n"
+    raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
 # --- positions ---------------------------------------------------------------------------------
@@ -179,7 +517,7 @@ class _Source:
     def __init__(self, text: str, first_line: int) -> None:
         self.text = text
         self.first_line = first_line
-        self._line_starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self._utf8 = text.encode() if _locations_are_bytes() else b""
 
     def index(self, location: int) -> int:
@@ -231,10 +569,7 @@ class _Source:
 
         for start, comment in comments:
             for match in _ALLOW.finditer(comment):
-                names = {
-                    _RULE_BY_NAME.get(name.strip().lower(), name.strip().upper())
-                    for name in match.group(1).split(",")
-                }
+                names = _rule_names(match.group(1))
                 for statement in self._owners(spans, self.line_index(start + match.start())):
                     statement.allowed |= names
         for statement, _, _ in spans:
@@ -502,11 +837,18 @@ class _Linter:
     """Walks statements in order, keeping what earlier statements established."""
 
     def __init__(
-        self, *, new_tables: _TableSet, in_cutover: bool, require_lock_timeout: bool
+        self,
+        *,
+        new_tables: _TableSet,
+        new_indexes: set[str],
+        in_cutover: bool,
+        require_lock_timeout: bool,
     ) -> None:
         self.new_tables = new_tables
-        self.new_indexes: set[str] = set()
+        self.new_indexes = new_indexes
         self.in_cutover = in_cutover
+        self.in_transaction = False  # between BEGIN and COMMIT / ROLLBACK
+        self.in_do = False  # checking a statement of a DO block
         self.require_lock_timeout = require_lock_timeout
         self.session_timeout = False
         self.local_timeout: bool | None = None  # SET LOCAL, until the transaction ends
@@ -519,16 +861,21 @@ class _Linter:
         if isinstance(node, ast.VariableSetStmt):
             self._set(node)
         elif isinstance(node, ast.TransactionStmt):
-            if node.kind not in (
+            kind = node.kind
+            if kind in (
                 enums.TransactionStmtKind.TRANS_STMT_BEGIN,
                 enums.TransactionStmtKind.TRANS_STMT_START,
+            ):
+                self.in_transaction = True
+            elif kind not in (
                 enums.TransactionStmtKind.TRANS_STMT_SAVEPOINT,
                 enums.TransactionStmtKind.TRANS_STMT_RELEASE,
                 enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_TO,
             ):
                 self.local_timeout = None
+                self.in_transaction = False
         elif isinstance(node, ast.CreateStmt):
-            self.new_tables.add_range_var(node.relation)
+            self._create_table(node, out)
         elif isinstance(node, ast.CreateTableAsStmt):
             if node.into is not None:
                 self.new_tables.add_range_var(node.into.rel)
@@ -569,7 +916,13 @@ class _Linter:
             self.session_timeout = active
             self.local_timeout = None
 
-    def _lock(self, out: _Result, label: str, relations: Sequence[ast.RangeVar | None]) -> None:
+    def _lock(
+        self,
+        out: _Result,
+        label: str,
+        relations: Sequence[ast.RangeVar | None],
+        mode: str = "",
+    ) -> None:
         """PGS008 for a statement that locks `relations` (empty: not known from the SQL)."""
         if not self.require_lock_timeout:
             return
@@ -578,10 +931,11 @@ class _Linter:
         if relations and all(self.new_tables.contains_range_var(r) for r in relations):
             return
         target = ", ".join(_range_var_name(r) for r in relations) if relations else "its table"
+        lock = f"its {mode} lock" if mode else "its lock"
         out.append(
             (
                 LOCK_TIMEOUT,
-                f"{label} on {target} waits for its lock with no lock_timeout set, and every "
+                f"{label} on {target} waits for {lock} with no lock_timeout set, and every "
                 f"query on the table queues behind that wait; {_INSTEAD_TIMEOUT}",
             )
         )
@@ -621,6 +975,30 @@ class _Linter:
             elif subtype == _AT.AT_ValidateConstraint:
                 columns = self.pending_not_null.pop((key, (cmd.name or "").lower()), set())
                 self.proven_not_null |= {(key, column) for column in columns}
+            elif subtype == _AT.AT_DropColumn:
+                found.append(
+                    (
+                        DROP_COLUMN,
+                        f"DROP COLUMN {cmd.name} on {table} breaks every deployed query that "
+                        "still reads or writes it, and its data is gone; instead first deploy "
+                        "code that no longer uses the column, then drop it in a later release "
+                        "(or let a pgshift migration's contract phase drop it)",
+                    )
+                )
+            elif subtype == _AT.AT_DetachPartition and isinstance(cmd.def_, ast.PartitionCmd):
+                if cmd.def_.concurrent:
+                    if self.in_transaction or self.in_do:
+                        out.append(_in_transaction("ALTER TABLE ... DETACH PARTITION CONCURRENTLY"))
+                else:
+                    out.append(
+                        (
+                            DETACH_CONCURRENTLY,
+                            f"DETACH PARTITION {_range_var_name(cmd.def_.name)} from {table} "
+                            f"takes an ACCESS EXCLUSIVE lock on {table}, blocking reads and "
+                            "writes of every partition; instead DETACH PARTITION ... "
+                            "CONCURRENTLY (PostgreSQL 14+, outside a transaction block)",
+                        )
+                    )
             elif subtype in (
                 _AT.AT_SetLogged,
                 _AT.AT_SetUnLogged,
@@ -642,12 +1020,110 @@ class _Linter:
                 )
             if not is_new:
                 out.extend(found)
-        self._lock(out, "ALTER TABLE", [rv])
+        if any(
+            isinstance(cmd, ast.AlterTableCmd) and not _weak_lock(cmd) for cmd in node.cmds or ()
+        ):
+            self._lock(out, "ALTER TABLE", [rv])
+
+    def _create_table(self, node: ast.CreateStmt, out: _Result) -> None:
+        rv = node.relation
+        table = _range_var_name(rv)
+        self.new_tables.add_range_var(rv)
+        primary: set[str] = set()
+        referenced: list[ast.RangeVar] = []
+        columns: list[ast.ColumnDef] = []
+        for element in node.tableElts or ():
+            if isinstance(element, ast.ColumnDef):
+                columns.append(element)
+                for con in element.constraints or ():
+                    if not isinstance(con, ast.Constraint):
+                        continue
+                    if con.contype == _CON.CONSTR_PRIMARY:
+                        primary.add((element.colname or "").lower())
+                    elif con.contype == _CON.CONSTR_FOREIGN and con.pktable is not None:
+                        referenced.append(con.pktable)
+            elif isinstance(element, ast.Constraint):
+                if element.contype == _CON.CONSTR_PRIMARY:
+                    primary |= {k.lower() for k in _strings(element.keys or ())}
+                elif element.contype == _CON.CONSTR_FOREIGN and element.pktable is not None:
+                    referenced.append(element.pktable)
+        for column in columns:
+            self._column_types(column, table, (column.colname or "").lower() in primary, out)
+        existing = [r for r in referenced if not self.new_tables.contains_range_var(r)]
+        if existing:
+            self._lock(out, f"CREATE TABLE {table} ... REFERENCES", existing, "SHARE ROW EXCLUSIVE")
+
+    def _column_types(
+        self, column: ast.ColumnDef, table: str, primary_key: bool, out: _Result
+    ) -> None:
+        """The column-design rules: bigint keys, identity over serial, jsonb, timestamptz."""
+        name = column.colname or ""
+        declared = _type(column.typeName)
+        identity = any(
+            isinstance(con, ast.Constraint) and con.contype == _CON.CONSTR_IDENTITY
+            for con in column.constraints or ()
+        )
+        where = f"column {table}.{name}"
+        if declared.name in _SERIAL_TYPES:
+            out.append(
+                (
+                    PREFER_IDENTITY,
+                    f"{where} is {declared.name}: its sequence is a separate object with its "
+                    "own owner and grants, and copies of the table share it; instead declare "
+                    f"it bigint GENERATED ALWAYS AS IDENTITY",
+                )
+            )
+        if (
+            (primary_key or identity)
+            and not declared.dims
+            and declared.name
+            in (
+                "int2",
+                "int4",
+                "smallint",
+                "integer",
+                "int",
+                "serial",
+                "serial2",
+                "serial4",
+                "smallserial",
+            )
+        ):
+            out.append(
+                (
+                    PREFER_BIGINT,
+                    f"{where} is a {declared.name} key: it runs out at 2^31 (or 2^15) rows, and "
+                    "widening it later rewrites the table and every referencing one; instead "
+                    "declare it bigint (GENERATED ALWAYS AS IDENTITY)",
+                )
+            )
+        if declared.name == "json":
+            out.append(
+                (
+                    PREFER_JSONB,
+                    f"{where} is json: it is stored as text, re-parsed on every use, has no "
+                    "equality operator (DISTINCT, GROUP BY, UNIQUE fail) and no GIN index; "
+                    "instead declare it jsonb",
+                )
+            )
+        if declared.name == "timestamp":
+            out.append(
+                (
+                    PREFER_TIMESTAMPTZ,
+                    f"{where} is timestamp without time zone: its values mean a different "
+                    "instant for each session time zone; instead declare it timestamptz",
+                )
+            )
 
     def _add_column(self, column: ast.ColumnDef, table: str, key: str, out: _Result) -> None:
         name = column.colname or ""
         declared = _type(column.typeName)
         self.added_types[(key, name)] = declared
+        primary = any(
+            isinstance(con, ast.Constraint) and con.contype == _CON.CONSTR_PRIMARY
+            for con in column.constraints or ()
+        )
+        self._column_types(column, table, primary, out)
         where = f"ADD COLUMN {name} on {table}"
         rewrite = "rewrites the whole table under an ACCESS EXCLUSIVE lock"
         if declared.name in _SERIAL_TYPES:
@@ -727,6 +1203,10 @@ class _Linter:
         self, name: str, column: ast.ColumnDef, table: str, key: str, out: _Result
     ) -> None:
         new = _type(column.typeName)
+        if new.name in ("json", "timestamp"):
+            self._column_types(
+                ast.ColumnDef(colname=name, typeName=column.typeName), table, False, out
+            )
         old = self.added_types.get((key, name))
         plain = column.raw_default is None and column.collClause is None
         if plain and old is not None and _binary_coercible(old, new):
@@ -798,6 +1278,8 @@ class _Linter:
 
     def _create_index(self, node: ast.IndexStmt, out: _Result) -> None:
         rv = node.relation
+        if node.concurrent and (self.in_transaction or self.in_do):
+            out.append(_in_transaction("CREATE INDEX CONCURRENTLY"))
         if self.new_tables.contains_range_var(rv):
             if node.idxname:
                 self.new_indexes.add(node.idxname.lower())
@@ -818,6 +1300,8 @@ class _Linter:
     def _drop(self, node: ast.DropStmt, out: _Result) -> None:
         objects = [_strings(o) for o in node.objects or () if isinstance(o, tuple)]
         if node.removeType == _OBJ.OBJECT_INDEX:
+            if node.concurrent and (self.in_transaction or self.in_do):
+                out.append(_in_transaction("DROP INDEX CONCURRENTLY"))
             if node.concurrent or all(o and o[-1].lower() in self.new_indexes for o in objects):
                 return
             names = ", ".join(".".join(o) for o in objects)
@@ -831,7 +1315,23 @@ class _Linter:
             self._lock(out, "DROP INDEX", [])
         elif node.removeType == _OBJ.OBJECT_TABLE:
             tables = [_range_var(o) for o in objects if o]
+            live = [t for t in tables if not self.new_tables.contains_range_var(t)]
+            if live:
+                names = ", ".join(_range_var_name(t) for t in live)
+                out.append(
+                    (
+                        DROP_TABLE,
+                        f"DROP TABLE {names} breaks every deployed query that still uses it, "
+                        "and its data is gone; instead first deploy code that no longer uses "
+                        "it (rename it away or revoke access and wait), then drop it in a "
+                        "later release",
+                    )
+                )
             self._lock(out, "DROP TABLE", tables)
+        elif node.removeType in (_OBJ.OBJECT_VIEW, _OBJ.OBJECT_MATVIEW):
+            views = [_range_var(o) for o in objects if o]
+            what = "DROP VIEW" if node.removeType == _OBJ.OBJECT_VIEW else "DROP MATERIALIZED VIEW"
+            self._lock(out, what, views, "ACCESS EXCLUSIVE")
         elif node.removeType == _OBJ.OBJECT_TRIGGER:
             tables = [_range_var(o[:-1]) for o in objects if len(o) > 1]
             self._lock(out, "DROP TRIGGER", tables)
@@ -881,6 +1381,8 @@ class _Linter:
             instead = "instead use pg_repack --order-by (online)"
         else:
             if _option_on(node.params, "concurrently"):
+                if self.in_transaction or self.in_do:
+                    out.append(_in_transaction("REINDEX CONCURRENTLY"))
                 return
             label = "REINDEX"
             relations = []
@@ -904,6 +1406,27 @@ class _Linter:
         )
         out.append((REWRITE_MAINTENANCE, f"{label} on {target} {hurts}; {instead}"))
         self._lock(out, label, relations)
+
+
+def _weak_lock(cmd: ast.AlterTableCmd) -> bool:
+    """ALTER TABLE commands that take SHARE UPDATE EXCLUSIVE: reads and writes go on."""
+    if cmd.subtype == _AT.AT_ValidateConstraint:
+        return True
+    return (
+        cmd.subtype == _AT.AT_DetachPartition
+        and isinstance(cmd.def_, ast.PartitionCmd)
+        and bool(cmd.def_.concurrent)
+    )
+
+
+def _in_transaction(what: str) -> tuple[Rule, str]:
+    return (
+        CONCURRENTLY_IN_TRANSACTION,
+        f"{what} cannot run inside a transaction block (BEGIN ... COMMIT, a DO block, or a "
+        "migration tool's per-file transaction): PostgreSQL rejects it; instead run it on its "
+        "own, outside any transaction (COMMIT first, and turn off the tool's transaction for "
+        "this migration)",
+    )
 
 
 def _range_var(parts: list[str]) -> ast.RangeVar:

@@ -111,6 +111,29 @@ class LoadedPlan:
     # of the normalized plan: comments and formatting do not change it, any meaning does
     sha256: str
 
+    def position_in(self, path: YamlPath, line: int, column: int) -> Position:
+        """The file position of (`line`, `column`), 1-based, inside the text at `path`: exact
+        for a literal block (`|`) and a one-line value, else the value's own position."""
+        value_line, value_column = self.source.position(path)
+        lines = self.text.splitlines()
+        written = lines[value_line - 1] if value_line - 1 < len(lines) else ""
+        first = written[value_column - 1 : value_column]
+        if first == "|":
+            body = [text for text in lines[value_line:] if text.strip()]
+            indent = len(body[0]) - len(body[0].lstrip(" ")) if body else 0
+            return value_line + line, indent + column
+        rest = written[value_column - 1 :].rstrip()
+        one_line = first != ">" and (rest[-1:] == first if first in "'\"" else True)
+        if line == 1 and first and one_line:
+            quoted = 1 if first in "'\"" else 0
+            return value_line, value_column + quoted + column - 1
+        return value_line, value_column
+
+    def where_in(self, path: YamlPath, line: int, column: int) -> str:
+        """`file:line:column` of `position_in`."""
+        at_line, at_column = self.position_in(path, line, column)
+        return f"{self.source.file}:{at_line}:{at_column}"
+
 
 def load_plan(path: str | Path, env: Mapping[str, str] | None = None) -> LoadedPlan:
     """Read and validate the plan file at `path`; raise `PlanError` for anything wrong."""

@@ -1,4 +1,4 @@
-"""The typed plan: what a plan file says, validated, with the defaults of SPEC §1.
+"""The typed plan: what a plan file says, validated, with its defaults (docs/plan-format.md).
 
 Only the shape is checked here (types, names, required keys, phase order). What needs the
 live database (does the table exist, does the expression compile) is checked by `plan.check`.
@@ -72,6 +72,10 @@ class Settings(Strict):
     batch_pause: Duration = timedelta(0)
     max_replication_lag: Duration = timedelta(seconds=30)
     throttle_query: str | None = None
+    # after each batch, sleep nice_ratio times that batch's own time (gh-ost's --nice-ratio)
+    nice_ratio: float = Field(default=0.0, ge=0, le=100)
+    # wait while more of the database's sessions than this are active, pgshift's own apart; 0: off
+    max_active_sessions: int = Field(default=0, ge=0)
     on_failure: Literal["rollback", "pause"] = "rollback"
 
     @field_validator("lock_timeout", "batch_time")
@@ -145,6 +149,8 @@ class Move(Strict):
 
     tables: list[str] | None = Field(default=None, min_length=1)
     schemas: list[str] | None = Field(default=None, min_length=1)
+    # every table of the database, in every schema but the system's and pgshift's own
+    database: bool = False
     hooks: MoveHooks = Field(default_factory=MoveHooks)
     # cutover fences writes only once the destination is less than this behind
     max_lag: Duration = timedelta(seconds=1)
@@ -154,8 +160,8 @@ class Move(Strict):
 
     @model_validator(mode="after")
     def _something(self) -> Move:
-        if self.tables is None and self.schemas is None:
-            raise ValueError("needs `tables` or `schemas` (or both)")
+        if self.tables is None and self.schemas is None and not self.database:
+            raise ValueError("needs `tables`, `schemas` or `database: true`")
         return self
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pgshift.db import split_name
-from pgshift.plan.lint import Finding, lint_sql
+from pgshift.plan.lint import Finding, format_finding, lint_sql
 from pgshift.plan.load import LoadedPlan
 
 
@@ -16,9 +16,7 @@ class PlanFinding:
     file: str
 
     def __str__(self) -> str:
-        f = self.finding
-        suffix = " (allowed)" if f.allowed else ""
-        return f"{self.file}:{f.line}:{f.column}: {f.rule} {f.message}{suffix}"
+        return format_finding(self.finding, self.file)
 
 
 def _first_line(loaded: LoadedPlan, path: tuple[str | int, ...]) -> int:

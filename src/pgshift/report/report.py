@@ -1,4 +1,4 @@
-"""The JSON report of SPEC §7, shared by `status --json` and `apply --report`."""
+"""The JSON report (docs/ci.md), shared by `status --json` and `apply --report`."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def migration_report(
         "table": state.table_name,
         "status": state.status,
         "paused": state.paused,
-        "waiting_for": state.throttle_reason,
+        # only a run waits (a state recorded before the status cleared it may still hold one)
+        "waiting_for": state.throttle_reason if state.status in ("running", "waiting") else None,
         "last_error": state.last_error,
         # rows the application wrote that the triggers could not map (the migration fails)
         "row_errors": state.row_errors,
@@ -68,6 +69,27 @@ def migration_report(
     if move is not None:
         report["move"] = move  # a move's replication: direction, lag, copy, cutover window
     return report
+
+
+def fallback_report(name: str | None, plan_file: str, exit_code: int) -> dict[str, Any]:
+    """The report of a command that read no state: its plan did not load (`migration` null),
+    the database was out of reach, or the migration never started (`pending`)."""
+    return {
+        "migration": name,
+        "plan_file": plan_file,
+        "table": None,
+        "status": "pending" if name is not None else "invalid",
+        "paused": False,
+        "waiting_for": None,
+        "last_error": None,
+        "row_errors": 0,
+        "updated_at": None,
+        "phases": [],
+        "verify": None,
+        "gate": None,
+        "application": None,
+        "exit_code": exit_code,
+    }
 
 
 def application(state: MigrationState, old_sessions: int | None) -> dict[str, Any] | None:
@@ -124,7 +146,8 @@ def waiting_gate(state: MigrationState) -> dict[str, Any] | None:
 def github_summary(report: dict[str, Any]) -> str:
     """The report as a Markdown table for `$GITHUB_STEP_SUMMARY`."""
     lines = [
-        f"### pgshift: {report['migration']} — {report['status']} (exit {report['exit_code']})",
+        f"### pgshift: {report['migration'] or report.get('plan_file')} — {report['status']}"
+        f" (exit {report['exit_code']})",
         "",
         "| phase | status | seconds | rows | rows/s |",
         "|---|---|---:|---:|---:|",

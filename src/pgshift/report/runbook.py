@@ -1,4 +1,4 @@
-"""`migrate runbook`: the Markdown a reviewer follows to run a migration (SPEC §8).
+"""`migrate runbook`: the Markdown a reviewer follows to run a migration.
 
 The phases, their SQL, locks and estimates come from the same compiled plan and the same
 preview data as `migrate plan`, so the runbook shows exactly what `migrate apply` runs. What
@@ -261,6 +261,14 @@ def _lock_effect(lock: str) -> str:
     return "reads and writes continue"
 
 
+# A shadow read takes as long as the plan's queries, run on both shapes: not estimated.
+QUERIES_TIME = "as long as its queries take, run on both shapes (not estimated)"
+
+
+def _reads_queries(phase: Phase) -> bool:
+    return any(isinstance(s, ShadowReadStep) for s in phase.forward)
+
+
 def _table_work(data: dict[str, Any]) -> str:
     if data["rewrites"]:
         return "**rewrites** the table"
@@ -305,6 +313,20 @@ class _Renderer:
         if new is not None and phase.kind == "backfill":
             return new.regclass
         return self.table.regclass
+
+    def locked_table(self, step: Step, data: dict[str, Any]) -> str:
+        """The table a step locks: a `new_table` plan's new table for the build of an index
+        of `create` and for statements naming only the new table; else the live table."""
+        new = self.compiled.new_table
+        if new is not None and isinstance(step, SqlStep):
+            if step.builds_index is not None and step.builds_index[1] in {
+                i.name for i in new.indexes
+            }:
+                return new.display
+            texts: list[str] = data["sql"]
+            if texts and all(new.regclass in t and self.table.regclass not in t for t in texts):
+                return new.display
+        return self.table.display
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -383,7 +405,9 @@ class _Renderer:
                     f"`{phase.name}`",
                     phase.summary,
                     ", ".join(locks) or "none",
-                    preview.human_seconds(data["estimated_seconds"]),
+                    QUERIES_TIME
+                    if _reads_queries(phase)
+                    else preview.human_seconds(data["estimated_seconds"]),
                     rollback,
                 ]
             )
@@ -623,11 +647,12 @@ class _Renderer:
         status = self.phase_status(phase)
         if status:
             self.add(f"**Status in this database:** {status}", "")
-        self.add(
-            f"**Estimated duration:** {preview.human_seconds(data['estimated_seconds'])}"
-            f" ({self.phase_basis(phase)})",
-            "",
+        estimate = (
+            QUERIES_TIME
+            if _reads_queries(phase)
+            else f"{preview.human_seconds(data['estimated_seconds'])} ({self.phase_basis(phase)})"
         )
+        self.add(f"**Estimated duration:** {estimate}", "")
         self.before(phase)
         last = phase.index == len(self.phases) - 1
         self.add(
@@ -713,7 +738,7 @@ class _Renderer:
         lines = [
             f"### Step {number}: {data['description']}",
             "",
-            f"- **Lock:** `{lock}` on `{self.table.display}`: {_lock_effect(lock)}"
+            f"- **Lock:** `{lock}` on `{self.locked_table(step, data)}`: {_lock_effect(lock)}"
             if lock != "none"
             else "- **Lock:** none",
         ]
@@ -730,19 +755,28 @@ class _Renderer:
                 f" {timeout} (less when the server's deadlock_timeout is shorter), retried up to"
                 f" {self.settings.lock_retries} times with backoff"
             )
+        if isinstance(step, ShadowReadStep):
+            work, estimate = "reads what its queries read, on both shapes", QUERIES_TIME
+        else:
+            work = "none" if isinstance(step, GateStep) else _table_work(data)
+            estimate = f"{preview.human_seconds(data['estimated_seconds'])} ({basis})"
         lines += [
-            f"- **Table work:** {'none' if isinstance(step, GateStep) else _table_work(data)}",
+            f"- **Table work:** {work}",
             "- **Runs:** " + self.how_it_runs(step, data),
-            f"- **Estimated duration:** {preview.human_seconds(data['estimated_seconds'])}"
-            f" ({basis})",
+            f"- **Estimated duration:** {estimate}",
             "",
         ]
         if data["sql"]:
             lines += [*_sql_block(data["sql"]), ""]
         if isinstance(step, BackfillStep):
+            statement = (
+                "the INSERT then copies exactly the rows of that key range"
+                if self.compiled.new_table is not None
+                else "the UPDATE then covers exactly that key range"
+            )
             lines += [
                 "Each batch fills its own `%s`: the previous batch's last key and the batch size"
-                " find the batch's upper key; the UPDATE then covers exactly that key range.",
+                f" find the batch's upper key; {statement}.",
                 "",
             ]
         self.add(*lines)

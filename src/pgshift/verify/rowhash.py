@@ -1,4 +1,4 @@
-"""Row-hash comparison of two sides by key (SPEC §4).
+"""Row-hash comparison of two sides by key.
 
 The left side (the truth) is walked in key order, `chunk_size` rows at a time (keyset
 pagination: the next chunk's end is the key `chunk_size` index entries after the previous end);
@@ -15,6 +15,9 @@ right side is read on a second connection that imports the left transaction's sn
 (`pg_export_snapshot`), so both sides are hashed at once on two server processes. Across two
 connections each side has a snapshot of its own; keys found different are fetched again after
 `recheck_delay` seconds and reported only if they still differ.
+
+The row hash is hashtextextended of the row's text where one server hashes both sides, and the
+first 64 bits of its md5 across two connections (see side.RowHash).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from pgshift.verify.side import (
     ColumnSpec,
     Key,
     KeyRange,
+    RowHash,
     Side,
     SideQueries,
     begin_statements,
@@ -110,7 +114,7 @@ class VerifyResult:
         return self.missing + self.extra + self.changed
 
     def to_json(self) -> dict[str, Any]:
-        """The SPEC §4 shape."""
+        """As `migrate verify --json` prints it."""
         return {
             "rows_compared": self.rows_compared,
             "chunks": self.chunks,
@@ -141,8 +145,8 @@ def compare_same_db(
     helper = _open_like(conn) if parallel else None
     try:
         return _Comparer(
-            _Reader(conn, left),
-            _Reader(helper or conn, right),
+            _Reader(conn, left, "hashtext"),
+            _Reader(helper or conn, right, "hashtext"),
             chunk_size=chunk_size,
             leaf_size=leaf_size,
             max_examples=max_examples,
@@ -178,8 +182,8 @@ def compare_two_connections(
     if left_conn is right_conn:
         raise ValueError("compare_two_connections needs two connections; use compare_same_db")
     return _Comparer(
-        _Reader(left_conn, left),
-        _Reader(right_conn, right),
+        _Reader(left_conn, left, "md5"),
+        _Reader(right_conn, right, "md5"),
         chunk_size=chunk_size,
         leaf_size=leaf_size,
         max_examples=max_examples,
@@ -209,10 +213,10 @@ _Agg = tuple[int, int]
 class _Reader:
     """One side's queries, run on that side's connection."""
 
-    def __init__(self, conn: Connection, side: Side) -> None:
+    def __init__(self, conn: Connection, side: Side, row_hash: RowHash) -> None:
         self.conn = conn
         self.side = side
-        self.queries = SideQueries(side)
+        self.queries = SideQueries(side, row_hash)
         self.width = len(side.key)
 
     def _row(self, query: tuple[sql.Composed, list[Any]]) -> tuple[Any, ...] | None:
