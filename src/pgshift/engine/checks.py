@@ -32,6 +32,57 @@ def differences_message(result: VerifyResult) -> str:
     )
 
 
+def approval_and_soak(
+    conn: psycopg.Connection[Any],
+    state: MigrationState,
+    index: int,
+    step: GateStep,
+    plan_file: str,
+) -> list[str]:
+    """What of a gate's approval and soak time still keeps it shut, as words."""
+    closed: list[str] = []
+    if step.approval and not (state.phase(index).checkpoint or {}).get("approved_by"):
+        closed.append(
+            f"an approval (`migrate approve {plan_file} {step.gate} --by WHO`,"
+            f" or `migrate apply {plan_file} --approve {step.gate}`)"
+        )
+    if step.wait:
+        since = state.phase(index - 1).finished_at if index > 0 else state.created_at
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None
+        if since is not None and row[0] < since + step.wait:
+            left = since + step.wait - row[0]
+            closed.append(
+                f"its soak time: {format_duration(step.wait)} after the previous phase,"
+                f" {format_duration(timedelta(seconds=round(left.total_seconds())))} from now"
+            )
+    return closed
+
+
+def pass_or_hold(
+    conn: psycopg.Connection[Any],
+    store: StateStore,
+    name: str,
+    index: int,
+    step: GateStep,
+    closed: list[str],
+) -> None:
+    """Return when nothing keeps the gate shut; otherwise record that it waits, and why, and
+    raise GateWaiting (exit 3; DifferencesFound, exit 4, when a verify keeps it shut)."""
+    if not closed:
+        store.set_throttle(conn, name, None)
+        store.event(conn, name, "gate passed", phase=step.gate)
+        return
+    reason = f"gate {step.gate} waits for " + " and ".join(closed)
+    store.set_phase(conn, name, index, "waiting")
+    store.set_status(conn, name, "waiting")
+    store.set_throttle(conn, name, reason)
+    store.event(conn, name, "gate waiting", phase=step.gate, detail={"reason": reason})
+    if any(c.startswith("a clean verify") for c in closed):
+        raise DifferencesFound(reason)  # differences, not merely time or approval
+    raise GateWaiting(reason)
+
+
 class Checks:
     def __init__(self, store: StateStore, loaded: LoadedPlan, reporter: Reporter) -> None:
         self.store = store
@@ -48,45 +99,13 @@ class Checks:
         GateWaiting (exit 3): not a failure, nothing is rolled back."""
         state = self.store.get(conn, self.name)
         assert state is not None
-        gate_state = state.phase(phase.index)
-        plan_file = self.loaded.source.file
-        closed: list[str] = []
-        if step.approval and not (gate_state.checkpoint or {}).get("approved_by"):
-            closed.append(
-                f"an approval (`migrate approve {plan_file} {step.gate} --by WHO`,"
-                f" or `migrate apply {plan_file} --approve {step.gate}`)"
-            )
-        if step.wait:
-            since = (
-                state.phase(phase.index - 1).finished_at if phase.index > 0 else state.created_at
-            )
-            row = conn.execute("SELECT clock_timestamp()").fetchone()
-            assert row is not None
-            if since is not None and row[0] < since + step.wait:
-                left = since + step.wait - row[0]
-                closed.append(
-                    f"its soak time: {format_duration(step.wait)} after the previous phase,"
-                    f" {format_duration(timedelta(seconds=round(left.total_seconds())))} from now"
-                )
+        closed = approval_and_soak(conn, state, phase.index, step, self.loaded.source.file)
         if step.require_no_old_sessions:
             closed += self._old_sessions(conn, state)
         if step.require_verify and not closed:
             # only once nothing else keeps the gate shut: a verify reads the whole table
             closed += self._verify_for_gate(conn, compiled)
-        if not closed:
-            self.store.set_throttle(conn, self.name, None)
-            self.store.event(conn, self.name, "gate passed", phase=step.gate)
-            return
-        reason = f"gate {step.gate} waits for " + " and ".join(closed)
-        self.store.set_phase(conn, self.name, phase.index, "waiting")
-        self.store.set_status(conn, self.name, "waiting")
-        self.store.set_throttle(conn, self.name, reason)
-        self.store.event(
-            conn, self.name, "gate waiting", phase=step.gate, detail={"reason": reason}
-        )
-        if any(c.startswith("a clean verify") for c in closed):
-            raise DifferencesFound(reason)  # exit 4: differences, not merely time or approval
-        raise GateWaiting(reason)
+        pass_or_hold(conn, self.store, self.name, phase.index, step, closed)
 
     def _old_sessions(self, conn: psycopg.Connection[Any], state: MigrationState) -> list[str]:
         """What keeps a require_no_old_sessions gate shut: sessions older than the new version

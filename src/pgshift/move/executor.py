@@ -24,6 +24,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pgshift.db import connect
+from pgshift.engine.checks import approval_and_soak, pass_or_hold
 from pgshift.engine.executor import RunResult, one_line
 from pgshift.engine.failpoints import failpoint
 from pgshift.engine.locks import below_deadlock_timeout, migration_lock, table_lock
@@ -58,7 +59,6 @@ from pgshift.move.steps import (
 )
 from pgshift.move.verify import verify_move
 from pgshift.phases.base import GateStep, Server, SqlStep
-from pgshift.plan.durations import format_duration
 from pgshift.plan.load import LoadedPlan
 from pgshift.verify.rowhash import VerifyResult
 
@@ -422,33 +422,8 @@ class MoveExecutor:
         """As a table migration's gate: an approval and a soak time (exit 3 while shut)."""
         state = self.store.get(src, self.name)
         assert state is not None
-        plan_file = self.loaded.source.file
-        closed: list[str] = []
-        if step.approval and not (state.phase(phase.index).checkpoint or {}).get("approved_by"):
-            closed.append(
-                f"an approval (`migrate approve {plan_file} {step.gate} --by WHO`,"
-                f" or `migrate apply {plan_file} --approve {step.gate}`)"
-            )
-        if step.wait:
-            since = (
-                state.phase(phase.index - 1).finished_at if phase.index > 0 else state.created_at
-            )
-            row = src.execute("SELECT clock_timestamp()").fetchone()
-            assert row is not None
-            if since is not None and row[0] < since + step.wait:
-                closed.append(
-                    f"its soak time: {format_duration(step.wait)} after the previous phase"
-                )
-        if not closed:
-            self.store.set_throttle(src, self.name, None)
-            self.store.event(src, self.name, "gate passed", phase=step.gate)
-            return
-        reason = f"gate {step.gate} waits for " + " and ".join(closed)
-        self.store.set_phase(src, self.name, phase.index, "waiting")
-        self.store.set_status(src, self.name, "waiting")
-        self.store.set_throttle(src, self.name, reason)
-        self.store.event(src, self.name, "gate waiting", phase=step.gate, detail={"reason": reason})
-        raise GateWaiting(reason)
+        closed = approval_and_soak(src, state, phase.index, step, self.loaded.source.file)
+        pass_or_hold(src, self.store, self.name, phase.index, step, closed)
 
     def _verify_phase(
         self, servers: Servers, compiled: CompiledMove, phase: MovePhase, step: MoveVerify
