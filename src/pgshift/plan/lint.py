@@ -1,4 +1,4 @@
-"""DDL safety rules (SPEC §6): statements that would lock or rewrite a live table.
+"""DDL safety rules (docs/lint.md): statements that would lock or rewrite a live table.
 
 The linter reads SQL text only, never a database, so "existing table" means any table the text
 did not create itself and the caller did not list in `new_tables`. Every finding names the safe
@@ -179,7 +179,7 @@ def lint_sql(
     require_lock_timeout: bool = True,
     context: LintContext | None = None,
 ) -> list[Finding]:
-    """Every rule of SPEC §6 over `text`, in statement order; never raises on bad SQL.
+    """Every rule of docs/lint.md over `text`, in statement order; never raises on bad SQL.
 
     `first_line` is the line `text` starts on in its file. `new_tables` (lowercased, with or
     without schema) are tables the plan creates, exempt from the "existing table" rules.
