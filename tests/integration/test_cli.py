@@ -4,6 +4,7 @@ the migration lock, pause/resume from another shell, and on_failure."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -444,3 +445,38 @@ def test_without_dsn_a_missing_table_names_the_database(
     line = error_line(result)
     assert f"does not exist in database '{params['dbname']}' as '{params.get('user')}'" in line
     assert line.endswith("check `table`, and --dsn or $DATABASE_URL")
+
+
+def test_a_lock_left_by_a_killed_run_of_this_machine_is_waited_for(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """After kill -9, the server session holding the migration's lock lives on until the
+    server notices the closed connection: `apply` right away waits for it instead of saying
+    the migration is being run. A holder whose process lives is refused at once."""
+    import socket
+    import threading
+
+    from pgshift.engine.locks import advisory_key
+    from pgshift.engine.state import LOCK_CLASS
+
+    path = write_plan(tmp_path, plan_text())
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no process has now
+    for pid, refused in ((gone.pid, False), (os.getpid(), True)):
+        holder = psycopg.connect(
+            dsn,
+            autocommit=True,
+            application_name=f"pgshift apply cli_test pid {pid}@{socket.gethostname()}"[:63],
+        )
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_CLASS, advisory_key("cli_test")))
+        closer = threading.Timer(1.0, holder.close)
+        closer.start()
+        try:
+            result = cli(dsn, "apply", path, "--until", "expand")
+        finally:
+            closer.join()
+        if refused:
+            assert result.exit_code == 1
+            assert f"is being run by pgshift apply cli_test pid {pid}@" in error_line(result)
+        else:
+            assert result.exit_code == 0, result.output

@@ -9,6 +9,10 @@ whole command on a connection of its own, released by the server if the process 
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -125,9 +129,45 @@ def advisory_key(name: str) -> int:
     return value - (1 << 32) if value >= (1 << 31) else value
 
 
+# how long a lock held for a pgshift process of this machine that is gone is waited for: its
+# server session ends as soon as the server notices the closed connection (after a kill -9)
+DEAD_HOLDER_WAIT = 10.0
+_OUR_SESSION = re.compile(r"^pgshift .* pid (\d+)@(.+)$")
+
+
+def _gone(application_name: str) -> bool:
+    """Whether the session is one of pgshift's, from this machine, whose process has ended."""
+    match = _OUR_SESSION.match(application_name)
+    if match is None or not socket.gethostname().startswith(match.group(2)):
+        return False  # the name is cut at 63 characters: the host may be a prefix
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's)
+    return False
+
+
 def _try_lock(conn: psycopg.Connection[Any], classid: int, name: str) -> str | None:
     """Take the session advisory lock (classid, crc32 of name); None when taken, else who
-    holds it, for the message."""
+    holds it, for the message. A lock a killed pgshift process of this machine still holds
+    (through a server session not yet ended) is waited for, briefly."""
+    deadline = time.monotonic() + DEAD_HOLDER_WAIT
+    while True:
+        holder = _lock_or_holder(conn, classid, name)
+        if holder is None or time.monotonic() > deadline or not _gone(holder[1] or ""):
+            break
+        time.sleep(0.1)
+    if holder is None:
+        return None
+    if holder[0] is None:
+        return "another session"
+    return f"{holder[1] or 'a session'} (backend pid {holder[0]}, since {holder[2]})"
+
+
+def _lock_or_holder(conn: psycopg.Connection[Any], classid: int, name: str) -> Any:
+    """None when the lock is now ours, else the holder's (pid, application_name, since)."""
     key = advisory_key(name)
     row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (classid, key)).fetchone()
     if row and row[0]:
@@ -142,9 +182,7 @@ def _try_lock(conn: psycopg.Connection[Any], classid: int, name: str) -> str | N
         """,
         (classid, key & 0xFFFFFFFF),
     ).fetchone()
-    if holder is None:
-        return "another session"
-    return f"{holder[1] or 'a session'} (backend pid {holder[0]}, since {holder[2]})"
+    return holder if holder is not None else (None, "another session", "")
 
 
 def table_lock(conn: psycopg.Connection[Any], table: str) -> None:
