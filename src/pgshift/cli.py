@@ -30,6 +30,7 @@ from pgshift.errors import (
     PgshiftError,
     PlanError,
     UsageError,
+    no_phase_named,
 )
 from pgshift.log import configure
 from pgshift.move.commands import move_status, plan_output, refuse_checks
@@ -389,10 +390,19 @@ def apply_command(
 
     def run(loaded: LoadedPlan) -> Any:
         gates = _gates_of(loaded, approve)  # before anything connects or writes
+        _phase_of(loaded, until)
         executor = options.executor(loaded, force=force)
         return _with_plan_locations(loaded, lambda: executor.apply(until, gates))
 
     _finish(_reported(options, plan_file, report, run))
+
+
+def _phase_of(loaded: LoadedPlan, name: str | None) -> None:
+    """Refuse a phase name (`--until`, `--to`) the plan does not have, before connecting."""
+    phases = loaded.plan.phases
+    names = list(dict.fromkeys([p.name for p in phases] + [p.kind for p in phases]))
+    if name is not None and name not in names:
+        raise no_phase_named(name, loaded.plan.name, names)
 
 
 def _gates_of(loaded: LoadedPlan, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -420,15 +430,13 @@ def rollback_command(
     options: Options, plan_file: str, to: str | None, report: str | None, force: bool
 ) -> None:
     """Undo applied phases in reverse order, up to the point of no return."""
-    result = _reported(
-        options,
-        plan_file,
-        report,
-        lambda loaded: _with_plan_locations(
-            loaded, lambda: options.executor(loaded, force=force).rollback(to)
-        ),
-    )
-    _finish(result)
+
+    def run(loaded: LoadedPlan) -> Any:
+        _phase_of(loaded, to)  # before anything connects or writes
+        executor = options.executor(loaded, force=force)
+        return _with_plan_locations(loaded, lambda: executor.rollback(to))
+
+    _finish(_reported(options, plan_file, report, run))
 
 
 @main.command("verify")

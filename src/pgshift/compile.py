@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pgshift.catalog import Table
-from pgshift.errors import PlanError
+from pgshift.errors import PlanError, no_phase_named
 from pgshift.phases.backfill import compile_backfill
 from pgshift.phases.base import CompileContext, Phase, PhaseCompiler
 from pgshift.phases.columns_shape import build_shape
@@ -52,7 +52,8 @@ class CompiledPlan:
         for phase in self.phases:
             if phase.name == name or phase.kind == name:
                 return phase
-        raise PlanError(f"no phase named {name!r} in plan {self.plan.name}; phases: {self.names()}")
+        names = list(dict.fromkeys([p.name for p in self.phases] + [p.kind for p in self.phases]))
+        raise no_phase_named(name, self.plan.name, names)
 
     def names(self) -> str:
         return ", ".join(p.name for p in self.phases)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from enum import IntEnum
 
 
@@ -42,6 +43,13 @@ class PlanError(PgshiftError):
 
     def located(self, where: str) -> PlanError:
         return PlanError(self.message, where=where, path=self.path)
+
+
+def no_phase_named(name: str, plan: str, names: list[str]) -> PlanError:
+    """`--until`, `--to` or a gate naming no phase of the plan, with the likeliest meant."""
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return PlanError(f"no phase named {name!r} in plan {plan}{hint} (phases: {', '.join(names)})")
 
 
 class UsageError(PgshiftError):

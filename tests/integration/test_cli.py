@@ -480,3 +480,17 @@ def test_a_lock_left_by_a_killed_run_of_this_machine_is_waited_for(
             assert f"is being run by pgshift apply cli_test pid {pid}@" in error_line(result)
         else:
             assert result.exit_code == 0, result.output
+
+
+def test_until_a_phase_the_plan_lacks_suggests_the_one_meant(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    path = write_plan(tmp_path, plan_text())
+    result = cli(dsn, "apply", path, "--until", "backfil")
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "no phase named 'backfil' in plan cli_test; did you mean 'backfill'?" in line
+    assert accounts.execute("SELECT to_regclass('pgshift.migrations')").fetchone() == (None,)
+    result = cli(dsn, "rollback", path, "--to", "expnd")
+    assert result.exit_code == 2
+    assert "did you mean 'expand'?" in error_line(result)

@@ -211,15 +211,13 @@ class CompiledMove:
         return f"{shown}{more} (move)"
 
     def phase(self, name: str) -> MovePhase:
-        from pgshift.errors import PlanError
+        from pgshift.errors import no_phase_named
 
         for phase in self.phases:
             if phase.name == name or phase.kind == name:
                 return phase
-        raise PlanError(
-            f"no phase named {name!r} in plan {self.plan.name}; phases:"
-            f" {', '.join(p.name for p in self.phases)}"
-        )
+        names = list(dict.fromkeys([p.name for p in self.phases] + [p.kind for p in self.phases]))
+        raise no_phase_named(name, self.plan.name, names)
 
 
 def step_server(step: MoveStep) -> Server:
