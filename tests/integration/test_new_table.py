@@ -5,6 +5,7 @@ table row for row."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -391,3 +392,13 @@ def test_after_contract_the_new_table_takes_the_old_index_names(
         "SELECT format_type(atttypid, NULL) FROM pg_attribute"
         " WHERE attrelid = 'accounts'::regclass AND attname = 'id'"
     ).fetchone() == ("bigint",)
+
+
+def test_the_copy_shows_the_lock_it_takes_on_the_live_table(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    """The copy reads the live table with FOR KEY SHARE: ROW SHARE there, not ROW EXCLUSIVE."""
+    accounts_with_orders(conn)
+    data = json.loads(cli(dsn, "plan", str(PLANS / "accounts_bigint_key.yaml"), "--json").stdout)
+    copy = next(p for p in data["phases"] if p["kind"] == "backfill")["steps"][0]
+    assert (copy["lock"], copy["blocks_writes"]) == ("ROW SHARE", False)

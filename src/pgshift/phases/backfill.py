@@ -70,6 +70,9 @@ def _copy_step(ctx: CompileContext) -> BackfillStep:
         first_bounds=first,
         # a copy-back trigger on the new table (versions mode) skips the copy's own rows
         session_settings=((BACKFILL_SETTING, "on"),),
+        # the live table is only read, its rows key-share locked (ROW EXCLUSIVE is on the new one)
+        lock="ROW SHARE",
+        hold="one batch (batch_time); the copied rows stay updatable, not deletable",
     )
 
 

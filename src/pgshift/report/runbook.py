@@ -258,6 +258,11 @@ def _lock_effect(lock: str) -> str:
         )
     if lock == "ROW EXCLUSIVE":
         return "reads and writes continue; only the rows being changed are locked"
+    if lock == "ROW SHARE":
+        return (
+            "reads and writes continue; the rows being read are locked against deletes and key"
+            " changes until the batch commits"
+        )
     return "reads and writes continue"
 
 
