@@ -211,14 +211,17 @@ pass_options = click.make_pass_decorator(Options)
 
 @main.command("plan")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (SQL included).")
+@click.option("--sql", "with_sql", is_flag=True, help="Show every step's SQL under it.")
 @click.option(
     "--check-data",
     is_flag=True,
     help="Also check every row's `up` (or new_table mapping) now, read only; exit 1 if any fails.",
 )
 @pass_options
-def plan_command(options: Options, plan_file: str, as_json: bool, check_data: bool) -> None:
+def plan_command(
+    options: Options, plan_file: str, as_json: bool, with_sql: bool, check_data: bool
+) -> None:
     """Validate PLAN_FILE and show what each phase will run, with locks and rollback."""
     loaded = _load(plan_file)
     _with_plan_locations(loaded, lambda: check_available(loaded.plan))
@@ -277,7 +280,7 @@ def plan_command(options: Options, plan_file: str, as_json: bool, check_data: bo
         click.echo(json.dumps(data, indent=2, default=str))
     else:
         click.echo("\n".join(render_preflight(checks)))
-        click.echo(render_text(data))
+        click.echo(render_text(data, sql=with_sql))
     if checked is not None:
         step, result = checked
         if result.failures:

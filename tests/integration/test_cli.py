@@ -136,6 +136,27 @@ def test_plan_json_lists_every_phase_with_sql_and_locks(
     assert data["rows_estimate"] == 500
 
 
+def test_plan_shows_steps_one_line_each_and_the_sql_with_sql_flag(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    path = write_plan(tmp_path, plan_text())
+    short = cli(dsn, "plan", path)
+    full = cli(dsn, "plan", path, "--sql")
+    assert short.exit_code == 0 and full.exit_code == 0, short.output + full.output
+    data = json.loads(cli(dsn, "plan", path, "--json").stdout)
+    # the default: no SQL at all, the internal catalog queries included
+    assert "CREATE OR REPLACE FUNCTION" not in short.stdout and "DO '" not in short.stdout
+    assert "RENAME COLUMN" not in short.stdout and "add --sql" in short.stdout
+    assert "CREATE OR REPLACE FUNCTION" in full.stdout and "RENAME COLUMN" in full.stdout
+    for phase in data["phases"]:
+        for step in phase["steps"] + phase["rollback"]:
+            line = f"- {step['description']}  ("
+            assert line in short.stdout and line in full.stdout, line
+            for statement in step["sql"]:
+                assert statement.splitlines()[0] in full.stdout, statement
+    assert len(short.stdout.splitlines()) < len(full.stdout.splitlines()) // 5
+
+
 def test_changed_plan_is_refused_unless_forced(
     dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
 ) -> None:

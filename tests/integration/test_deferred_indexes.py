@@ -86,7 +86,7 @@ def test_plan_and_runbook_show_the_builds_under_backfill(
         assert build["lock"] == "SHARE UPDATE EXCLUSIVE"
         assert not build["blocks_writes"] and not build["in_transaction"]
 
-    text = cli(dsn, "plan", BIGINT_KEY).stdout
+    text = cli(dsn, "plan", BIGINT_KEY, "--sql").stdout
     backfill_text = text[text.index("3. backfill") : text.index("4. verify")]
     assert "CREATE INDEX CONCURRENTLY accounts_v2_email_idx" in backfill_text
 

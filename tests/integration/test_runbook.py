@@ -1,6 +1,7 @@
-"""`migrate runbook`: every step's exact SQL and every rollback, the point of no return, the
-Mermaid diagram, pre-flight facts read from the live database, estimates from a measured run,
-`-o FILE`, and the refusal without a database."""
+"""`migrate runbook`: every step and every rollback in a short list per phase, their exact SQL
+in the appendix the steps link to, the point of no return, the Mermaid diagram, pre-flight facts
+read from the live database, estimates from a measured run, `-o FILE`, the refusal without a
+database, and a one-column runbook short enough to read before its appendix."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pgshift.engine.executor import prepare
 from pgshift.engine.state import StateStore
 from pgshift.plan.load import load_plan
 from pgshift.report.preview import step_sql
-from pgshift.report.runbook import POINT_OF_NO_RETURN
+from pgshift.report.runbook import APPENDIX, POINT_OF_NO_RETURN
 from tests.integration.helpers import PLANS, cli, create_customers, definition, error_line
 from tests.integration.replica import find_binaries, streaming_pair
 
@@ -51,10 +52,25 @@ def compiled(dsn: str, plan: Path) -> CompiledPlan:
         return prepare(conn, load_plan(plan), StateStore())[0]
 
 
+def split_appendix(text: str) -> tuple[str, str]:
+    """The runbook before its SQL appendix, and the appendix."""
+    before, appendix = text.split(f"## {APPENDIX}\n", 1)
+    return before, appendix
+
+
 def sections(text: str) -> dict[str, str]:
-    """Each phase's section by phase name (`## Phase 3 of 5: backfill ...` up to the next)."""
-    parts = re.split(r"^## Phase \d+ of \d+: ", text, flags=re.MULTILINE)[1:]
+    """Each phase's section by phase name (`## Phase 3 of 5: backfill ...` up to the next, the
+    appendix excluded)."""
+    parts = re.split(r"^## Phase \d+ of \d+: ", split_appendix(text)[0], flags=re.MULTILINE)[1:]
     return {part.split()[0]: part for part in parts}
+
+
+def appendix_entry(text: str, anchor: str) -> str:
+    """The appendix's entry under `<a id="anchor">`, up to the next anchor."""
+    appendix = split_appendix(text)[1]
+    marker = f'<a id="{anchor}"></a>'
+    assert appendix.count(marker) == 1, anchor
+    return appendix.split(marker, 1)[1].split("<a id=", 1)[0]
 
 
 def heading(section: str) -> str:
@@ -78,17 +94,26 @@ def test_runbook_shows_every_step_rollback_and_the_point_of_no_return(
     path = shlex.quote(str(plan))
     for phase in phases:
         section = by_phase[phase.name]
-        for step in phase.forward:
+        for number, step in enumerate(phase.forward, start=1):
+            if not step_sql(step):
+                continue
+            anchor = f"sql-{phase.index + 1}-{number}"
+            assert f"[{phase.index + 1}.{number}](#{anchor})" in section, (phase.name, number)
+            entry = appendix_entry(text, anchor)
+            assert "```sql" in entry and "```sql" not in section.split("**Go / no-go:**")[0]
             for statement in step_sql(step):
-                assert statement in section, (phase.name, statement)
+                assert statement in entry, (phase.name, statement)
         if phase.reversible:
             command = f"migrate rollback {path}"
             if phase.index > 0:
                 command += f" --to {phases[phase.index - 1].name}"
-            assert f"```sh\n{command}\n```" in section, phase.name
-            for step in phase.rollback:
+            rollback = section.split("**Rollback:**")[1]
+            assert rollback.startswith(f" `{command}` undoes"), phase.name
+            for number, step in enumerate(phase.rollback, start=1):
+                anchor = f"sql-{phase.index + 1}-r{number}"
+                assert f"(#{anchor})" in rollback, (phase.name, anchor)
                 for statement in step_sql(step):
-                    assert statement in section.split("**Rollback at this point:**")[1]
+                    assert statement in appendix_entry(text, anchor)
         assert (POINT_OF_NO_RETURN in heading(section)) == (phase.kind == "contract")
     contract = by_phase["contract"]
     assert "[!CAUTION]" in contract
@@ -231,19 +256,38 @@ def test_new_table_runbook_names_the_insert_the_new_tables_locks_and_the_shadow_
     )
     plan = tmp_path / "plan.yaml"
     plan.write_text(text)
-    parts = sections(runbook(dsn, plan))
+    book = runbook(dsn, plan)
+    parts = sections(book)
 
     backfill = parts["backfill"]
-    assert "the INSERT then copies exactly the rows of that key range" in backfill
-    assert "the UPDATE" not in backfill
+    copy = appendix_entry(book, "sql-3-1")
+    assert "the INSERT then copies exactly the rows of that key range" in copy
+    assert "the UPDATE" not in copy
     for index in ("accounts_v2_email_idx", "accounts_v2_balance_idx"):
-        step = backfill.split(f"build {index}", 1)[1].split("### Step", 1)[0]
-        assert "- **Lock:** `SHARE UPDATE EXCLUSIVE` on `public.accounts_v2`" in step
+        row = next(line for line in backfill.splitlines() if f"build {index}" in line)
+        assert "| `SHARE UPDATE EXCLUSIVE` on `public.accounts_v2` |" in row
     # the new table's owner and grants: its ACCESS EXCLUSIVE is on the new table only
-    owner = parts["expand"].split("the owner, grants", 1)[1].split("### Step", 1)[0]
-    assert "- **Lock:** `ACCESS EXCLUSIVE` on `public.accounts_v2`" in owner
+    owner = next(line for line in parts["expand"].splitlines() if "the owner, grants" in line)
+    assert "| `ACCESS EXCLUSIVE` on `public.accounts_v2` |" in owner
 
     shadow = parts["shadow_read"]
     assert "catalog changes only" not in shadow and "< 1s" not in shadow
     assert "as long as its queries take, run on both shapes" in shadow
     assert "reads what its queries read" in shadow
+
+
+def test_a_one_column_runbook_is_short_before_its_appendix(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    """What a reviewer reads first (steps, locks, go / no-go, rollback) fits in 15,000
+    characters for a one-column change; the SQL follows in the appendix."""
+    create_accounts(conn, 1000)
+    text = runbook(dsn, WIDEN)
+    before, appendix = split_appendix(text)
+    assert len(before) < 15_000, len(before)
+    for part in ("## Pre-flight checks", "```mermaid", POINT_OF_NO_RETURN, "**Go / no-go:**"):
+        assert part in before, part
+    # the internal catalog queries (the DO blocks re-creating views) and the trigger's function
+    # are in the appendix only
+    assert "CREATE OR REPLACE FUNCTION" not in before and "DO '" not in before
+    assert "CREATE OR REPLACE FUNCTION" in appendix

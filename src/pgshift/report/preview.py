@@ -1,6 +1,7 @@
-"""What `migrate plan` shows: every phase's steps with their SQL, lock level, whether they scan
-or rewrite the table, an estimated duration, and the rollback. Built from the compiled phases,
-the same objects the executor runs."""
+"""What `migrate plan` shows: every phase's steps with their lock level, whether they scan or
+rewrite the table, an estimated duration, and the rollback, one line each; their SQL with
+`--sql` (and always in `--json`). Built from the compiled phases, the same objects the executor
+runs."""
 
 from __future__ import annotations
 
@@ -169,7 +170,9 @@ def human_seconds(seconds: float) -> str:
     return f"~{seconds / 3600:.1f}h"
 
 
-def render_text(data: dict[str, Any]) -> str:
+def render_text(data: dict[str, Any], sql: bool = False) -> str:
+    """The plan for a person: one line per step and per rollback step; with `sql`, each step's
+    SQL under it (the internal catalog queries included)."""
     rows = data["rows_estimate"]
     lines = [
         f"migration {data['migration']} on {data['table']} (key: {', '.join(data['key'])};"
@@ -194,19 +197,21 @@ def render_text(data: dict[str, Any]) -> str:
             title += f" ({phase['kind']})"
         lines.append(f"{title} — {phase['summary']}  [{human_seconds(phase['estimated_seconds'])}]")
         for step in phase["steps"]:
-            lines += _step_lines(step, "   ")
+            lines += _step_lines(step, "   ", sql)
         if phase["rollback"]:
             lines.append("   rollback:")
             for step in phase["rollback"]:
-                lines += _step_lines(step, "     ")
+                lines += _step_lines(step, "     ", sql)
         elif not phase["reversible"]:
             lines.append("   rollback: none — this is the point of no return")
         else:
             lines.append("   rollback: nothing to undo")
+    if not sql:
+        lines += ["", "each step's SQL: add --sql (or --json)"]
     return "\n".join(lines)
 
 
-def _step_lines(step: dict[str, Any], indent: str) -> list[str]:
+def _step_lines(step: dict[str, Any], indent: str, sql: bool = True) -> list[str]:
     flags = [f"lock {step['lock']}" if step["lock"] != "none" else "no table lock"]
     if step["lock"] != "none":
         flags.append(f"held {step['lock_held']}")
@@ -217,5 +222,7 @@ def _step_lines(step: dict[str, Any], indent: str) -> list[str]:
     if not step["in_transaction"]:
         flags.append("outside a transaction")
     out = [f"{indent}- {step['description']}  ({'; '.join(flags)})"]
+    if not sql:
+        return out
     out += [f"{indent}    {line}" for sql_text in step["sql"] for line in sql_text.splitlines()]
     return out
