@@ -108,6 +108,35 @@ def prepare(
     return compiled, state
 
 
+def accept_plan_change(
+    conn: psycopg.Connection[Any],
+    store: StateStore,
+    state: MigrationState,
+    loaded: LoadedPlan,
+    phases: list[tuple[str, str]],
+    force: bool,
+) -> bool:
+    """Whether the plan changed since the migration started, which only --force accepts (and
+    only with the same phases: what is applied must keep its meaning); the new hash and an
+    event are recorded then."""
+    name = loaded.plan.name
+    if state.plan_hash == loaded.sha256:
+        return False
+    if not force:
+        raise UsageError(
+            f"plan {name} changed since this migration started; roll it back and apply the new"
+            " plan, or pass --force to continue with the changed plan"
+        )
+    if [(p.kind, p.name) for p in state.phases] != phases:
+        raise UsageError(
+            f"plan {name} changed its phases since the migration started; --force accepts"
+            " changed settings and expressions, not different phases"
+        )
+    store.set_plan_hash(conn, name, loaded.sha256)
+    store.event(conn, name, "plan changed (--force)", detail={"plan_hash": loaded.sha256})
+    return True
+
+
 def failure(error: BaseException) -> type[PgshiftError]:
     """The error class a failed phase ends the command with: differences keep exit 4."""
     return DifferencesFound if isinstance(error, DifferencesFound) else MigrationFailed
@@ -238,23 +267,14 @@ class Executor:
                 },
                 compiled.table.row_estimate if compiled.table.row_estimate >= 0 else None,
             )
-        elif state.plan_hash != self.loaded.sha256:
-            if not self.force:
-                raise UsageError(
-                    f"plan {self.name} changed since this migration started; roll it back and"
-                    " apply the new plan, or pass --force to continue with the changed plan"
-                )
-            if [(p.kind, p.name) for p in state.phases] != [
-                (p.kind, p.name) for p in compiled.phases
-            ]:
-                raise UsageError(
-                    f"plan {self.name} changed its phases since the migration started; --force"
-                    " accepts changed settings and expressions, not different phases"
-                )
-            self.store.set_plan_hash(conn, self.name, self.loaded.sha256)
-            self.store.event(
-                conn, self.name, "plan changed (--force)", detail={"plan_hash": self.loaded.sha256}
-            )
+        elif accept_plan_change(
+            conn,
+            self.store,
+            state,
+            self.loaded,
+            [(p.kind, p.name) for p in compiled.phases],
+            self.force,
+        ):
             # the trigger in force takes the changed expressions too
             refresh(conn, compiled)
         fresh = self.store.get(conn, self.name)

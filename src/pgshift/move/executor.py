@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 
 from pgshift.db import connect
 from pgshift.engine.checks import approval_and_soak, pass_or_hold
-from pgshift.engine.executor import RunResult, one_line
+from pgshift.engine.executor import RunResult, accept_plan_change, one_line
 from pgshift.engine.failpoints import failpoint
 from pgshift.engine.locks import below_deadlock_timeout, migration_lock, table_lock
 from pgshift.engine.progress import Reporter
@@ -228,20 +228,9 @@ class MoveExecutor:
                 },
                 compiled.rows or None,
             )
-        elif state.plan_hash != self.loaded.sha256:
-            if not self.force:
-                raise UsageError(
-                    f"plan {self.name} changed since this migration started; roll it back and"
-                    " apply the new plan, or pass --force to continue with the changed plan"
-                )
-            if [(p.kind, p.name) for p in state.phases] != [
-                (p.kind, p.name) for p in compiled.phases
-            ]:
-                raise UsageError(
-                    f"plan {self.name} changed its phases since the migration started; --force"
-                    " accepts changed settings, not different phases"
-                )
-            self.store.set_plan_hash(src, self.name, self.loaded.sha256)
+        else:
+            phases = [(p.kind, p.name) for p in compiled.phases]
+            accept_plan_change(src, self.store, state, self.loaded, phases, self.force)
         if state is not None and state.started and self.force:
             self._accept_columns(src, compiled)
         fresh = self.store.get(src, self.name)
