@@ -7,9 +7,9 @@ work stands: skipped steps are re-checked by their `done_if`, never blindly repe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 import psycopg
 import structlog
@@ -52,6 +52,7 @@ from pgshift.plan.check import (
     resolve_key,
 )
 from pgshift.plan.load import LoadedPlan
+from pgshift.plan.model import Plan
 from pgshift.report.clients import client_impact
 from pgshift.verify.rowhash import VerifyResult
 
@@ -135,6 +136,74 @@ def accept_plan_change(
     store.set_plan_hash(conn, name, loaded.sha256)
     store.event(conn, name, "plan changed (--force)", detail={"plan_hash": loaded.sha256})
     return True
+
+
+class FailingPhase(Protocol):
+    """What `fail_phase` reads of a phase, a table migration's or a move's."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def reversible(self) -> bool: ...
+
+
+def fail_phase(
+    conn: psycopg.Connection[Any],
+    store: StateStore,
+    plan: Plan,
+    phases: Sequence[FailingPhase],
+    phase: FailingPhase,
+    error: Exception,
+    message: str,
+    undo: Callable[[MigrationState, int], None],
+) -> NoReturn:
+    """Record a failed phase, then apply on_failure: `undo(state, target)` rolls back the
+    phases after `target` (back to the point of no return at most; -1 for all), or the state is
+    kept; either way raise the command's one-line error."""
+    name = plan.name
+    store.set_phase(conn, name, phase.index, "failed", error=message)
+    store.event(conn, name, "phase failed", phase=phase.name, detail={"error": message})
+    log.error("phase failed", migration=name, phase=phase.name, error=message)
+    if plan.settings.on_failure == "rollback" and phase.reversible:
+        state = store.get(conn, name)
+        assert state is not None
+        # a sql phase may follow contract: the rollback stops there
+        target = max(
+            (
+                p.index
+                for p in phases
+                if not p.reversible and state.phase(p.index).status != "pending"
+            ),
+            default=-1,
+        )
+        try:
+            undo(state, target)
+        except Exception as rollback_error:
+            why = (
+                str(rollback_error)
+                if isinstance(rollback_error, PgshiftError)
+                else one_line(rollback_error)
+            )
+            store.set_status(conn, name, "failed", message)
+            raise MigrationFailed(
+                f"{phase.name} failed: {message}; the automatic rollback stopped too:"
+                f" {why}; fix it and run `migrate rollback`"
+            ) from error
+        store.set_status(conn, name, "rolled_back" if target == -1 else "failed", message)
+        undone = "every applied phase was" if target == -1 else "the phases after contract were"
+        raise failure(error)(f"{phase.name} failed: {message}; {undone} rolled back") from error
+    store.set_status(conn, name, "failed", message)
+    if not phase.reversible:
+        raise MigrationFailed(
+            f"{phase.name} failed: {message}; it is past the point of no return, so nothing"
+            " was rolled back: fix the cause and run `migrate apply` again to finish it"
+        ) from error
+    raise failure(error)(
+        f"{phase.name} failed: {message}; state kept (on_failure: pause): fix the cause and run"
+        " `migrate apply` again to continue, or `migrate rollback`"
+    ) from error
 
 
 def failure(error: BaseException) -> type[PgshiftError]:
@@ -457,57 +526,21 @@ class Executor:
 
     def _fail(
         self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase, error: Exception
-    ) -> None:
-        message = one_line(error)
+    ) -> NoReturn:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.rollback()
-        self.store.set_phase(conn, self.name, phase.index, "failed", error=message)
-        self.store.event(
-            conn, self.name, "phase failed", phase=phase.name, detail={"error": message}
-        )
-        log.error("phase failed", migration=self.name, phase=phase.name, error=message)
-        if self.plan.settings.on_failure == "rollback" and phase.reversible:
-            state = self.store.get(conn, self.name)
-            assert state is not None
-            # back to the point of no return at most (a sql phase may follow contract)
-            target = max(
-                (
-                    p.index
-                    for p in compiled.phases
-                    if not p.reversible and state.phase(p.index).status != "pending"
-                ),
-                default=-1,
-            )
+
+        def undo(state: MigrationState, target: int) -> None:
             try:
                 self._rollback_phases(conn, compiled, state, target=target)
-            except Exception as rollback_error:
+            except Exception:
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     conn.rollback()
-                why = (
-                    str(rollback_error)
-                    if isinstance(rollback_error, PgshiftError)
-                    else one_line(rollback_error)
-                )
-                self.store.set_status(conn, self.name, "failed", message)
-                raise MigrationFailed(
-                    f"{phase.name} failed: {message}; the automatic rollback stopped too:"
-                    f" {why}; fix it and run `migrate rollback`"
-                ) from error
-            self.store.set_status(
-                conn, self.name, "rolled_back" if target == -1 else "failed", message
-            )
-            undone = "every applied phase was" if target == -1 else "the phases after contract were"
-            raise failure(error)(f"{phase.name} failed: {message}; {undone} rolled back") from error
-        self.store.set_status(conn, self.name, "failed", message)
-        if not phase.reversible:
-            raise MigrationFailed(
-                f"{phase.name} failed: {message}; it is past the point of no return, so nothing"
-                " was rolled back: fix the cause and run `migrate apply` again to finish it"
-            ) from error
-        raise failure(error)(
-            f"{phase.name} failed: {message}; state kept (on_failure: pause): fix the cause and run"
-            " `migrate apply` again to continue, or `migrate rollback`"
-        ) from error
+                raise
+
+        fail_phase(
+            conn, self.store, self.plan, compiled.phases, phase, error, one_line(error), undo
+        )
 
     # ---------------------------------------------------------------- verify
 

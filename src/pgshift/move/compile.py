@@ -41,7 +41,8 @@ from pgshift.move.steps import (
     Unsubscribe,
     WaitCopy,
 )
-from pgshift.phases.base import GateStep, LockLevel, Server, SqlStep, exists_query
+from pgshift.phases.base import LockLevel, Server, SqlStep, exists_query
+from pgshift.phases.gate import gate_step
 from pgshift.plan.durations import format_duration
 from pgshift.plan.model import GatePhase, Plan, VerifyPhase
 
@@ -428,27 +429,9 @@ class MoveCompiler:
         )
 
     def gate(self, index: int, spec: GatePhase) -> MovePhase:
-        needs = []
-        if spec.approval:
-            needs.append("an approval")
-        if spec.wait:
-            needs.append(f"{format_duration(spec.wait)} after the previous phase")
-        summary = f"stop until {', '.join(needs)}" if needs else "passes at once (nothing required)"
+        step, summary = gate_step(spec)
         return MovePhase(
-            index=index,
-            kind="gate",
-            name=spec.name,
-            forward=(
-                GateStep(
-                    description=f"gate {spec.name}: {summary}",
-                    gate=spec.name,
-                    approval=spec.approval,
-                    wait=spec.wait,
-                    require_verify=False,
-                ),
-            ),
-            rollback=(),
-            summary=summary,
+            index=index, kind="gate", name=spec.name, forward=(step,), rollback=(), summary=summary
         )
 
     def cutover(self, index: int) -> MovePhase:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import structlog
@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 
 from pgshift.db import connect
 from pgshift.engine.checks import approval_and_soak, pass_or_hold
-from pgshift.engine.executor import RunResult, accept_plan_change, one_line
+from pgshift.engine.executor import RunResult, accept_plan_change, fail_phase, one_line
 from pgshift.engine.failpoints import failpoint
 from pgshift.engine.locks import below_deadlock_timeout, migration_lock, table_lock
 from pgshift.engine.progress import Reporter
@@ -442,7 +442,7 @@ class MoveExecutor:
 
     def _fail(
         self, servers: Servers, compiled: CompiledMove, phase: MovePhase, error: Exception
-    ) -> None:
+    ) -> NoReturn:
         src = servers.source
         message = str(error) if isinstance(error, PgshiftError) else one_line(error)
         for conn in (servers.source, servers.destination):
@@ -451,51 +451,11 @@ class MoveExecutor:
                 and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
             ):
                 conn.rollback()
-        self.store.set_phase(src, self.name, phase.index, "failed", error=message)
-        self.store.event(
-            src, self.name, "phase failed", phase=phase.name, detail={"error": message}
-        )
-        log.error("phase failed", migration=self.name, phase=phase.name, error=message)
-        kind = DifferencesFound if isinstance(error, DifferencesFound) else MigrationFailed
-        if self.plan.settings.on_failure == "rollback" and phase.reversible:
-            state = self.store.get(src, self.name)
-            assert state is not None
-            target = max(
-                (
-                    p.index
-                    for p in compiled.phases
-                    if not p.reversible and state.phase(p.index).status != "pending"
-                ),
-                default=-1,
-            )
-            try:
-                self._rollback_phases(self._reconnected(servers), compiled, state, target)
-            except Exception as rollback_error:
-                why = (
-                    str(rollback_error)
-                    if isinstance(rollback_error, PgshiftError)
-                    else one_line(rollback_error)
-                )
-                self.store.set_status(src, self.name, "failed", message)
-                raise MigrationFailed(
-                    f"{phase.name} failed: {message}; the automatic rollback stopped too:"
-                    f" {why}; fix it and run `migrate rollback`"
-                ) from error
-            self.store.set_status(
-                src, self.name, "rolled_back" if target == -1 else "failed", message
-            )
-            undone = "every applied phase was" if target == -1 else "the phases after contract were"
-            raise kind(f"{phase.name} failed: {message}; {undone} rolled back") from error
-        self.store.set_status(src, self.name, "failed", message)
-        if not phase.reversible:
-            raise MigrationFailed(
-                f"{phase.name} failed: {message}; it is past the point of no return, so nothing"
-                " was rolled back: fix the cause and run `migrate apply` again to finish it"
-            ) from error
-        raise kind(
-            f"{phase.name} failed: {message}; state kept (on_failure: pause): fix the cause and run"
-            " `migrate apply` again to continue, or `migrate rollback`"
-        ) from error
+
+        def undo(state: MigrationState, target: int) -> None:
+            self._rollback_phases(self._reconnected(servers), compiled, state, target)
+
+        fail_phase(src, self.store, self.plan, compiled.phases, phase, error, message, undo)
 
     def _reconnected(self, servers: Servers) -> Servers:
         """The destination again, when its connection broke (the failure being handled)."""

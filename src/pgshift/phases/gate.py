@@ -14,6 +14,14 @@ from pgshift.plan.durations import format_duration
 
 
 def compile_gate(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    step, summary = gate_step(spec)
+    return Phase(
+        index=index, kind="gate", name=spec.name, forward=(step,), rollback=(), summary=summary
+    )
+
+
+def gate_step(spec: Any) -> tuple[GateStep, str]:
+    """The gate's one step, and what keeps it shut in words (for table migrations and moves)."""
     needs = []
     if spec.approval:
         needs.append("an approval")
@@ -24,20 +32,12 @@ def compile_gate(ctx: CompileContext, index: int, spec: Any) -> Phase:
     if spec.require_no_old_sessions:
         needs.append("no session older than the new version")
     summary = f"stop until {', '.join(needs)}" if needs else "passes at once (nothing required)"
-    return Phase(
-        index=index,
-        kind="gate",
-        name=spec.name,
-        forward=(
-            GateStep(
-                description=f"gate {spec.name}: {summary}",
-                gate=spec.name,
-                approval=spec.approval,
-                wait=spec.wait,
-                require_verify=spec.require_verify,
-                require_no_old_sessions=spec.require_no_old_sessions,
-            ),
-        ),
-        rollback=(),
-        summary=summary,
+    step = GateStep(
+        description=f"gate {spec.name}: {summary}",
+        gate=spec.name,
+        approval=spec.approval,
+        wait=spec.wait,
+        require_verify=spec.require_verify,
+        require_no_old_sessions=spec.require_no_old_sessions,
     )
+    return step, summary
