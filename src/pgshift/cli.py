@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from pgshift.errors import (
     MigrationFailed,
     PgshiftError,
     PlanError,
+    PlanErrors,
     UsageError,
     no_phase_named,
 )
@@ -46,6 +48,8 @@ from pgshift.report.report import (
     render_status,
     versions_window,
 )
+from pgshift.report.summary import render_summary
+from pgshift.report.verify_table import MOVE_SIDES, TABLE_SIDES, render_verify, verify_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -108,8 +112,17 @@ def fail(error: BaseException, verbose: int) -> NoReturn:
     message, code = _message(error)
     if verbose:
         traceback.print_exception(error, file=sys.stderr)
-    click.echo(f"error: {message}", err=True)
+    for line in _lines(error, message):
+        # a gate that waits is where the plan stops on purpose (exit 3), not a failure
+        click.echo(f"{'stopped' if code == ExitCode.WAITING else 'error'}: {line}", err=True)
     sys.exit(int(code))
+
+
+def _lines(error: BaseException, message: str) -> list[str]:
+    """Every error of an invalid plan, one line each; else the one message."""
+    if isinstance(error, PlanErrors):
+        return [str(e) for e in error.errors]
+    return [message]
 
 
 def _message(error: BaseException) -> tuple[str, int]:
@@ -294,36 +307,69 @@ def plan_command(
             click.echo(f"\ndata check: {success_message(step, result)}")
 
 
-def _finish(result: RunResult) -> None:
-    click.echo(result.message)
-
-
 def _reported(
     options: Options,
     plan_file: str,
     report: str | None,
-    action: Callable[[LoadedPlan], Any],
-) -> Any:
-    """Load the plan and run `action` on it; with --report, write the JSON report whatever the
-    outcome (an invalid plan and an unreachable database too, their error as `last_error`), and
-    append a Markdown summary to $GITHUB_STEP_SUMMARY when it is set."""
-    if report is None and not os.environ.get("GITHUB_STEP_SUMMARY"):
-        return action(_load(plan_file))
+    action: Callable[[LoadedPlan], RunResult],
+) -> None:
+    """Load the plan, run `action` on it, print its outcome and a summary of the migration
+    (phases, times, rows, what to run next) whatever the outcome; with --report, write the JSON
+    report then too (an invalid plan and an unreachable database as well, their error as
+    `last_error`), and append a Markdown summary to $GITHUB_STEP_SUMMARY when it is set."""
+    started = time.monotonic()
     code: int = ExitCode.DONE
     name: str | None = None
     error_line: str | None = None
+    unreachable = False
     try:
         loaded = _load(plan_file)
         name = loaded.plan.name
-        return action(loaded)
+        result = action(loaded)
+        click.echo(result.message)
     except KeyboardInterrupt:
         code, error_line = 130, "interrupted"  # what the command line exits with on Ctrl-C
         raise
     except Exception as error:
         error_line, code = _message(error)
+        unreachable = isinstance(error, psycopg.OperationalError)
         raise
     finally:
-        _write_report(options, name, plan_file, report, int(code), error_line)
+        data = _final_report(options, name, plan_file, report, code, unreachable)
+        if data is not None:
+            if error_line is not None and code not in (ExitCode.DONE, ExitCode.WAITING):
+                data["last_error"] = error_line
+            _write_report(data, report)
+            if data["phases"] and code != 130:
+                click.echo(render_summary(data, plan_file, time.monotonic() - started))
+
+
+def _final_report(
+    options: Options,
+    name: str | None,
+    plan_file: str,
+    report: str | None,
+    code: int,
+    unreachable: bool,
+) -> dict[str, Any] | None:
+    """The migration's report as the state has it, else (a plan that did not load, a database
+    out of reach, a migration never started) one with what is known; None when nobody reads it
+    (no --report, no step summary, and nothing ran that a summary would show)."""
+    wanted = report is not None or bool(os.environ.get("GITHUB_STEP_SUMMARY"))
+    if not wanted and (name is None or unreachable or code in (ExitCode.USAGE, 130)):
+        return None
+    data: dict[str, Any] = fallback_report(name, plan_file, code)
+    if unreachable:
+        data["status"] = "unknown"  # the database is out of reach: the error says so
+    elif name is not None:
+        try:
+            with connect(options.dsn, role="report") as conn:
+                state = options.store().get(conn, name)
+                if state is not None:
+                    data = _migration_report(conn, state, code, options.destination_dsn)
+        except psycopg.Error:
+            data["status"] = "unknown"  # the database is out of reach: the error says so
+    return data
 
 
 def _migration_report(
@@ -340,28 +386,7 @@ def _migration_report(
     return migration_report(state, exit_code=exit_code, old_sessions=old, move=move)
 
 
-def _write_report(
-    options: Options,
-    name: str | None,
-    plan_file: str,
-    path: str | None,
-    code: int,
-    error: str | None,
-) -> None:
-    """The migration's report as the state has it, else (a plan that did not load, a database
-    out of reach, a migration never started) one with what is known; the command's error is
-    its `last_error`."""
-    data: dict[str, Any] = fallback_report(name, plan_file, code)
-    if name is not None:
-        try:
-            with connect(options.dsn, role="report") as conn:
-                state = options.store().get(conn, name)
-                if state is not None:
-                    data = _migration_report(conn, state, code, options.destination_dsn)
-        except psycopg.Error:
-            data["status"] = "unknown"  # the database is out of reach: the error says so
-    if error is not None and code not in (ExitCode.DONE, ExitCode.WAITING):
-        data["last_error"] = error
+def _write_report(data: dict[str, Any], path: str | None) -> None:
     if path:
         Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -397,7 +422,7 @@ def apply_command(
         executor = options.executor(loaded, force=force)
         return _with_plan_locations(loaded, lambda: executor.apply(until, gates))
 
-    _finish(_reported(options, plan_file, report, run))
+    _reported(options, plan_file, report, run)
 
 
 def _phase_of(loaded: LoadedPlan, name: str | None) -> None:
@@ -439,7 +464,7 @@ def rollback_command(
         executor = options.executor(loaded, force=force)
         return _with_plan_locations(loaded, lambda: executor.rollback(to))
 
-    _finish(_reported(options, plan_file, report, run))
+    _reported(options, plan_file, report, run)
 
 
 @main.command("verify")
@@ -457,16 +482,11 @@ def verify_command(options: Options, plan_file: str, as_json: bool, chunk_size: 
     loaded = _load(plan_file)
     executor = options.executor(loaded)
     result = _with_plan_locations(loaded, lambda: executor.verify(chunk_size))
+    sides = MOVE_SIDES if loaded.plan.move is not None else TABLE_SIDES
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2, default=str))
+        click.echo(json.dumps(verify_json(result, sides), indent=2, default=str))
     else:
-        click.echo(
-            f"{result.rows_compared:,} rows compared in {result.chunks:,} chunks,"
-            f" {result.seconds:.1f}s: {result.missing} missing, {result.extra} extra,"
-            f" {result.changed} changed"
-        )
-        for example in result.examples[:20]:
-            click.echo(f"  {example.kind} key {list(example.key)} {example.to_json()}")
+        click.echo(render_verify(result, sides))
     if result.differences:
         raise DifferencesFound(differences_message(result))
 

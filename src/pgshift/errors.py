@@ -45,6 +45,20 @@ class PlanError(PgshiftError):
         return PlanError(self.message, where=where, path=self.path)
 
 
+class PlanErrors(PlanError):
+    """Several errors of one plan, reported together (the command line prints one line each),
+    so a user fixes them in one pass; `str()` is the first with a count of the rest."""
+
+    def __init__(self, errors: list[PlanError]) -> None:
+        first = errors[0]
+        super().__init__(first.message, where=first.where, path=first.path, at=first.at)
+        self.errors = errors
+        self.args = (f"{first} (and {len(errors) - 1} more error(s) in the plan)",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def no_phase_named(name: str, plan: str, names: list[str]) -> PlanError:
     """`--until`, `--to` or a gate naming no phase of the plan, with the likeliest meant."""
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)

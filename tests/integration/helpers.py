@@ -100,6 +100,15 @@ def error_line(result: Result) -> str:
     return lines[0]
 
 
+def stop_line(result: Result) -> str:
+    """The one `stopped:` line of a command that stopped at a gate (exit 3), and no `error:`."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("stopped:")]
+    assert len(lines) == 1, result.stderr
+    assert not any(line.startswith("error:") for line in result.stderr.splitlines())
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
 def plan_target(path: Path) -> str:
     from pgshift.plan.load import load_plan
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from pgshift.cli import main
 from pgshift.demo.seed import create_accounts
-from tests.integration.helpers import cli, error_line, write_plan
+from tests.integration.helpers import cli, error_line, stop_line, write_plan
 
 PLAN = """version: 1
 name: gated
@@ -49,8 +49,8 @@ def test_apply_stops_at_gate_until_approved(
 
     result = runner.invoke(main, args)
     assert result.exit_code == 3, result.output
-    assert "gate before_cutover waits for an approval" in error_line(result)
-    assert "migrate approve" in error_line(result)
+    assert "gate before_cutover waits for an approval" in stop_line(result)
+    assert "migrate approve" in stop_line(result)
     data = json.loads(report.read_text())
     assert data["status"] == "waiting" and data["exit_code"] == 3
     assert data["gate"]["name"] == "before_cutover" and data["gate"]["approved_by"] is None
@@ -97,7 +97,7 @@ def test_soak_wait_and_rollback_forgets_approval(
     plan = write_plan(tmp_path, PLAN.format(options=", wait: 1h"))
     result = cli(dsn, "apply", plan, "--approve", "before_cutover")
     assert result.exit_code == 3
-    message = error_line(result)
+    message = stop_line(result)
     assert "soak time: 1h after the previous phase" in message and "approval" not in message
 
     assert cli(dsn, "rollback", plan, "--to", "backfill").exit_code == 0
@@ -106,7 +106,7 @@ def test_soak_wait_and_rollback_forgets_approval(
     no_wait = write_plan(tmp_path, PLAN.format(options=", wait: 0"), name="nowait.yaml")
     result = cli(dsn, "apply", no_wait, "--force")
     assert result.exit_code == 3  # the approval went with the rollback
-    assert "approval" in error_line(result)
+    assert "approval" in stop_line(result)
 
 
 def test_approve_unknown_gate_is_a_usage_error(

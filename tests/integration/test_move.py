@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from click.testing import Result
 
-from tests.integration.helpers import cli, error_line, run_process, write_plan
+from tests.integration.helpers import cli, error_line, stop_line, run_process, write_plan
 from tests.integration.move_load import PGBENCH_SCRIPT, SwitchingLoad, create_transfers
 from tests.integration.servers import (
     DatabasePair,
@@ -543,12 +543,12 @@ def test_bundled_plan_with_its_gates_runbook_and_a_full_rollback(
     # how the destination reaches the source, when not as pgshift does
     monkeypatch.setenv("PGSHIFT_MOVE_SOURCE_CONNINFO", f"{db.source_dsn} application_name=by_env")
     result = migrate(db, "apply", plan)
-    assert result.exit_code == 3 and "gate before_cutover waits" in error_line(result)
+    assert result.exit_code == 3 and "gate before_cutover waits" in stop_line(result)
     with psycopg.connect(db.destination_dsn) as conn:
         row = conn.execute("SELECT subconninfo FROM pg_subscription").fetchone()
         assert row is not None and "application_name=by_env" in row[0]
     result = migrate(db, "apply", plan, "--approve", "before_cutover")
-    assert result.exit_code == 3 and "gate before_contract waits" in error_line(result)
+    assert result.exit_code == 3 and "gate before_contract waits" in stop_line(result)
     with psycopg.connect(db.destination_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO orders (account_id, amount) VALUES (1, 42)")
 

@@ -1118,3 +1118,33 @@ def test_sub_millisecond_lock_timeout_is_refused() -> None:
     text = "version: 1\nname: x\ntable: t\ncolumns: {a: {type: int}}\nsettings: {lock_timeout: 0.4ms}\nphases: [expand]\n"
     with pytest.raises(PlanError, match="must be at least 1ms"):
         load_plan_text(text)
+
+
+def test_every_error_of_a_plan_is_reported_at_once_in_file_order(tmp_path: Path) -> None:
+    from pgshift.errors import PlanErrors
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        dedent(
+            """\
+            version: 1
+            name: bad
+            tabel: public.accounts
+            columns:
+              balance: {type: bigint, nullable: maybe}
+            settings:
+              batch_size: -3
+            phases: [expand, dual_write, backfil]
+            """
+        )
+    )
+    with pytest.raises(PlanErrors) as caught:
+        load_plan(path)
+    wheres = [e.where.rsplit(":", 2)[1:] for e in caught.value.errors if e.where]
+    assert wheres == [["3", "1"], ["5", "37"], ["7", "15"], ["8", "30"]]
+    messages = [e.message for e in caught.value.errors]
+    assert "did you mean 'table'" in messages[0]  # the misspelt key, not a missing `table`
+    assert not any("missing required key" in m for m in messages)
+    assert "backfil" in messages[3]
+    assert str(caught.value).endswith("(and 3 more error(s) in the plan)")
+    assert caught.value.exit_code == ExitCode.USAGE

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from pgshift.errors import PlanError
+from pgshift.errors import PlanError, PlanErrors
 from pgshift.plan.model import PHASE_KINDS, PhaseBase, Plan, PlanRuleError, Settings
 
 YamlPath = tuple[str | int, ...]
@@ -198,7 +198,7 @@ def load_plan_text(
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
-        raise _explain(_first_error(exc.errors()), source) from None
+        raise _explained(exc.errors(), source) from None
     digest = hashlib.sha256(plan.model_dump_json().encode()).hexdigest()
     return LoadedPlan(plan=plan, source=source, text=text, sha256=digest)
 
@@ -444,16 +444,32 @@ _BOUNDS = {
 }
 
 
-def _first_error(errors: list[ErrorDetails]) -> ErrorDetails:
-    """pydantic's first error, except that a missing key is reported as the unknown key next
-    to it when there is one: `nmae: x` is a misspelling of `name`, not a missing `name`."""
-    first = errors[0]
-    if first["type"] == "missing":
-        parent = tuple(first["loc"][:-1])
-        for error in errors:
-            if error["type"] == "extra_forbidden" and tuple(error["loc"][:-1]) == parent:
-                return error
-    return first
+def _explained(errors: list[ErrorDetails], source: PlanSource) -> PlanError:
+    """Every error of the plan, each once, in the file's order: one PlanError, or PlanErrors."""
+    found: dict[str, PlanError] = {}
+    for error in _reported_errors(errors):
+        explained = _explain(error, source)
+        found.setdefault(str(explained), explained)
+    ordered = sorted(found.values(), key=lambda e: _position_of(e.where))
+    return ordered[0] if len(ordered) == 1 else PlanErrors(ordered)
+
+
+def _position_of(where: str | None) -> tuple[int, int]:
+    """(line, column) of a `file:line:column`, for sorting."""
+    parts = (where or "").rsplit(":", 2)
+    try:
+        return int(parts[-2]), int(parts[-1])
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def _reported_errors(errors: list[ErrorDetails]) -> list[ErrorDetails]:
+    """pydantic's errors, less a missing key that sits beside an unknown one (`nmae: x` is a
+    misspelling of `name`, reported once as such)."""
+    misspelt = {tuple(e["loc"][:-1]) for e in errors if e["type"] == "extra_forbidden"}
+    return [
+        e for e in errors if not (e["type"] == "missing" and tuple(e["loc"][:-1]) in misspelt)
+    ]
 
 
 def _explain(error: ErrorDetails, source: PlanSource) -> PlanError:

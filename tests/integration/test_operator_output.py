@@ -1,0 +1,126 @@
+"""What the operator reads when a command ends: apply's and rollback's summary, a gate stop
+that is not an error, verify's differences as a table, every plan error at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgshift.demo.seed import create_accounts
+from tests.integration.helpers import cli, stop_line, write_plan
+
+PLAN = """version: 1
+name: summarised
+table: public.accounts
+columns:
+  balance: {type: bigint}
+phases:
+  - expand
+  - dual_write
+  - backfill
+  - verify
+  - gate: {name: before_cutover}
+  - cutover
+  - contract
+"""
+
+
+@pytest.fixture
+def accounts(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    create_accounts(conn, 2_000)
+    return conn
+
+
+def test_apply_ends_with_a_summary_and_the_next_command(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    plan = write_plan(tmp_path, PLAN)
+    result = cli(dsn, "apply", plan, "--until", "backfill")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "summarised on public.accounts: paused" in result.stdout
+    backfill = next(line for line in lines if line.strip().startswith("backfill"))
+    assert "done" in backfill and "2,000 rows written" in backfill
+    assert next(line for line in lines if line.strip().startswith("cutover")).split()[1] == (
+        "pending"
+    )
+    assert lines[-1] == f"next: migrate apply {plan} continues with verify"
+
+    # the gate stops the run on purpose: a summary, then `stopped:` (no `error:`), exit 3
+    result = cli(dsn, "apply", plan)
+    assert result.exit_code == 3, result.output
+    assert "gate before_cutover waits for an approval" in stop_line(result)
+    assert "2,000 rows compared, no differences" in result.stdout
+    assert result.stdout.splitlines()[-1] == (
+        f"next: migrate approve summarised before_cutover, then migrate apply {plan}"
+    )
+
+    result = cli(dsn, "apply", plan, "--approve", "before_cutover")
+    assert result.exit_code == 0, result.output
+    assert "summarised on public.accounts: done" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith("next: nothing")
+
+
+def test_a_failed_apply_still_summarises_what_was_undone(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    plan = write_plan(
+        tmp_path,
+        PLAN.replace("balance: {type: bigint}", "balance: {type: bigint, up: balance / 0}"),
+    )
+    result = cli(dsn, "apply", plan)
+    assert result.exit_code == 1, result.output
+    assert "summarised on public.accounts: rolled_back" in result.stdout
+    assert "error: " in result.stderr
+    assert (
+        result.stdout.splitlines()[-1]
+        == f"next: fix the cause, then migrate apply {plan} starts over"
+    )
+
+
+def test_verify_prints_a_table_of_the_differing_keys_with_both_sides(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    plan = write_plan(tmp_path, PLAN)
+    assert cli(dsn, "apply", plan, "--until", "backfill").exit_code == 0
+    with accounts.transaction():
+        accounts.execute("ALTER TABLE accounts DISABLE TRIGGER USER")
+        accounts.execute("UPDATE accounts SET _pgshift_balance = _pgshift_balance + 1 WHERE id = 5")
+        accounts.execute("UPDATE accounts SET _pgshift_balance = NULL WHERE id = 9")
+        accounts.execute("ALTER TABLE accounts ENABLE TRIGGER USER")
+    expected = {
+        i: accounts.execute("SELECT balance FROM accounts WHERE id = %s", (i,)).fetchone()[0]  # type: ignore[index]
+        for i in (5, 9)
+    }
+    result = cli(dsn, "verify", plan)
+    assert result.exit_code == 4, result.output
+    out = result.stdout
+    assert "2 difference(s): 0 missing, 0 extra, 2 changed" in out
+    assert "expected: the plan's mapping of the live row" in out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("changed")]
+    assert rows == [
+        ["changed", "(5)", "balance", str(expected[5]), str(expected[5] + 1)],
+        ["changed", "(9)", "balance", str(expected[9]), "NULL"],
+    ]
+    assert "{" not in out  # no Python dicts
+    data = __import__("json").loads(cli(dsn, "verify", plan, "--json").stdout)
+    assert data["sides"] == {"left": "expected", "right": "stored"}
+    assert data["differences"]["changed"] == 2
+
+
+def test_every_plan_error_is_listed_at_once(tmp_path: Path) -> None:
+    plan = write_plan(
+        tmp_path,
+        PLAN.replace("table: public.accounts", "tabel: public.accounts").replace(
+            "  - backfill\n", "  - backfil\n"
+        ),
+    )
+    result = cli("", "plan", plan)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2, result.stderr
+    assert "unknown top-level key 'tabel'" in errors[0]
+    assert "unknown phase kind 'backfil'" in errors[1]
