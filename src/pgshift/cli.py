@@ -20,10 +20,11 @@ from pgshift.db import connect
 from pgshift.engine.checks import differences_message
 from pgshift.engine.data_check import check_plan_data, failure_message, success_message
 from pgshift.engine.executor import Executor, RunResult, prepare
+from pgshift.engine.locks import lock_holder
 from pgshift.engine.preflight import preflight, render_preflight
 from pgshift.engine.progress import Reporter
 from pgshift.engine.sessions import old_sessions
-from pgshift.engine.state import MigrationState, StateStore
+from pgshift.engine.state import LOCK_CLASS, MigrationState, StateStore
 from pgshift.errors import (
     DifferencesFound,
     ExitCode,
@@ -383,7 +384,12 @@ def _migration_report(
     since = versions_window(state)
     old = len(old_sessions(conn, since)) if since is not None else None
     move = move_status(conn, state, destination_dsn)
-    return migration_report(state, exit_code=exit_code, old_sessions=old, move=move)
+    runner = None
+    if state.status == "running":
+        holder = lock_holder(conn, LOCK_CLASS, state.name)
+        if holder is not None:
+            runner = {"pid": holder[0], "application": holder[1], "since": holder[2]}
+    return migration_report(state, exit_code=exit_code, old_sessions=old, move=move, runner=runner)
 
 
 def _write_report(data: dict[str, Any], path: str | None) -> None:

@@ -230,7 +230,11 @@ def test_lock_pause_and_resume_from_another_shell(
 
         assert cli(dsn, "pause", "cli_test").exit_code == 0
         _wait_for(lambda: _status(dsn)["waiting_for"] is not None)
-        assert "paused" in _status(dsn)["waiting_for"]
+        status = _status(dsn)
+        assert "paused" in status["waiting_for"]
+        # a paused run has no ETA; its process is alive and named
+        assert status["alive"] is True and status["runner"]["pid"] > 0
+        assert all(p["eta_seconds"] is None for p in status["phases"])
         held = _backfill_rows(accounts)
         time.sleep(0.6)
         assert _backfill_rows(accounts) == held  # no batch runs while paused

@@ -3,6 +3,8 @@ that is not an error, verify's differences as a table, every plan error at once.
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ import psycopg
 import pytest
 
 from pgshift.demo.seed import create_accounts
-from tests.integration.helpers import cli, stop_line, write_plan
+from tests.integration.helpers import cli, run_process, stop_line, write_plan
 
 PLAN = """version: 1
 name: summarised
@@ -124,3 +126,27 @@ def test_every_plan_error_is_listed_at_once(tmp_path: Path) -> None:
     assert len(errors) == 2, result.stderr
     assert "unknown top-level key 'tabel'" in errors[0]
     assert "unknown phase kind 'backfil'" in errors[1]
+
+
+def test_status_tells_a_run_whose_process_was_killed_from_a_live_one(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    plan = write_plan(tmp_path, PLAN.replace("  - backfill\n", "  - backfill: {batch_size: 100}\n"))
+    crashed = run_process(dsn, "apply", plan, env={"PGSHIFT_FAILPOINT": "backfill:batch:3"})
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+
+    def status() -> dict[str, Any]:
+        return json.loads(cli(dsn, "status", "summarised", "--json").stdout)
+
+    deadline = time.monotonic() + 10
+    while status()["alive"] is not False and time.monotonic() < deadline:
+        time.sleep(0.1)  # the killed process's server session ends a moment later
+    data = status()
+    assert data["status"] == "running" and data["alive"] is False and data["runner"] is None
+    backfill = next(p for p in data["phases"] if p["kind"] == "backfill")
+    assert backfill["rows"] > 0 and backfill["eta_seconds"] is None
+    text = cli(dsn, "status", "summarised").stdout
+    assert "interrupted: no pgshift process runs it" in text
+    resumed = cli(dsn, "apply", plan, "--until", "backfill")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert status()["alive"] is None  # not running: nothing to be alive

@@ -172,7 +172,16 @@ def _lock_or_holder(conn: psycopg.Connection[Any], classid: int, name: str) -> A
     row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (classid, key)).fetchone()
     if row and row[0]:
         return None
-    holder = conn.execute(
+    holder = lock_holder(conn, classid, name)
+    return holder if holder is not None else (None, "another session", "")
+
+
+def lock_holder(
+    conn: psycopg.Connection[Any], classid: int, name: str
+) -> tuple[int, str, str] | None:
+    """Who holds the advisory lock (classid, crc32 of name) in this database: (pid,
+    application_name, backend start), or None when nobody does."""
+    row = conn.execute(
         """
         SELECT a.pid, a.application_name, a.backend_start::text FROM pg_locks l
           JOIN pg_stat_activity a ON a.pid = l.pid
@@ -180,9 +189,9 @@ def _lock_or_holder(conn: psycopg.Connection[Any], classid: int, name: str) -> A
            AND l.objsubid = 2 AND l.granted AND l.database = (SELECT oid FROM pg_database
            WHERE datname = current_database())
         """,
-        (classid, key & 0xFFFFFFFF),
+        (classid, advisory_key(name) & 0xFFFFFFFF),
     ).fetchone()
-    return holder if holder is not None else (None, "another session", "")
+    return (int(row[0]), str(row[1] or ""), str(row[2])) if row else None
 
 
 def table_lock(conn: psycopg.Connection[Any], table: str) -> None:

@@ -14,7 +14,10 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def phase_report(phase: PhaseState, now: datetime | None = None) -> dict[str, Any]:
+def phase_report(
+    phase: PhaseState, now: datetime | None = None, moving: bool = True
+) -> dict[str, Any]:
+    """One phase; an ETA only while it is `moving` (not paused, its process alive)."""
     now = now or datetime.now(UTC)
     seconds = None
     if phase.started_at is not None:
@@ -22,7 +25,7 @@ def phase_report(phase: PhaseState, now: datetime | None = None) -> dict[str, An
         seconds = round((end - phase.started_at).total_seconds(), 3)
     rate = round(phase.rows_done / seconds, 1) if seconds and phase.rows_done else None
     eta = None
-    if rate and phase.rows_total and phase.status == "running":
+    if rate and phase.rows_total and phase.status == "running" and moving:
         eta = round(max(phase.rows_total - phase.rows_done, 0) / rate, 1)
     return {
         "kind": phase.kind,
@@ -48,7 +51,12 @@ def migration_report(
     gate: dict[str, Any] | None = None,
     old_sessions: int | None = None,
     move: dict[str, Any] | None = None,
+    runner: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`runner`: the process holding the migration's lock, when status looked for one."""
+    # a run whose process is gone (kill -9, a lost machine) still reads `running` in the state
+    alive = runner is not None if state.status == "running" else None
+    moving = state.status == "running" and not state.paused and alive is not False
     report = {
         "migration": state.name,
         "table": state.table_name,
@@ -60,11 +68,13 @@ def migration_report(
         # rows the application wrote that the triggers could not map (the migration fails)
         "row_errors": state.row_errors,
         "updated_at": _iso(state.updated_at),
-        "phases": [phase_report(p) for p in state.phases],
+        "phases": [phase_report(p, moving=moving) for p in state.phases],
         "verify": verify if verify is not None else last_verify(state),
         "gate": gate if gate is not None else waiting_gate(state),
         "application": application(state, old_sessions),
         "exit_code": exit_code,
+        "alive": alive,
+        "runner": runner,
     }
     if move is not None:
         report["move"] = move  # a move's replication: direction, lag, copy, cutover window
@@ -89,6 +99,8 @@ def fallback_report(name: str | None, plan_file: str, exit_code: int) -> dict[st
         "gate": None,
         "application": None,
         "exit_code": exit_code,
+        "alive": None,
+        "runner": None,
     }
 
 
@@ -175,6 +187,17 @@ def render_status(report: dict[str, Any]) -> str:
     lines = [f"{report['migration']} on {report['table']}: {report['status']}"]
     if report["paused"]:
         lines[0] += " (paused)"
+    if report.get("alive") is False:
+        lines[0] += " (interrupted: no pgshift process runs it)"
+        lines.append(
+            "  the process that ran it is gone (killed, or its machine lost); `migrate apply`"
+            " continues from the checkpoint"
+        )
+    elif report.get("runner"):
+        runner = report["runner"]
+        lines.append(
+            f"  run by {runner['application'] or 'a session'} (backend pid {runner['pid']})"
+        )
     if report["waiting_for"]:
         lines.append(f"  waiting: {report['waiting_for']}")
     if report["last_error"]:
