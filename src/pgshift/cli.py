@@ -20,6 +20,7 @@ from pgshift.db import connect
 from pgshift.engine.checks import differences_message
 from pgshift.engine.data_check import check_plan_data, failure_message, success_message
 from pgshift.engine.executor import Executor, RunResult, prepare
+from pgshift.engine.live_settings import describe, parse_assignments
 from pgshift.engine.locks import lock_holder
 from pgshift.engine.preflight import preflight, render_preflight
 from pgshift.engine.progress import Reporter
@@ -35,10 +36,10 @@ from pgshift.errors import (
     UsageError,
     no_phase_named,
 )
+from pgshift.lint import FORMATS, Finding, lint_paths, render
 from pgshift.log import configure
 from pgshift.move.commands import move_status, plan_output, refuse_checks
 from pgshift.move.executor import MoveExecutor
-from pgshift.plan.lint import FORMATS, Finding, lint_paths, render
 from pgshift.plan.load import LoadedPlan, load_plan
 from pgshift.plan.plan_lint import lint_plan
 from pgshift.report.preview import preview_data, render_text
@@ -84,13 +85,22 @@ class Options:
     def store(self, actor: str | None = None) -> StateStore:
         return StateStore(self.state_schema, actor=actor or _actor())
 
-    def executor(self, loaded: LoadedPlan, force: bool = False) -> Executor | MoveExecutor:
-        """The executor of the plan's target: a move runs on two servers."""
+    def executor(
+        self, loaded: LoadedPlan, force: bool = False, metrics: LiveMetrics | None = None
+    ) -> Executor | MoveExecutor:
+        """The executor of the plan's target: a move runs on two servers. `metrics` hears
+        what it records (--metrics-file, --metrics-port)."""
         if loaded.plan.move is not None:
             return MoveExecutor(
-                self.dsn, self.destination_dsn, loaded, self.store(), Reporter(), force=force
+                self.dsn,
+                self.destination_dsn,
+                loaded,
+                self.store(),
+                Reporter(),
+                force=force,
+                metrics=metrics,
             )
-        return Executor(self.dsn, loaded, self.store(), Reporter(), force=force)
+        return Executor(self.dsn, loaded, self.store(), Reporter(), force=force, metrics=metrics)
 
 
 def _actor() -> str:
@@ -401,6 +411,22 @@ def _write_report(data: dict[str, Any], path: str | None) -> None:
             out.write(github_summary(data))
 
 
+def _metrics_options(command: F) -> F:
+    """--metrics-file and --metrics-port (docs/operations.md#metrics)."""
+    command = click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        help="While this runs, serve the migration's metrics at http://HOST:PORT/metrics"
+        " (OpenMetrics, or Prometheus text for a client not asking for it).",
+    )(command)
+    return click.option(
+        "--metrics-file",
+        type=click.Path(dir_okay=False),
+        help="Rewrite this file with the migration's metrics at every batch and transition"
+        " (Prometheus text format, for node_exporter's textfile collector: name it *.prom).",
+    )(command)
+
+
 @main.command("apply")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--until", help="Stop after this phase (a kind, or a gate or sql phase's name).")
@@ -411,6 +437,7 @@ def _write_report(data: dict[str, Any], path: str | None) -> None:
     "--force", is_flag=True, help="Continue although the plan changed since the migration started."
 )
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@_metrics_options
 @pass_options
 def apply_command(
     options: Options,
@@ -419,14 +446,18 @@ def apply_command(
     approve: tuple[str, ...],
     force: bool,
     report: str | None,
+    metrics_file: str | None,
+    metrics_port: int | None,
 ) -> None:
     """Run PLAN_FILE from its last checkpoint."""
+    from pgshift.report.metrics import serving_metrics
 
     def run(loaded: LoadedPlan) -> Any:
         gates = _gates_of(loaded, approve)  # before anything connects or writes
         _phase_of(loaded, until)
-        executor = options.executor(loaded, force=force)
-        return _with_plan_locations(loaded, lambda: executor.apply(until, gates))
+        with serving_metrics(metrics_file, metrics_port) as metrics:
+            executor = options.executor(loaded, force=force, metrics=metrics)
+            return _with_plan_locations(loaded, lambda: executor.apply(until, gates))
 
     _reported(options, plan_file, report, run)
 
@@ -459,16 +490,25 @@ def _gates_of(loaded: LoadedPlan, names: tuple[str, ...]) -> tuple[str, ...]:
     help="Roll back although the plan changed since it ran, or although rows written since"
     " cutover could not be mapped back through down (the old shape then lacks them).",
 )
+@_metrics_options
 @pass_options
 def rollback_command(
-    options: Options, plan_file: str, to: str | None, report: str | None, force: bool
+    options: Options,
+    plan_file: str,
+    to: str | None,
+    report: str | None,
+    force: bool,
+    metrics_file: str | None,
+    metrics_port: int | None,
 ) -> None:
     """Undo applied phases in reverse order, up to the point of no return."""
+    from pgshift.report.metrics import serving_metrics
 
     def run(loaded: LoadedPlan) -> Any:
         _phase_of(loaded, to)  # before anything connects or writes
-        executor = options.executor(loaded, force=force)
-        return _with_plan_locations(loaded, lambda: executor.rollback(to))
+        with serving_metrics(metrics_file, metrics_port) as metrics:
+            executor = options.executor(loaded, force=force, metrics=metrics)
+            return _with_plan_locations(loaded, lambda: executor.rollback(to))
 
     _reported(options, plan_file, report, run)
 
@@ -575,6 +615,28 @@ def _set_paused(options: Options, name: str, paused: bool) -> None:
             raise UsageError(f"no migration named {name} in state schema {options.state_schema}")
     verb = "paused: backfill and verify stop after the current batch" if paused else "resumed"
     click.echo(f"{_migration_name(name)} {verb}")
+
+
+@main.command("set")
+@click.argument("name")
+@click.argument("assignments", nargs=-1, metavar="KEY=VALUE...")
+@pass_options
+def set_command(options: Options, name: str, assignments: tuple[str, ...]) -> None:
+    """Change settings of a migration while it runs (batch_size, batch_time, batch_pause,
+    nice_ratio, max_active_sessions, max_replication_lag), from any shell; the run takes
+    them before its next batch. `KEY=` goes back to the plan's value; no KEY=VALUE shows them."""
+    changes = parse_assignments(assignments)  # before connecting
+    name = _migration_name(name)
+    store = options.store()
+    with connect(options.dsn, role="set") as conn:
+        state = store.get(conn, name)
+        if state is None:
+            raise UsageError(f"no migration named {name} in state schema {options.state_schema}")
+        if changes and state.status in ("done", "rolled_back"):
+            what = "is done" if state.status == "done" else "was rolled back"
+            raise UsageError(f"migration {name} {what}: no batch is left to take a setting")
+        now = store.set_overrides(conn, name, changes) if changes else state.overrides
+    click.echo(f"{name}: settings changed while running: {describe(now or {})}")
 
 
 @main.command("pause")

@@ -100,6 +100,7 @@ class World:
         self.flushed = 1000
         self.replicas: list[tuple[str, str | None, int | None, float | None]] = []
         self.paused = False
+        self.overrides: dict[str, Any] = {}  # `migrate set`
         self.stored: list[str | None] = []
         self.script: list[Any] = []
         self.ticks = 0
@@ -123,9 +124,9 @@ class World:
         ] or [(self.flushed, None, None, None, None, None)]
 
     # the state store
-    def is_paused(self, conn: Any, name: str) -> bool:
+    def live(self, conn: Any, name: str) -> tuple[bool, dict[str, Any]]:
         self.tick()
-        return self.paused
+        return self.paused, self.overrides
 
     def set_throttle(self, conn: Any, name: str, reason: str | None) -> None:
         self.stored.append(reason)
@@ -254,3 +255,16 @@ def test_no_limit_reads_no_replicas() -> None:
     world.flushed = 10**9
     assert throttle.reason() is None
     assert world.ticks == 1  # only the paused flag was read
+
+
+def test_settings_changed_while_running_take_effect_at_the_next_wait() -> None:
+    throttle, world = make(limit=30)
+    world.replicas = [("r1", "streaming", 1000, None)]
+    throttle.wait()
+    assert throttle.settings.max_replication_lag == timedelta(seconds=30)
+    world.overrides = {"max_replication_lag": "5s", "nice_ratio": 2}
+    throttle.wait()
+    assert throttle.limit == 5 and throttle.settings.nice_ratio == 2
+    world.overrides = {}  # `migrate set m max_replication_lag= nice_ratio=`: the plan's again
+    throttle.wait()
+    assert throttle.limit == 30 and throttle.settings.nice_ratio == 0

@@ -52,6 +52,18 @@ class BatchPolicy:
             pause=pick("batch_pause"),
         )
 
+    def overridden(self, settings: Settings, overrides: dict[str, Any]) -> BatchPolicy:
+        """This policy with the batch settings `migrate set` changed, taken from `settings`
+        (which has them in force)."""
+        if not overrides.keys() & {"batch_size", "batch_time", "batch_pause"}:
+            return self
+        size = settings.batch_size if "batch_size" in overrides else self.size
+        return BatchPolicy(
+            size=None if size in (None, "auto") else int(size),
+            batch_time=settings.batch_time if "batch_time" in overrides else self.batch_time,
+            pause=settings.batch_pause if "batch_pause" in overrides else self.pause,
+        )
+
     def next_size(
         self, size: int, rows: int, seconds: float, earlier: Sequence[tuple[int, float]] = ()
     ) -> int:
@@ -97,6 +109,7 @@ def run_backfill(
     """`check` runs before every batch (the rows the triggers could not map: one indexed
     query) and stops the backfill by raising."""
     last: list[str] | None = checkpoint.get("last") if isinstance(checkpoint, dict) else None
+    planned = policy
     size = policy.size or int(
         checkpoint.get("size", AUTO_START) if isinstance(checkpoint, dict) else AUTO_START
     )
@@ -109,6 +122,9 @@ def run_backfill(
     try:
         while True:
             throttle.wait()
+            # `migrate set` changes, read by the wait: they win over the phase's own options
+            policy = planned.overridden(throttle.settings, throttle.overrides)
+            size = policy.size or size
             if check is not None:
                 check(conn)
             t0 = time.monotonic()

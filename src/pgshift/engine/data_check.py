@@ -380,8 +380,8 @@ class _ReadOnlyStore(StateStore):
     """The throttle's view of the state for `migrate plan --check-data`: a pause of the
     migration is honoured when it has a state here; nothing is written."""
 
-    def is_paused(self, conn: psycopg.Connection[Any], name: str) -> bool:
-        return self.exists(conn) and super().is_paused(conn, name)
+    def live(self, conn: psycopg.Connection[Any], name: str) -> tuple[bool, dict[str, Any]]:
+        return super().live(conn, name) if self.exists(conn) else (False, {})
 
     def set_throttle(self, conn: psycopg.Connection[Any], name: str, reason: str | None) -> None:
         return None

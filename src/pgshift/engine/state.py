@@ -6,7 +6,7 @@ upgrades an older one in place."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 from pgshift.errors import PgshiftError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry upgrades the state schema from the previous version; never edit a released one.
 _UPGRADES: dict[int, str] = {
@@ -91,6 +91,10 @@ _UPGRADES: dict[int, str] = {
         TO PUBLIC;
     GRANT USAGE ON SCHEMA {s} TO PUBLIC;
     """,
+    # Settings changed while the migration runs (`migrate set`), read before each batch.
+    3: """
+    ALTER TABLE {s}.migrations ADD COLUMN IF NOT EXISTS overrides jsonb NOT NULL DEFAULT '{{}}';
+    """,
 }
 
 
@@ -124,6 +128,7 @@ class MigrationState:
     updated_at: datetime
     phases: list[PhaseState]
     row_errors: int = 0  # rows a dual-write trigger could not map (see StateStore.row_errors)
+    overrides: dict[str, Any] = field(default_factory=dict)  # `migrate set`, see live_settings
 
     def phase(self, idx: int) -> PhaseState:
         return self.phases[idx]
@@ -496,6 +501,42 @@ class StateStore:
         if cur.rowcount:
             self.event(conn, name, "paused" if paused else "resumed")
         return cur.rowcount > 0
+
+    def set_overrides(
+        self, conn: psycopg.Connection[Any], name: str, changes: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge `changes` into the migration's live settings (None removes a key) and record
+        the event; the settings now in force, or None when there is no such migration."""
+        if not self.exists(conn):
+            return None
+        with conn.transaction():
+            row = conn.execute(
+                self._q("SELECT overrides FROM {s}.migrations WHERE name = %s FOR UPDATE"),
+                (name,),
+            ).fetchone()
+            if row is None:
+                return None
+            merged = {**row[0], **changes}
+            merged = {k: v for k, v in merged.items() if v is not None}
+            conn.execute(
+                self._q(
+                    "UPDATE {s}.migrations SET overrides = %s, updated_at = now() WHERE name = %s"
+                ),
+                (Jsonb(merged), name),
+            )
+            self.event(conn, name, "settings changed", detail={"set": changes, "now": merged})
+        return merged
+
+    def live(self, conn: psycopg.Connection[Any], name: str) -> tuple[bool, dict[str, Any]]:
+        """What a running migration reads before each batch: paused, and the live settings
+        (read through to_jsonb so a state schema not yet upgraded, read only, has none)."""
+        row = conn.execute(
+            self._q(
+                "SELECT paused, to_jsonb(m) -> 'overrides' FROM {s}.migrations m WHERE name = %s"
+            ),
+            (name,),
+        ).fetchone()
+        return (bool(row[0]), dict(row[1] or {})) if row else (False, {})
 
     def is_paused(self, conn: psycopg.Connection[Any], name: str) -> bool:
         row = conn.execute(

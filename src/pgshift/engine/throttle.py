@@ -25,6 +25,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from pgshift.engine.live_settings import apply_overrides, describe
 from pgshift.engine.state import StateStore
 from pgshift.plan.model import Settings
 
@@ -134,6 +135,8 @@ class Throttle:
         self.store = store
         self.name = name
         self.settings = settings
+        self.planned = settings  # before `migrate set` changes (see refresh)
+        self.overrides: dict[str, Any] = {}
         self.poll_seconds = poll_seconds
         self.on_wait = on_wait
         self.clock = clock
@@ -186,10 +189,20 @@ class Throttle:
             )
             self._unreadable_logged = True
 
+    def refresh(self) -> bool:
+        """Read pause and the live settings (`migrate set`) in one query; whether paused."""
+        paused, overrides = self.store.live(self.conn, self.name)
+        if overrides != self.overrides:
+            self.settings = apply_overrides(self.planned, overrides)
+            self.limit = self.settings.max_replication_lag.total_seconds()
+            log.info("settings changed", migration=self.name, now=describe(overrides))
+            self.overrides = overrides
+        return paused
+
     def _cause(self) -> tuple[str, str] | None:
         """(cause, reason): the cause stays the same while one condition holds, the reason
         carries its current numbers."""
-        if self.store.is_paused(self.conn, self.name):
+        if self.refresh():
             return "paused", f"paused (migrate resume {self.name} continues)"
         if self.limit > 0:
             lagging = [r for r in self.replica_lags() if r.seconds > self.limit]

@@ -73,6 +73,7 @@ def migration_report(
         "gate": gate if gate is not None else waiting_gate(state),
         "application": application(state, old_sessions),
         "exit_code": exit_code,
+        "overrides": state.overrides,  # settings changed while running (`migrate set`)
         "alive": alive,
         "runner": runner,
     }
@@ -99,6 +100,7 @@ def fallback_report(name: str | None, plan_file: str, exit_code: int) -> dict[st
         "gate": None,
         "application": None,
         "exit_code": exit_code,
+        "overrides": {},
         "alive": None,
         "runner": None,
     }
@@ -202,6 +204,9 @@ def render_status(report: dict[str, Any]) -> str:
         lines.append(f"  waiting: {report['waiting_for']}")
     if report["last_error"]:
         lines.append(f"  last error: {report['last_error']}")
+    if report.get("overrides"):
+        changed = ", ".join(f"{k}={v}" for k, v in sorted(report["overrides"].items()))
+        lines.append(f"  settings changed while running (migrate set): {changed}")
     if report.get("row_errors"):
         lines.append(f"  rows the triggers could not map: {report['row_errors']:,}")
     app = report.get("application")
