@@ -9,7 +9,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import click
 import psycopg
@@ -21,7 +21,7 @@ from pgshift.engine.checks import differences_message
 from pgshift.engine.data_check import check_plan_data, failure_message, success_message
 from pgshift.engine.executor import Executor, RunResult, prepare
 from pgshift.engine.live_settings import describe, parse_assignments
-from pgshift.engine.locks import lock_holder
+from pgshift.engine.locks import lock_holder, migration_lock
 from pgshift.engine.preflight import preflight, render_preflight
 from pgshift.engine.progress import Reporter
 from pgshift.engine.sessions import old_sessions
@@ -42,6 +42,7 @@ from pgshift.move.commands import move_status, plan_output, refuse_checks
 from pgshift.move.executor import MoveExecutor
 from pgshift.plan.load import LoadedPlan, load_plan
 from pgshift.plan.plan_lint import lint_plan
+from pgshift.report.history import render_events, render_histories
 from pgshift.report.preview import preview_data, render_text
 from pgshift.report.report import (
     fallback_report,
@@ -54,6 +55,9 @@ from pgshift.report.summary import render_summary
 from pgshift.report.verify_table import MOVE_SIDES, TABLE_SIDES, render_verify, verify_json
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+if TYPE_CHECKING:
+    from pgshift.report.metrics import LiveMetrics
 
 
 class Options:
@@ -593,6 +597,30 @@ def status_command(options: Options, plan_or_name: str | None, as_json: bool) ->
         click.echo("\n\n".join(render_status(r) for r in reports))
 
 
+@main.command("metrics")
+@click.argument("plan_or_name", required=False)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["openmetrics", "prometheus"]),
+    default="openmetrics",
+    show_default=True,
+    help="OpenMetrics text, or the Prometheus text format 0.0.4 (node_exporter's textfile"
+    " collector reads only that one).",
+)
+@pass_options
+def metrics_command(options: Options, plan_or_name: str | None, fmt: str) -> None:
+    """Every migration's metrics in the state schema (or one's), for Prometheus: status,
+    progress, rows/s, throttling, lock waits (docs/operations.md#metrics)."""
+    from pgshift.report.metrics import families, from_store, render
+
+    store = options.store()
+    with connect(options.dsn, role="metrics") as conn:
+        names = store.names(conn) if plan_or_name is None else [_migration_name(plan_or_name)]
+        snapshots, now = from_store(conn, store, names)
+    click.echo(render(families(snapshots, now), openmetrics=fmt == "openmetrics"), nl=False)
+
+
 def _migration_name(plan_or_name: str) -> str:
     """A plan file's migration name, or the name itself."""
     if _is_plan_file(plan_or_name):
@@ -637,6 +665,56 @@ def set_command(options: Options, name: str, assignments: tuple[str, ...]) -> No
             raise UsageError(f"migration {name} {what}: no batch is left to take a setting")
         now = store.set_overrides(conn, name, changes) if changes else state.overrides
     click.echo(f"{name}: settings changed while running: {describe(now or {})}")
+
+
+@main.command("forget")
+@click.argument("name")
+@pass_options
+def forget_command(options: Options, name: str) -> None:
+    """Take a done or rolled-back migration off `migrate status` (its events stay: `migrate
+    history`); its plan may then be applied anew."""
+    name = _migration_name(name)
+    store = options.store()
+    with (
+        migration_lock(options.dsn, name, "forget"),
+        connect(options.dsn, role=f"forget {name}") as conn,
+    ):
+        state = store.get(conn, name)
+        if state is None:
+            raise UsageError(f"no migration named {name} in state schema {options.state_schema}")
+        if state.status not in ("done", "rolled_back"):
+            raise UsageError(
+                f"migration {name} is {state.status}: finish it (`migrate apply`) or roll it"
+                " back (`migrate rollback`) first; forgetting it would leave its objects behind"
+            )
+        store.forget(conn, name)
+    click.echo(f"{name} forgotten; `migrate history {name}` still shows its events")
+
+
+@main.command("history")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@pass_options
+def history_command(options: Options, name: str | None, as_json: bool) -> None:
+    """The event log of migration NAME (who did what, when), or every migration recorded
+    here, forgotten ones included."""
+    store = options.store()
+    with connect(options.dsn, role="history") as conn:
+        if name is None:
+            rows = store.histories(conn)
+            click.echo(
+                json.dumps(rows, default=str, indent=2) if as_json else render_histories(rows)
+            )
+            return
+        name = _migration_name(name)
+        events = store.events(conn, name) if store.exists(conn) else []
+    if not events:
+        raise UsageError(
+            f"no events of a migration named {name} in state schema {options.state_schema}"
+        )
+    click.echo(
+        json.dumps(events, default=str, indent=2) if as_json else render_events(name, events)
+    )
 
 
 @main.command("pause")

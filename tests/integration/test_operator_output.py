@@ -150,3 +150,32 @@ def test_status_tells_a_run_whose_process_was_killed_from_a_live_one(
     resumed = cli(dsn, "apply", plan, "--until", "backfill")
     assert resumed.exit_code == 0, resumed.stderr
     assert status()["alive"] is None  # not running: nothing to be alive
+
+
+def test_forget_takes_a_finished_migration_off_status_and_history_keeps_it(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    plan = write_plan(tmp_path, PLAN)
+    assert cli(dsn, "apply", plan, "--until", "backfill").exit_code == 0
+    refused = cli(dsn, "forget", "summarised")
+    assert refused.exit_code == 2 and "is paused: finish it" in refused.stderr
+    assert cli(dsn, "rollback", plan).exit_code == 0
+
+    result = cli(dsn, "forget", plan)  # a plan file names its migration too
+    assert result.exit_code == 0, result.output
+    assert "summarised forgotten" in result.stdout
+    assert "no migrations in state schema" in cli(dsn, "status").stdout
+    assert cli(dsn, "status", "summarised").exit_code == 2
+
+    history = cli(dsn, "history", "summarised")
+    assert history.exit_code == 0, history.output
+    events = [line.split()[3] for line in history.stdout.splitlines()[1:]]
+    assert events[0] == "created" and events[-1] == "forgotten"
+    listed = cli(dsn, "history").stdout
+    assert listed.startswith("summarised ") and listed.rstrip().endswith("forgotten")
+    assert json.loads(cli(dsn, "history", "summarised", "--json").stdout)[-1]["event"] == (
+        "forgotten"
+    )
+    # forgotten, the plan applies anew from the start
+    assert cli(dsn, "apply", plan, "--until", "expand").exit_code == 0
+    assert cli(dsn, "history", "nosuch").exit_code == 2

@@ -550,6 +550,27 @@ class StateStore:
             (reason, name),
         )
 
+    def forget(self, conn: psycopg.Connection[Any], name: str) -> None:
+        """Take a finished migration off `status`; its event log stays (`migrate history`)."""
+        with conn.transaction():
+            if self._has_row_errors(conn):
+                conn.execute(self._q("DELETE FROM {s}.row_errors WHERE migration = %s"), (name,))
+            conn.execute(self._q("DELETE FROM {s}.migrations WHERE name = %s"), (name,))
+            self.event(conn, name, "forgotten")
+
+    def histories(self, conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+        """Every migration the event log knows, forgotten ones too: first and last event."""
+        if not self.exists(conn):
+            return []
+        with conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(
+                self._q(
+                    "SELECT DISTINCT ON (migration) migration, event AS last_event, at AS last_at,"
+                    " min(at) OVER (PARTITION BY migration) AS first_at"
+                    " FROM {s}.events ORDER BY migration, id DESC"
+                )
+            ).fetchall()
+
     def events(self, conn: psycopg.Connection[Any], name: str) -> list[dict[str, Any]]:
         with conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(
