@@ -31,6 +31,8 @@ def server_dsn() -> Iterator[str]:
     from pgshift.embedded import EmbeddedServer
 
     with tempfile.TemporaryDirectory(prefix="pgshift-test-") as folder:
+        # as root the server runs as an unprivileged user, who must reach its folder
+        os.chmod(folder, 0o755)
         server = EmbeddedServer(Path(folder) / "pgdata")
         server.start()
         try:

@@ -21,7 +21,9 @@ them, the column as the catalog now describes it, and what each application vers
 from __future__ import annotations
 
 import importlib.resources
+import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -91,6 +93,10 @@ BACKFILL_FINISHED = "backfill finished"
 
 
 def default_data_dir() -> Path:
+    """The user's cache folder; as root, one every user can reach (the embedded server then
+    runs as an unprivileged user, see pgshift.embedded)."""
+    if os.geteuid() == 0:
+        return Path(tempfile.gettempdir()) / "pgshift-demo-pg"
     return Path(platformdirs.user_cache_dir("pgshift")) / "demo-pg"
 
 
@@ -476,9 +482,11 @@ def _run(
 ) -> int:
     if dsn is None:
         folder = data_dir or default_data_dir()
+        server = EmbeddedServer(folder)
+        if server.notice:
+            echo(f"note        {server.notice}")
         echo(f"starting    embedded PostgreSQL in {folder}")
         started = time.perf_counter()
-        server = EmbeddedServer(folder)
         cleanup.callback(server.stop)
         with _interrupt_held_back():
             server.start()
