@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from pgshift.catalog import Index, Table
-from pgshift.db import TRIGGER_PREFIX, Query, derived_name, prefixed_name
+from pgshift.db import TRIGGER_PREFIX, Query, derived_name, prefixed_name, split_name
 from pgshift.errors import PlanError
 from pgshift.plan.model import ColumnChange, Plan
 
@@ -57,12 +57,38 @@ class RebuiltIndex:
 
 
 @dataclass(frozen=True)
+class MovedConstraint:
+    """A CHECK or FOREIGN KEY over a changed column: one of the table's own, or another table's
+    foreign key referencing it. It stays on the column by number, so the swap drops it and adds
+    it again NOT VALID (its definition names columns, which then resolve to the columns holding
+    the live names), and it is validated after the swap under a weak lock."""
+
+    name: str
+    # the table it belongs to: (schema, name), or (name,) as the catalog showed it (visible on
+    # the search path, as for the foreign keys a new_table swap moves)
+    table: tuple[str, ...]
+    definition: str  # pg_get_constraintdef, without a trailing NOT VALID
+    kind: str  # "c" (check) or "f" (foreign key)
+    validated: bool  # one left NOT VALID by its owner stays so: it is not validated after
+
+    @property
+    def owner(self) -> sql.Identifier:
+        return sql.Identifier(*self.table)
+
+    @property
+    def display(self) -> str:
+        what = "check" if self.kind == "c" else "foreign key"
+        return f"{what} {self.name} on {'.'.join(self.table)}"
+
+
+@dataclass(frozen=True)
 class ColumnsShape:
     columns: tuple[ShadowColumn, ...]
     indexes: tuple[RebuiltIndex, ...]
     key: tuple[str, ...]
     function: sql.Identifier  # the dual-write trigger function
     trigger: str
+    moved: tuple[MovedConstraint, ...] = ()  # constraints the swap carries to the new columns
 
     def changed(self) -> tuple[ShadowColumn, ...]:
         return tuple(c for c in self.columns if not c.is_new)
@@ -85,6 +111,7 @@ def build_shape(plan: Plan, table: Table, view_schema: str, key: tuple[str, ...]
     columns = tuple(_column(name, spec, table) for name, spec in plan.columns.items())
     changed = {c.name: c for c in columns if not c.is_new}
     _refuse_unsafe(table, changed)
+    moved = _moved_constraints(table, changed)
     indexes = tuple(
         _rebuilt(index, table, changed) for index in table.indexes if index.columns & changed.keys()
     )
@@ -95,6 +122,7 @@ def build_shape(plan: Plan, table: Table, view_schema: str, key: tuple[str, ...]
         function=sql.Identifier(view_schema, "sync_" + plan.name),
         # BEFORE triggers fire in name order: ours last, so it sees the values other triggers set
         trigger=derived_name(TRIGGER_PREFIX, plan.name),
+        moved=moved,
     )
 
 
@@ -202,28 +230,10 @@ def _refuse_unsafe(table: Table, changed: dict[str, ShadowColumn]) -> None:
                 f"a rule of table {dep.name} reads column(s) {', '.join(sorted(hit))}: drop it"
                 " before and create it again after, with sql phases",
             )
-        if dep.kind == "foreign key" and hit:
-            raise _at(
-                hit,
-                f"foreign key {dep.name} references {', '.join(sorted(hit))}: an in-place change"
-                " cannot move it; use a `new_table` migration",
-            )
     for con in table.constraints:
         hit = set(con.columns) & changed.keys()
         if not hit:
             continue
-        if con.type == "f":
-            raise _at(
-                hit,
-                f"foreign key {con.name} uses {', '.join(sorted(hit))}: drop it before the"
-                " migration and add it back NOT VALID after, with sql phases",
-            )
-        if con.type == "c":
-            raise _at(
-                hit,
-                f"check constraint {con.name} uses {', '.join(sorted(hit))}: drop it before the"
-                " migration and add it back NOT VALID after, with sql phases",
-            )
         if con.type == "x":
             raise _at(hit, f"exclusion constraint {con.name} uses a changed column; not supported")
     for index in table.indexes:
@@ -251,6 +261,57 @@ def _refuse_unsafe(table: Table, changed: dict[str, ShadowColumn]) -> None:
             )
         if not index.valid:
             raise _at(hit, f"index {index.name} is INVALID; drop or REINDEX it first")
+
+
+INTEGER_FAMILY = {
+    "smallint": "smallint",
+    "int2": "smallint",
+    "integer": "integer",
+    "int": "integer",
+    "int4": "integer",
+    "bigint": "bigint",
+    "int8": "bigint",
+}
+
+
+def _keeps_keys_comparable(column: ShadowColumn) -> bool:
+    """Whether a foreign key over the column stays valid with the other side unchanged: the
+    type stays, or moves within smallint/integer/bigint (one btree family, so a key of one
+    references a key of another, as while the tables of a key are widened one by one)."""
+    old = (column.old_type or "").strip().lower()
+    new = column.type.strip().lower()
+    return old == new or (old in INTEGER_FAMILY and new in INTEGER_FAMILY)
+
+
+def _moved_constraints(
+    table: Table, changed: dict[str, ShadowColumn]
+) -> tuple[MovedConstraint, ...]:
+    """The checks and foreign keys the swap moves onto the new columns: the table's own over a
+    changed column, and other tables' foreign keys referencing one (refused when the new type
+    could not be referenced by, or reference, the other side's)."""
+    moved: list[MovedConstraint] = []
+    own = [c for c in table.constraints if c.type in ("c", "f") and set(c.columns) & changed.keys()]
+    theirs = [f for f in table.referencing_fks if set(f.columns) & changed.keys()]
+    for con in [*own, *theirs]:
+        hit = set(con.columns) & changed.keys()
+        mismatched = sorted(c for c in hit if not _keeps_keys_comparable(changed[c]))
+        if con.type == "f" and mismatched:
+            where = "uses" if con in own else f"on {con.referenced_table} references"
+            raise _at(
+                hit,
+                f"foreign key {con.name} {where} {', '.join(mismatched)}, whose type changes"
+                f" from {changed[mismatched[0]].old_type} to {changed[mismatched[0]].type}:"
+                " the other side would not match; drop it before the migration and add it"
+                " back NOT VALID after, with sql phases",
+            )
+        if con in own:
+            owner: tuple[str, ...] = (table.schema, table.name)
+        else:
+            assert con.referenced_table is not None  # for these, the table holding the key
+            owner = tuple(p for p in split_name(con.referenced_table) if p)
+        definition = con.definition.removesuffix(" NOT VALID")
+        moved.append(MovedConstraint(con.name, owner, definition, con.type, con.validated))
+    return tuple(moved)
 
 
 def _rebuilt(index: Index, table: Table, changed: dict[str, ShadowColumn]) -> RebuiltIndex:

@@ -18,6 +18,7 @@ from pgshift.phases.cutover import (
     analyze_new_table,
     analyze_step,
     foreign_keys,
+    moved_validations,
     not_null_steps,
     swap_statements,
     swapped_query,
@@ -155,7 +156,7 @@ def _end_columns(ctx: CompileContext) -> list[SqlStep]:
             hold="milliseconds (catalog changes only)",
         )
     )
-    return steps
+    return [*steps, *moved_validations(ctx)]
 
 
 def _end_table(ctx: CompileContext) -> list[SqlStep]:

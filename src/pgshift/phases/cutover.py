@@ -87,6 +87,66 @@ def _carry(ctx: CompileContext) -> list[Query]:
     ]
 
 
+def _lock_moved(ctx: CompileContext) -> list[Query]:
+    """With constraints of other tables to move, the swap takes its locks in a fixed order
+    (the table, then the others by name), so two swaps never wait for each other crosswise."""
+    shape: ColumnsShape = ctx.shape
+    others = sorted({m.table for m in shape.moved} - {(ctx.table.schema, ctx.table.name)})
+    if not others:
+        return []
+    return [
+        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(t)
+        for t in (ctx.table.qualified, *(sql.Identifier(*o) for o in others))
+    ]
+
+
+def _drop_moved(shape: ColumnsShape) -> list[Query]:
+    return [
+        sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+            m.owner, sql.Identifier(m.name)
+        )
+        for m in shape.moved
+    ]
+
+
+def _add_moved(shape: ColumnsShape) -> list[Query]:
+    """Added again NOT VALID: checked for every new write at once, without a scan inside the
+    swap; `moved_validations` proves the existing rows afterwards."""
+    return [
+        sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+            m.owner, sql.Identifier(m.name), sql.SQL(m.definition)
+        )
+        for m in shape.moved
+    ]
+
+
+def moved_validations(ctx: CompileContext) -> list[SqlStep]:
+    """VALIDATE each constraint the swap moved (one scan of its table; reads and writes go on);
+    skipped when it is validated already, as it is when the swap never ran."""
+    shape: ColumnsShape = ctx.shape
+    return [
+        SqlStep(
+            description=f"validate {m.display} on the columns holding the live names",
+            statements=(
+                sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                    m.owner, sql.Identifier(m.name)
+                ),
+            ),
+            lock="SHARE UPDATE EXCLUSIVE",
+            scans=True,
+            done_if=exists_query(
+                "SELECT 1 FROM pg_constraint WHERE conname = {} AND conrelid = {}::regclass"
+                " AND convalidated",
+                m.name,
+                m.owner.as_string(),
+            ),
+            hold=f"one scan of {'.'.join(m.table)} (reads and writes continue)",
+        )
+        for m in shape.moved
+        if m.validated
+    ]
+
+
 def _carried_columns(ctx: CompileContext) -> str:
     """The views and policies the columns swap creates again, for the plan's step list (views
     over those views are carried too, and not listed)."""
@@ -99,10 +159,12 @@ def _carried_columns(ctx: CompileContext) -> str:
         and not d.name.startswith(ctx.view_schema + ".")
     ]
     policies = [d.name for d in ctx.table.dependents if d.kind == "policy"]
+    moved = [m.display for m in ctx.shape.moved]
     return _carried_text(
         [
             (views, "view(s) {} created again on them"),
             (policies, "row security policy(ies) {} created again"),
+            (moved, "{} moved onto them NOT VALID (their other tables locked too)"),
         ]
     )
 
@@ -117,7 +179,13 @@ def swap_statements(ctx: CompileContext, turn_trigger: bool = True) -> tuple[Que
     """The renames (and what follows them: constraints, NOT NULL, defaults, sequences, carried
     views and policies). With `turn_trigger`, the sync trigger then fills the old columns."""
     shape: ColumnsShape = ctx.shape
-    out: list[Query] = _carry(ctx)
+    # constraints over the changed columns go first: a foreign key depends on the index of
+    # the key it references, which moves below
+    out: list[Query] = [
+        *_lock_moved(ctx),
+        *_carry(ctx),
+        *_drop_moved(shape),
+    ]
     for ix in shape.indexes:
         if ix.constraint:
             out.append(
@@ -174,6 +242,7 @@ def swap_statements(ctx: CompileContext, turn_trigger: bool = True) -> tuple[Que
                     sql.Identifier(ctx.table.schema, ctx.table.name, col.name),
                 )
             )
+    out += _add_moved(shape)
     if turn_trigger:
         out.append(function_ddl(shape, reverse_body(shape, errors=RowErrorSink.of(ctx))))
     out.append(recreate())
@@ -185,7 +254,9 @@ def unswap_statements(ctx: CompileContext) -> tuple[Query, ...]:
     NOT NULL while a primary key still stands on it."""
     shape: ColumnsShape = ctx.shape
     out: list[Query] = [
+        *_lock_moved(ctx),
         *_carry(ctx),
+        *_drop_moved(shape),
         function_ddl(shape, forward_body(shape, errors=RowErrorSink.of(ctx))),
     ]
     for ix in reversed(shape.indexes):
@@ -240,6 +311,7 @@ def unswap_statements(ctx: CompileContext) -> tuple[Query, ...]:
                         ),
                     )
                 )
+    out += _add_moved(shape)
     out.append(recreate())
     return tuple(out)
 
@@ -368,14 +440,17 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
             hold="milliseconds (catalog changes only)",
         )
     )
+    forward += moved_validations(ctx)
     rollback = [
         SqlStep(
-            description="swap back: the old columns take the live names again",
+            description="swap back: the old columns take the live names again"
+            + _carried_text([([m.display for m in shape.moved], "{} moved back NOT VALID")]),
             statements=unswap_statements(ctx),
             lock="ACCESS EXCLUSIVE",
             done_if=_column_exists(ctx, shape.columns[0].shadow, True),
             hold="milliseconds (catalog changes only)",
-        )
+        ),
+        *moved_validations(ctx),
     ]
     if drop_checks is not None:
         rollback.append(

@@ -20,7 +20,10 @@ from pgshift.plan.model import Plan
 
 
 def resolve_key(plan: Plan, table: Table) -> tuple[str, ...]:
-    """The key backfill and verify walk: the plan's, else the primary key. Unique and NOT NULL."""
+    """The key backfill and verify walk: the plan's, else the primary key. Unique and NOT NULL.
+    An `operations` plan walks no rows: its key is the primary key, if any."""
+    if plan.operations is not None:
+        return table.primary_key or ()
     if plan.key is None:
         if table.primary_key is None:
             raise PlanError(
@@ -344,6 +347,10 @@ def check_copy(conn: psycopg.Connection[Any], plan: Plan, probes: list[tuple[str
 def check_plan(conn: psycopg.Connection[Any], plan: Plan, table: Table) -> tuple[str, ...]:
     """Raise PlanError (with the plan path at fault) on the first problem; return the key."""
     key = resolve_key(plan, table)
+    if plan.operations is not None:
+        from pgshift.operations.check import check_operations  # it builds on this module
+
+        check_operations(conn, plan, table)
     if plan.columns is not None:
         check_columns(conn, plan, table)
     check_version_schema(conn, plan)
@@ -384,6 +391,7 @@ def check_carried(
     columns: tuple[str, ...] | None = None,
     triggers: bool = False,
     path: tuple[str | int, ...],
+    constraint_probes: Sequence[tuple[str, Query]] = (),
 ) -> None:
     """Try now what cutover will carry over: in a transaction that is rolled back (after
     `setup`), the views reading the live table (or, with `columns`, those columns), the views
@@ -392,7 +400,8 @@ def check_carried(
     new shape cannot hold is refused here, not discovered inside the swap. Other tables'
     policies are carried too but not tried: that would lock their tables."""
     own_triggers = triggers and bool(table.own_triggers)
-    if not own_triggers and not any(d.kind in ("view", "policy") for d in table.dependents):
+    carried = any(d.kind in ("view", "policy") for d in table.dependents)
+    if not own_triggers and not carried and not constraint_probes:
         return
     failing = ""
     try:
@@ -418,6 +427,10 @@ def check_carried(
                 raise PlanError(refused[0], path=("table",))
             for statement in stand_in:
                 conn.execute(statement)
+            # constraints the swap adds again, tried on the new shape
+            for constraint, probe in constraint_probes:
+                failing = constraint
+                conn.execute(probe)
             for name, _depth, _refuse, _drop, _create, probes in sorted(
                 captured, key=lambda r: r[1]
             ):
@@ -461,9 +474,21 @@ def columns_stand_in(table: Table, changes: Sequence[tuple[str, str, bool]]) -> 
             sql.SQL("ALTER TABLE {} ").format(temp)
             + sql.SQL(action).format(sql.Identifier(name), sql.SQL(type_))
         )
+    changed = {name for name, _type, is_new in changes if not is_new}
+    constraint_probes = [
+        (
+            f"check {c.name}",
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                temp, sql.Identifier(c.name), sql.SQL(c.definition)
+            ),
+        )
+        for c in table.constraints
+        if c.type == "c" and changed & set(c.columns)
+    ]
     return {
         "setup": [],
         "stand_in": stand_in,
+        "constraint_probes": constraint_probes,
         "shape": f"the new columns of {table.display}",
         "columns": tuple(name for name, _type, is_new in changes if not is_new),
         "path": ("columns", changes[0][0]),
