@@ -60,7 +60,13 @@ def _version_access(
     """The version view belongs to the table's owner and is granted what the table is, so a
     role reaches exactly as much through it as through the table."""
     table = ctx.table
-    grantees = sorted({g for g, privilege, _ in table.grants if privilege in VIEW_PRIVILEGES})
+    # column privileges pass to the view's column of the same name (the new shape's names)
+    shown = {c for c, _source in _view_columns(ctx)}
+    column_grants = [g for g in table.column_grants if g[0] in shown and g[2] in VIEW_PRIVILEGES]
+    grantees = sorted(
+        {g for g, privilege, _ in table.grants if privilege in VIEW_PRIVILEGES}
+        | {g for _c, g, _p, _o in column_grants}
+    )
     out: list[Query] = [
         sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(
             view, sql.Identifier(column), sql.SQL(default)
@@ -85,7 +91,42 @@ def _version_access(
         for grantee, privilege, grantable in table.grants
         if privilege in VIEW_PRIVILEGES
     ]
+    out += [
+        sql.SQL("GRANT {} ({}) ON {} TO {}{}").format(
+            sql.SQL(privilege),  # a privilege keyword from aclexplode
+            sql.Identifier(column),
+            view,
+            _grantee(grantee),
+            sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+        )
+        for column, grantee, privilege, grantable in column_grants
+    ]
     return out
+
+
+def _view_columns(ctx: CompileContext) -> list[tuple[str, str]]:
+    """The version view's columns as (name, the column of its source holding it)."""
+    if ctx.plan.target == "new_table":
+        return [(c, c) for c in ctx.shape.new.columns]
+    shape: ColumnsShape = ctx.shape
+    return shape.new_shape(ctx.table)
+
+
+def column_grants_to(table: Table, columns: dict[str, str]) -> list[Query]:
+    """The column privileges of `columns` (name -> the column taking them) granted on the
+    column taking them: a shadow column becomes the live one at the swap and must let every
+    role do what it let it do before."""
+    return [
+        sql.SQL("GRANT {} ({}) ON {} TO {}{}").format(
+            sql.SQL(privilege),  # a privilege keyword from aclexplode
+            sql.Identifier(columns[column]),
+            table.qualified,
+            _grantee(grantee),
+            sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+        )
+        for column, grantee, privilege, grantable in table.column_grants
+        if column in columns
+    ]
 
 
 def _grantee(name: str) -> sql.Composable:
@@ -107,9 +148,11 @@ def compile_expand(ctx: CompileContext, index: int, spec: Any) -> Phase:
         return _compile_create(ctx, index)
     shape: ColumnsShape = ctx.shape
     table = ctx.table
+    granted = column_grants_to(table, {c.name: c.shadow for c in shape.changed()})
     forward: list[SqlStep] = [
         SqlStep(
-            description="add shadow columns (catalog only: no default, no rewrite)",
+            description="add shadow columns (catalog only: no default, no rewrite)"
+            + (", with the column privileges of the columns they replace" if granted else ""),
             statements=(
                 sql.SQL("ALTER TABLE {} {}").format(
                     table.qualified,
@@ -120,6 +163,7 @@ def compile_expand(ctx: CompileContext, index: int, spec: Any) -> Phase:
                         for c in shape.columns
                     ),
                 ),
+                *granted,
             ),
             lock="ACCESS EXCLUSIVE",
         )

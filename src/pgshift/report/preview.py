@@ -137,7 +137,7 @@ def warnings(compiled: CompiledPlan) -> list[str]:
             f"{table.display} has trigger(s) {', '.join(table.triggers)}: the backfill's UPDATEs"
             " fire them for every row (an updated_at trigger will touch every row)"
         )
-    elif table.triggers:
+    elif table.triggers and compiled.plan.target != "operations":
         out.append(
             f"{table.display} has trigger(s) {', '.join(table.triggers)}: cutover moves them to"
             " the new table (and disables them on the old one), but their functions run only"
@@ -157,7 +157,33 @@ def warnings(compiled: CompiledPlan) -> list[str]:
                 f" {new.display} has no column of that name; grant what is needed on its"
                 " columns after cutover"
             )
+    out += partial_column_roles(compiled)
     return out
+
+
+def partial_column_roles(compiled: CompiledPlan) -> list[str]:
+    """Versions mode: PostgreSQL checks a view's caller for every column the view reads, so a
+    role holding privileges on some columns only (and none on the table) is refused through the
+    version view, whatever its column grants there."""
+    if not compiled.context.versions:
+        return []
+    table = compiled.table
+    whole = {g for g, privilege, _ in table.grants if privilege == "SELECT"}
+    readable: dict[str, set[str]] = {}
+    for column, grantee, privilege, _grantable in table.column_grants:
+        if privilege == "SELECT":
+            readable.setdefault(grantee, set()).add(column)
+    everything = set(table.columns)
+    partial = sorted(g for g, cols in readable.items() if g not in whole and cols < everything)
+    if not partial or "PUBLIC" in whole:
+        return []
+    return [
+        f"role(s) {', '.join(partial)} may read only some columns of {table.display}: through"
+        f" the version view {compiled.context.view_schema}.{table.name}, which reads every"
+        " column, PostgreSQL refuses them (their column privileges are carried to the view,"
+        " but do not suffice); keep them on the old version, or grant them SELECT on the"
+        " table's other columns"
+    ]
 
 
 def human_seconds(seconds: float) -> str:
