@@ -12,20 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import click
-import psycopg
 
 from pgshift import __version__
-from pgshift.compile import check_available
-from pgshift.db import connect
-from pgshift.engine.checks import differences_message
-from pgshift.engine.data_check import check_plan_data, failure_message, success_message
-from pgshift.engine.executor import Executor, RunResult, prepare
-from pgshift.engine.live_settings import describe, parse_assignments
-from pgshift.engine.locks import lock_holder, migration_lock
-from pgshift.engine.preflight import preflight, render_preflight
-from pgshift.engine.progress import Reporter
-from pgshift.engine.sessions import old_sessions
-from pgshift.engine.state import LOCK_CLASS, MigrationState, StateStore
 from pgshift.errors import (
     DifferencesFound,
     ExitCode,
@@ -36,27 +24,17 @@ from pgshift.errors import (
     UsageError,
     no_phase_named,
 )
-from pgshift.lint import FORMATS, Finding, lint_paths, render
-from pgshift.log import configure
-from pgshift.move.commands import move_status, plan_output, refuse_checks
-from pgshift.move.executor import MoveExecutor
-from pgshift.plan.load import LoadedPlan, load_plan
-from pgshift.plan.plan_lint import lint_plan
-from pgshift.report.history import render_events, render_histories
-from pgshift.report.preview import preview_data, render_text
-from pgshift.report.report import (
-    fallback_report,
-    github_summary,
-    migration_report,
-    render_status,
-    versions_window,
-)
-from pgshift.report.summary import render_summary
-from pgshift.report.verify_table import MOVE_SIDES, TABLE_SIDES, render_verify, verify_json
+from pgshift.lint.command import lint_command
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:
+    import psycopg
+
+    from pgshift.engine.executor import Executor, RunResult
+    from pgshift.engine.state import MigrationState, StateStore
+    from pgshift.move.executor import MoveExecutor
+    from pgshift.plan.load import LoadedPlan
     from pgshift.report.metrics import LiveMetrics
 
 
@@ -87,6 +65,8 @@ class Options:
         return self.given_dsn or ""
 
     def store(self, actor: str | None = None) -> StateStore:
+        from pgshift.engine.state import StateStore
+
         return StateStore(self.state_schema, actor=actor or _actor())
 
     def executor(
@@ -94,6 +74,10 @@ class Options:
     ) -> Executor | MoveExecutor:
         """The executor of the plan's target: a move runs on two servers. `metrics` hears
         what it records (--metrics-file, --metrics-port)."""
+        from pgshift.engine.executor import Executor
+        from pgshift.engine.progress import Reporter
+        from pgshift.move.executor import MoveExecutor
+
         if loaded.plan.move is not None:
             return MoveExecutor(
                 self.dsn,
@@ -142,15 +126,16 @@ def _lines(error: BaseException, message: str) -> list[str]:
 
 def _message(error: BaseException) -> tuple[str, int]:
     """The one line a failed command prints, and its exit status."""
+    psycopg = sys.modules.get("psycopg")  # not loaded: the error is none of its errors
     if isinstance(error, PgshiftError):
         message, code = str(error), error.exit_code
-    elif isinstance(error, psycopg.OperationalError):
+    elif psycopg is not None and isinstance(error, psycopg.OperationalError):
         first = str(error).strip().splitlines()[0] if str(error).strip() else "connection failed"
         message, code = (
             f"cannot reach the database: {first}; check --dsn or $DATABASE_URL",
             ExitCode.FAILED,
         )
-    elif isinstance(error, psycopg.Error):
+    elif psycopg is not None and isinstance(error, psycopg.Error):
         detail = error.diag.message_primary or str(error).splitlines()[0]
         message, code = f"database error: {detail}", ExitCode.FAILED
     else:
@@ -178,6 +163,8 @@ class Group(click.Group):
 
 
 def _load(path: str) -> LoadedPlan:
+    from pgshift.plan.load import load_plan
+
     return load_plan(path)
 
 
@@ -230,7 +217,10 @@ def main(
     verbose: int,
 ) -> None:
     """pgshift: zero-downtime migrations for PostgreSQL."""
-    configure(log_format, verbose)
+    if ctx.invoked_subcommand != "lint":  # lint logs nothing: spare it structlog's import
+        from pgshift.log import configure
+
+        configure(log_format, verbose)
     ctx.obj = Options(dsn, state_schema, verbose, destination_dsn, log_format)
 
 
@@ -251,6 +241,16 @@ def plan_command(
     options: Options, plan_file: str, as_json: bool, with_sql: bool, check_data: bool
 ) -> None:
     """Validate PLAN_FILE and show what each phase will run, with locks and rollback."""
+    from pgshift.compile import check_available
+    from pgshift.db import connect
+    from pgshift.engine.data_check import check_plan_data, failure_message, success_message
+    from pgshift.engine.executor import prepare
+    from pgshift.engine.preflight import preflight, render_preflight
+    from pgshift.engine.progress import Reporter
+    from pgshift.move.commands import plan_output, refuse_checks
+    from pgshift.plan.plan_lint import lint_plan
+    from pgshift.report.preview import preview_data, render_text
+
     loaded = _load(plan_file)
     _with_plan_locations(loaded, lambda: check_available(loaded.plan))
     findings = lint_plan(loaded)
@@ -332,6 +332,10 @@ def _reported(
     (phases, times, rows, what to run next) whatever the outcome; with --report, write the JSON
     report then too (an invalid plan and an unreachable database as well, their error as
     `last_error`), and append a Markdown summary to $GITHUB_STEP_SUMMARY when it is set."""
+    import psycopg
+
+    from pgshift.report.summary import render_summary
+
     started = time.monotonic()
     code: int = ExitCode.DONE
     name: str | None = None
@@ -370,6 +374,11 @@ def _final_report(
     """The migration's report as the state has it, else (a plan that did not load, a database
     out of reach, a migration never started) one with what is known; None when nobody reads it
     (no --report, no step summary, and nothing ran that a summary would show)."""
+    import psycopg
+
+    from pgshift.db import connect
+    from pgshift.report.report import fallback_report
+
     wanted = report is not None or bool(os.environ.get("GITHUB_STEP_SUMMARY"))
     if not wanted and (name is None or unreachable or code in (ExitCode.USAGE, 130)):
         return None
@@ -395,6 +404,12 @@ def _migration_report(
 ) -> dict[str, Any]:
     """The report, with the old version's sessions counted while both versions are served,
     and a move's replication."""
+    from pgshift.engine.locks import lock_holder
+    from pgshift.engine.sessions import old_sessions
+    from pgshift.engine.state import LOCK_CLASS
+    from pgshift.move.commands import move_status
+    from pgshift.report.report import migration_report, versions_window
+
     since = versions_window(state)
     old = len(old_sessions(conn, since)) if since is not None else None
     move = move_status(conn, state, destination_dsn)
@@ -407,6 +422,8 @@ def _migration_report(
 
 
 def _write_report(data: dict[str, Any], path: str | None) -> None:
+    from pgshift.report.report import github_summary
+
     if path:
         Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -529,6 +546,9 @@ def rollback_command(
 @pass_options
 def verify_command(options: Options, plan_file: str, as_json: bool, chunk_size: int) -> None:
     """Row-hash comparison of the new shape with the old, now; exit 4 on any difference."""
+    from pgshift.engine.checks import differences_message
+    from pgshift.report.verify_table import MOVE_SIDES, TABLE_SIDES, render_verify, verify_json
+
     loaded = _load(plan_file)
     executor = options.executor(loaded)
     result = _with_plan_locations(loaded, lambda: executor.verify(chunk_size))
@@ -553,6 +573,8 @@ def verify_command(options: Options, plan_file: str, as_json: bool, chunk_size: 
 @pass_options
 def approve_command(options: Options, plan_or_name: str, gate: str, by: str | None) -> None:
     """Record an approval of GATE (who and when), so `apply` passes it."""
+    from pgshift.db import connect
+
     name = _migration_name(plan_or_name)
     if _is_plan_file(plan_or_name):
         _gates_of(_load(plan_or_name), (gate,))
@@ -578,6 +600,9 @@ def approve_command(options: Options, plan_or_name: str, gate: str, by: str | No
 @pass_options
 def status_command(options: Options, plan_or_name: str | None, as_json: bool) -> None:
     """Every migration in the state schema, or one: phases, progress, rows/s, ETA, errors."""
+    from pgshift.db import connect
+    from pgshift.report.report import render_status
+
     store = options.store()
     with connect(options.dsn, role="status") as conn:
         names = store.names(conn) if plan_or_name is None else [_migration_name(plan_or_name)]
@@ -612,6 +637,7 @@ def status_command(options: Options, plan_or_name: str | None, as_json: bool) ->
 def metrics_command(options: Options, plan_or_name: str | None, fmt: str) -> None:
     """Every migration's metrics in the state schema (or one's), for Prometheus: status,
     progress, rows/s, throttling, lock waits (docs/operations.md#metrics)."""
+    from pgshift.db import connect
     from pgshift.report.metrics import families, from_store, render
 
     store = options.store()
@@ -633,6 +659,8 @@ def _is_plan_file(plan_or_name: str) -> bool:
 
 
 def _set_paused(options: Options, name: str, paused: bool) -> None:
+    from pgshift.db import connect
+
     store = options.store()
     with connect(options.dsn, role="pause") as conn:
         state = store.get(conn, _migration_name(name)) if paused else None
@@ -653,6 +681,9 @@ def set_command(options: Options, name: str, assignments: tuple[str, ...]) -> No
     """Change settings of a migration while it runs (batch_size, batch_time, batch_pause,
     nice_ratio, max_active_sessions, max_replication_lag), from any shell; the run takes
     them before its next batch. `KEY=` goes back to the plan's value; no KEY=VALUE shows them."""
+    from pgshift.db import connect
+    from pgshift.engine.live_settings import describe, parse_assignments
+
     changes = parse_assignments(assignments)  # before connecting
     name = _migration_name(name)
     store = options.store()
@@ -673,6 +704,9 @@ def set_command(options: Options, name: str, assignments: tuple[str, ...]) -> No
 def forget_command(options: Options, name: str) -> None:
     """Take a done or rolled-back migration off `migrate status` (its events stay: `migrate
     history`); its plan may then be applied anew."""
+    from pgshift.db import connect
+    from pgshift.engine.locks import migration_lock
+
     name = _migration_name(name)
     store = options.store()
     with (
@@ -698,6 +732,9 @@ def forget_command(options: Options, name: str) -> None:
 def history_command(options: Options, name: str | None, as_json: bool) -> None:
     """The event log of migration NAME (who did what, when), or every migration recorded
     here, forgotten ones included."""
+    from pgshift.db import connect
+    from pgshift.report.history import render_events, render_histories
+
     store = options.store()
     with connect(options.dsn, role="history") as conn:
         if name is None:
@@ -742,6 +779,7 @@ def resume_command(options: Options, name: str) -> None:
 def runbook_command(options: Options, plan_file: str, output: str | None) -> None:
     """A Markdown runbook of PLAN_FILE: pre-flight checks, each phase's SQL, locks, go / no-go
     criteria and rollback, and where the point of no return is."""
+    from pgshift.db import connect
     from pgshift.report.runbook import build_runbook
 
     loaded = _load(plan_file)
@@ -771,33 +809,7 @@ def runbook_command(options: Options, plan_file: str, output: str | None) -> Non
     click.echo(f"runbook of {loaded.plan.name} written to {output}")
 
 
-@main.command("lint")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default="text",
-    show_default=True,
-    help="Output: text lines, JSON, SARIF 2.1.0, or GitHub Actions annotations.",
-)
-@pass_options
-def lint_command(options: Options, paths: tuple[str, ...], fmt: str) -> None:
-    """Check plans' raw SQL, .sql files and migration folders (in migration order, as one run)
-    against the DDL safety rules (docs/lint.md)."""
-    found: list[tuple[str, Finding]] = []
-    sql_paths = [Path(p) for p in paths if not p.endswith((".yaml", ".yml"))]
-    for path in paths:
-        if path.endswith((".yaml", ".yml")):
-            found += [(f.file, f.finding) for f in lint_plan(_load(path))]
-    found += [(str(file), f) for file, f in lint_paths(sql_paths)]
-    click.echo(render(found, fmt), nl=False)
-    broken = [f for _, f in found if f.fails]
-    where = paths[0] if len(paths) == 1 else f"{len(paths)} paths"
-    if broken:
-        raise UsageError(f"{len(broken)} DDL safety rule(s) broken in {where}")
-    if fmt == "text":
-        click.echo(f"{where}: no DDL safety rule broken")
+main.add_command(lint_command)  # pgshift.lint.command: loads no database code
 
 
 @main.command("demo")
@@ -830,6 +842,7 @@ def demo_command(
 ) -> None:
     """The whole flow on an embedded PostgreSQL with live simulated traffic."""
     from pgshift.demo.run import run_demo
+    from pgshift.log import configure
 
     configure(options.log_format, options.verbose, events=False)  # the demo prints its own
     code = run_demo(

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from click.testing import Result
 
-from tests.integration.helpers import cli, error_line, stop_line, run_process, write_plan
+from tests.integration.helpers import cli, error_line, run_process, stop_line, write_plan
 from tests.integration.move_load import PGBENCH_SCRIPT, SwitchingLoad, create_transfers
 from tests.integration.servers import (
     DatabasePair,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from pgshift.plan import lint
-from pgshift.plan.lint import RULES, SYNTAX_ERROR, Finding, format_finding, lint_file, lint_sql
+from pgshift.lint import RULES, SYNTAX_ERROR, Finding, format_finding, lint_file, lint_sql
+from pgshift.lint import source as lint
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = "SET lock_timeout = '1s';\n"
@@ -311,7 +311,7 @@ def test_not_null_constraint_not_valid_then_validate() -> None:
 def test_lock_taking_statements_need_lock_timeout() -> None:
     for statement in (
         "DROP TABLE accounts; -- pgshift:allow drop-table",
-        "DROP VIEW accounts_v;",
+        "DROP VIEW accounts_v; -- pgshift:allow drop-view",
         "CREATE TABLE notes (id bigint, account_id bigint REFERENCES accounts (id));",
         "CREATE TABLE notes (id bigint, account_id bigint, FOREIGN KEY (account_id)"
         " REFERENCES accounts (id));",
@@ -571,7 +571,7 @@ def test_byte_offsets_are_converted_when_pglast_reports_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(lint, "_locations_are_bytes", lambda: True)
-    source = lint._Source("-- é✓\nSELECT 1", 1)
+    source = lint.Source("-- é✓\nSELECT 1", 1)
     byte_offset = len("-- é✓\n".encode())
     assert source.index(byte_offset) == len("-- é✓\n")
     assert source.line(source.index(byte_offset)) == 2

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pgshift.plan.lint import (
+from pgshift.lint import (
     RULES,
     Finding,
     LintContext,
@@ -52,9 +52,12 @@ def test_create_table_referencing_a_table_of_the_same_text_needs_nothing() -> No
 
 
 def test_drop_view_needs_lock_timeout() -> None:
-    assert rules("DROP VIEW IF EXISTS community_view;") == ["PGS008"]
-    assert rules("DROP MATERIALIZED VIEW post_aggregates_mview;") == ["PGS008"]
-    assert rules(TIMEOUT + "DROP VIEW community_view;") == []
+    # PGS024, a warning, says that a view dropped for good breaks its readers
+    assert rules("DROP VIEW IF EXISTS community_view;") == ["PGS024", "PGS008"]
+    assert rules("DROP MATERIALIZED VIEW post_aggregates_mview;") == ["PGS024", "PGS008"]
+    assert rules(TIMEOUT + "DROP VIEW community_view;") == ["PGS024"]
+    recreated = "CREATE VIEW community_view AS SELECT 1 AS id;"
+    assert rules(TIMEOUT + "DROP VIEW community_view;\n" + recreated) == []
 
 
 def test_validate_constraint_does_not_block() -> None:
@@ -184,6 +187,8 @@ def test_severities() -> None:
         "PGS014",
         "PGS017",
         "PGS018",
+        "PGS024",
+        "PGS025",
     }
     [finding] = lint_sql("CREATE TABLE t (payload json);")
     assert finding.severity == "warning" and not finding.fails
@@ -227,7 +232,7 @@ def test_statements_inside_a_do_block_are_linted_at_their_line() -> None:
 
 def test_do_block_with_a_tagged_quote_and_a_lock_timeout_missing() -> None:
     sql = "SELECT 1;\n\nDO $body$\nBEGIN\n  EXECUTE 'x';\n  DROP VIEW v;\nEND $body$;\n"
-    assert [(f.rule, f.line) for f in lint_sql(sql)] == [("PGS008", 6)]
+    assert [(f.rule, f.line) for f in lint_sql(sql)] == [("PGS024", 6), ("PGS008", 6)]
 
 
 def test_execute_of_a_constant_string_is_linted_and_dynamic_sql_is_not() -> None:

@@ -1,4 +1,4 @@
-"""The DDL safety rules (plan/lint.py) over the raw SQL a plan carries: its `sql` phases' `up`
+"""The DDL safety rules (pgshift.lint) over the raw SQL a plan carries: its `sql` phases' `up`
 and `down`, and the `create` DDL of a `new_table`. Findings point at the plan file's lines."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pgshift.db import split_name
-from pgshift.plan.lint import Finding, format_finding, lint_sql
+from pgshift.lint import Finding, LintConfig, format_finding, lint_sql
 from pgshift.plan.load import LoadedPlan
 
 
@@ -29,7 +29,8 @@ def _first_line(loaded: LoadedPlan, path: tuple[str | int, ...]) -> int:
     return line + 1 if indicator in ("|", ">") else line
 
 
-def lint_plan(loaded: LoadedPlan) -> list[PlanFinding]:
+def lint_plan(loaded: LoadedPlan, config: LintConfig | None = None) -> list[PlanFinding]:
+    """The plan's raw SQL against the rules, at `config`'s severities (the defaults without)."""
     plan = loaded.plan
     found: list[PlanFinding] = []
     new_tables: frozenset[str] = frozenset()
@@ -41,6 +42,7 @@ def lint_plan(loaded: LoadedPlan) -> list[PlanFinding]:
             first_line=_first_line(loaded, ("new_table", "create")),
             new_tables=new_tables,
             require_lock_timeout=False,
+            config=config,
         )
         found += [PlanFinding(f, loaded.source.file) for f in findings]
     for index, phase in enumerate(plan.phases):
@@ -56,6 +58,7 @@ def lint_plan(loaded: LoadedPlan) -> list[PlanFinding]:
                 first_line=_first_line(loaded, ("phases", index, "sql", field)),
                 new_tables=new_tables,
                 require_lock_timeout=False,
+                config=config,
             )
             found += [PlanFinding(f, loaded.source.file) for f in findings]
     return found
