@@ -8,6 +8,8 @@ from typing import Any
 
 from pgshift.catalog import Table
 from pgshift.errors import PlanError, no_phase_named
+from pgshift.operations.phases import OPERATIONS_COMPILERS
+from pgshift.operations.shape import build_operations_shape
 from pgshift.phases.backfill import compile_backfill
 from pgshift.phases.base import CompileContext, Phase, PhaseCompiler
 from pgshift.phases.columns_shape import build_shape
@@ -79,16 +81,20 @@ def compile_plan(
 ) -> CompiledPlan:
     check_available(plan)
     ctx = CompileContext(plan=plan, table=table, state_schema=state_schema)
-    if plan.new_table is not None:
+    compilers = COMPILERS
+    if plan.operations is not None:
+        compilers = OPERATIONS_COMPILERS
+        shape: Any = build_operations_shape(plan, table, ctx.view_schema)
+    elif plan.new_table is not None:
         if new_table is None:
             raise PlanError("the new table's definition is unknown", path=("new_table",))
-        shape: Any = build_table_shape(plan, table, new_table, ctx.view_schema, key)
+        shape = build_table_shape(plan, table, new_table, ctx.view_schema, key)
     else:
         shape = build_shape(plan, table, ctx.view_schema, key)
     ctx = CompileContext(plan=plan, table=table, state_schema=state_schema, shape=shape)
     phases = []
     for index, spec in enumerate(plan.phases):
-        phases.append(_compiled(COMPILERS[spec.kind], ctx, index, spec))
+        phases.append(_compiled(compilers[spec.kind], ctx, index, spec))
     return CompiledPlan(plan=plan, table=table, key=key, phases=tuple(phases), context=ctx)
 
 

@@ -110,3 +110,28 @@ def test_versions_mode_the_view_carries_the_column_privileges(
     assert cli(dsn, "apply", plan).exit_code == 0
     with _as(dsn, clerk, "app_v2, public") as new_version:
         assert _works(new_version) == before + 1
+
+
+def test_a_renamed_column_keeps_its_privileges_under_the_new_name(
+    dsn: str, conn: psycopg.Connection[Any], clerk: str, tmp_path: Path
+) -> None:
+    role = sql.Identifier(clerk)
+    conn.execute(
+        sql.SQL("GRANT SELECT (email, status, created_at, updated_at) ON accounts TO {}").format(
+            role
+        )
+    )
+    conn.execute(sql.SQL("GRANT UPDATE (status) ON accounts TO {}").format(role))
+    plan = write_plan(
+        tmp_path,
+        "version: 1\nname: rename_rights\ntable: public.accounts\n"
+        "application: {mode: versions, schema: app_v2}\n"
+        "operations:\n  - rename_column: {column: status, to: state}\n"
+        "phases: [expand, {gate: {name: g, approval: false}}, contract]\n",
+    )
+    assert cli(dsn, "apply", plan, "--until", "expand").exit_code == 0
+    with _as(dsn, clerk, "app_v2, public") as new_version:
+        new_version.execute("UPDATE accounts SET state = 'vip' WHERE id = 7")
+        assert new_version.execute("SELECT state FROM accounts WHERE id = 7").fetchone() == ("vip",)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            new_version.execute("UPDATE accounts SET email = 'x' WHERE id = 7")

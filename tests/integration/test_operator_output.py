@@ -179,3 +179,29 @@ def test_forget_takes_a_finished_migration_off_status_and_history_keeps_it(
     # forgotten, the plan applies anew from the start
     assert cli(dsn, "apply", plan, "--until", "expand").exit_code == 0
     assert cli(dsn, "history", "nosuch").exit_code == 2
+
+
+def test_an_operations_gate_waits_for_sessions_older_than_expand(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    plan = write_plan(
+        tmp_path,
+        "version: 1\nname: renamed\ntable: public.accounts\n"
+        "application: {mode: versions, schema: app_v2}\n"
+        "operations:\n  - rename_column: {column: status, to: state}\n"
+        "phases:\n  - expand\n"
+        "  - gate: {name: old_gone, approval: false, require_no_old_sessions: true}\n"
+        "  - contract\n",
+    )
+    with psycopg.connect(dsn, autocommit=True) as old:  # the old version, connected before
+        result = cli(dsn, "apply", plan)
+        assert result.exit_code == 3, result.output
+        assert f"pid {old.info.backend_pid}" in stop_line(result)
+    accounts.close()  # the test's own session is older than expand too
+    result = cli(dsn, "apply", plan)
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(dsn) as fresh:
+        assert fresh.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'accounts'::regclass"
+            " AND attname = 'state'"
+        ).fetchone() == (1,)

@@ -403,6 +403,11 @@ def check_plan_data(
         for step in phase.forward
         if isinstance(step, DataCheckStep)
     ]
+    if not found and compiled.plan.target == "operations":
+        raise UsageError(
+            f"plan {name} maps no values: --check-data is for columns and new_table plans;"
+            " an operations plan's verify phase counts the rows its constraints would reject"
+        )
     if not found:
         raise UsageError(
             f"plan {name} has no dual_write phase: --check-data checks the rows its trigger"

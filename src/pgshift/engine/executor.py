@@ -8,6 +8,7 @@ work stands: skipped steps are re-checked by their `done_if`, never blindly repe
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
@@ -18,10 +19,18 @@ from pgshift.catalog import load_table, resolve_table, table_from_snapshot, tabl
 from pgshift.compile import CompiledPlan, compile_plan
 from pgshift.db import connect
 from pgshift.engine.backfill_runner import BatchPolicy, run_backfill
+from pgshift.engine.blockers import terminating_blockers
 from pgshift.engine.checks import Checks
 from pgshift.engine.data_check import run_data_check
 from pgshift.engine.failpoints import failpoint
-from pgshift.engine.locks import below_deadlock_timeout, migration_lock, table_lock
+from pgshift.engine.hooks import observed_store
+from pgshift.engine.locks import (
+    below_deadlock_timeout,
+    migration_lock,
+    recording_lock_waits,
+    table_lock,
+)
+from pgshift.engine.observe import StoreListener
 from pgshift.engine.progress import Reporter
 from pgshift.engine.row_errors import RowErrorsFound, refresh, refuse_losing, remap, swapped
 from pgshift.engine.row_errors import check as check_row_errors
@@ -30,6 +39,8 @@ from pgshift.engine.steps import run_sql_step
 from pgshift.engine.throttle import Throttle
 from pgshift.engine.verify_runner import run_verify
 from pgshift.errors import DifferencesFound, GateWaiting, MigrationFailed, PgshiftError, UsageError
+from pgshift.operations.phases import ViolationCheck
+from pgshift.operations.violations import run_violation_check
 from pgshift.phases.base import (
     BackfillStep,
     DataCheckStep,
@@ -86,7 +97,7 @@ def prepare(
         # a --force'd change must still be one expression each
         if plan.columns is not None:
             parse_columns(plan)
-        else:
+        elif plan.new_table is not None:
             parse_mappings(plan)
     else:
         table = load_table(conn, plan.table)
@@ -95,7 +106,7 @@ def prepare(
             parse_mappings(plan)
             new_table = probe_new_table(conn, plan, table)
     compiled = compile_plan(plan, table, key, store.schema, new_table)
-    if started:
+    if started or plan.operations is not None:
         return compiled, state
     # before anything is applied: the mappings and what cutover carries, tried on the database
     view_schema = compiled.context.view_schema
@@ -227,16 +238,18 @@ class Executor:
         store: StateStore,
         reporter: Reporter | None = None,
         force: bool = False,
+        metrics: StoreListener | None = None,
     ) -> None:
         self.dsn = dsn
         self.loaded = loaded
         self.plan = loaded.plan
         self.name = loaded.plan.name
-        self.store = store
+        # every event, status and progress recorded fires the plan's hooks and feeds `metrics`
+        self.store = observed_store(store, loaded.plan, *([metrics] if metrics else []))
         self.reporter = reporter or Reporter(bar=False)
         self.force = force
         self.settings = loaded.plan.settings  # capped below deadlock_timeout on connecting
-        self.checks = Checks(store, loaded, self.reporter)
+        self.checks = Checks(self.store, loaded, self.reporter)
 
     def _connected(self, conn: psycopg.Connection[Any]) -> None:
         self.settings = below_deadlock_timeout(conn, self.plan.settings)
@@ -248,6 +261,7 @@ class Executor:
         with (
             migration_lock(self.dsn, self.name, "apply"),
             connect(self.dsn, role=f"apply {self.name}") as conn,
+            recording_lock_waits(self.store, conn, self.name),
         ):
             self._connected(conn)
             self.store.ensure_schema(conn)
@@ -419,6 +433,10 @@ class Executor:
                     self.checks.shadow_read(conn, phase, step)
                     with conn.transaction():
                         self.store.step_done(conn, self.name, phase.index, number + 1)
+                elif isinstance(step, ViolationCheck):
+                    run_violation_check(conn, step, self.settings)
+                    with conn.transaction():
+                        self.store.step_done(conn, self.name, phase.index, number + 1)
                 elif isinstance(step, GateStep):
                     self.checks.pass_gate(conn, compiled, phase, step)
                     with conn.transaction():
@@ -426,15 +444,16 @@ class Executor:
                 else:
                     # checked again inside the step's transaction: a swap never commits over a
                     # row written meanwhile that the trigger could not map
-                    skipped = run_sql_step(
-                        conn,
-                        step,
-                        self.settings,
-                        self._recorder(
-                            phase.index, number + 1, self._rows_check(compiled, phase, number)
-                        ),
-                        label,
-                    )
+                    with self._blockers(conn, compiled, phase):
+                        skipped = run_sql_step(
+                            conn,
+                            step,
+                            self.settings,
+                            self._recorder(
+                                phase.index, number + 1, self._rows_check(compiled, phase, number)
+                            ),
+                            label,
+                        )
                     if skipped:
                         self.reporter.event(
                             "step already done", phase=phase.name, step=step.description
@@ -456,6 +475,20 @@ class Executor:
         self.store.set_phase(conn, self.name, phase.index, "done")
         self.store.event(conn, self.name, "phase done", phase=phase.name)
         self.reporter.event("phase done", migration=self.name, phase=phase.name)
+
+    def _blockers(
+        self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase
+    ) -> AbstractContextManager[None]:
+        """Cutover's steps terminate the sessions blocking them on the migrated table(s) when
+        the plan opts in (terminate_blockers_after)."""
+        if phase.kind != "cutover":
+            return nullcontext()
+        tables = [t.display for t in (compiled.table, compiled.new_table) if t is not None]
+
+        def record(detail: dict[str, Any]) -> None:
+            self.store.event(conn, self.name, "blocker terminated", phase=phase.name, detail=detail)
+
+        return terminating_blockers(self.dsn, conn, self.settings, tables, record)
 
     def _before_no_return(
         self, conn: psycopg.Connection[Any], compiled: CompiledPlan, phase: Phase
@@ -552,6 +585,11 @@ class Executor:
         ):
             self._connected(conn)
             compiled, state = prepare(conn, self.loaded, self.store)
+            if compiled.plan.target == "operations":
+                raise UsageError(
+                    f"plan {self.name} changes no shape to compare row by row: its verify phase"
+                    " counts the rows a new constraint would reject (migrate apply --until verify)"
+                )
             throttle = Throttle(conn, self.store, self.name, self.settings) if state else None
             result = run_verify(
                 conn, compiled, chunk_size=chunk_size, throttle=throttle, reporter=self.reporter
@@ -567,6 +605,7 @@ class Executor:
         with (
             migration_lock(self.dsn, self.name, "rollback"),
             connect(self.dsn, role=f"rollback {self.name}") as conn,
+            recording_lock_waits(self.store, conn, self.name),
         ):
             self._connected(conn)
             self.store.ensure_schema(conn)

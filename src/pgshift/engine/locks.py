@@ -15,7 +15,8 @@ import socket
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -31,7 +32,8 @@ from tenacity import (
 )
 
 from pgshift.db import connect
-from pgshift.engine.state import LOCK_CLASS
+from pgshift.engine.blockers import current_policy
+from pgshift.engine.state import LOCK_CLASS, StateStore
 from pgshift.errors import LockHeld, MigrationFailed
 from pgshift.plan.durations import format_duration, to_ms
 from pgshift.plan.model import Settings
@@ -81,6 +83,44 @@ def below_deadlock_timeout(conn: psycopg.Connection[Any], settings: Settings) ->
     return settings.model_copy(update={"lock_timeout": capped})
 
 
+# (step, attempt, sqlstate) of each attempt that did not get its lock: the executor records
+# them (`lock not granted` events, which the metrics count)
+LockWaitListener = Callable[[str, int, str | None], None]
+_lock_wait_listener: ContextVar[LockWaitListener | None] = ContextVar(
+    "pgshift_lock_wait_listener", default=None
+)
+
+
+@contextmanager
+def on_lock_wait(listener: LockWaitListener) -> Iterator[None]:
+    """While inside, `listener` hears of every lock not granted (after its transaction ended)."""
+    token = _lock_wait_listener.set(listener)
+    try:
+        yield
+    finally:
+        _lock_wait_listener.reset(token)
+
+
+def recording_lock_waits(
+    store: StateStore, conn: psycopg.Connection[Any], name: str
+) -> AbstractContextManager[None]:
+    """While inside, each lock not granted is a `lock not granted` event of migration `name`,
+    written on `conn` (idle then: the attempt's transaction has ended)."""
+
+    def record(step: str, attempt: int, sqlstate: str | None) -> None:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            detail = {"step": step, "attempt": attempt, "sqlstate": sqlstate}
+            store.event(conn, name, "lock not granted", detail=detail)
+
+    return on_lock_wait(record)
+
+
+def _lock_waited(what: str, attempt: int, error: BaseException | None) -> None:
+    listener = _lock_wait_listener.get()
+    if listener is not None:
+        listener(what, attempt, getattr(error, "sqlstate", None))
+
+
 def with_lock_retries(
     action: Callable[[], T],
     *,
@@ -89,7 +129,10 @@ def with_lock_retries(
     lock_timeout: timedelta,
     before_retry: Callable[[], None] | None = None,
 ) -> T:
-    """Run `action` (one whole transaction) until it gets its locks, at most `attempts` times."""
+    """Run `action` (one whole transaction) until it gets its locks, at most `attempts` times.
+    Inside `terminating_blockers` (cutover, opted in), who blocks an attempt is watched from the
+    Nth on, and terminated before the next one."""
+    policy = current_policy()
 
     def note(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -101,6 +144,9 @@ def with_lock_retries(
             sqlstate=getattr(error, "sqlstate", None),
             wait_s=round(state.next_action.sleep, 2) if state.next_action else None,
         )
+        _lock_waited(what, state.attempt_number, error)
+        if policy is not None:
+            policy.after_timeout(state.attempt_number)
         if before_retry is not None:
             before_retry()
 
@@ -113,8 +159,12 @@ def with_lock_retries(
             reraise=True,
         ):
             with attempt:
-                return action()
+                if policy is None:
+                    return action()
+                with policy.watching(attempt.retry_state.attempt_number):
+                    return action()
     except RETRYABLE as error:
+        _lock_waited(what, attempts, error)
         raise MigrationFailed(
             f"{what}: could not get its lock within lock_timeout={format_duration(lock_timeout)}"
             f" in {attempts} attempts ({error.sqlstate}); find the blocking session in"

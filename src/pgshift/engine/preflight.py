@@ -69,8 +69,15 @@ def disk_query(compiled: CompiledPlan) -> Query:
     its own (taken as the live table's). pg_table_size, not the heap alone: counting TOAST too
     errs on the safe side."""
     regclass = sql.Literal(compiled.table.regclass)
-    if not isinstance(compiled.context.shape, ColumnsShape):
+    if compiled.plan.target == "operations":
         parts: list[Query] = [
+            sql.SQL(
+                "SELECT 'no row copied; each index an operation builds needs about its own size'"
+                " AS what, NULL::text AS index_name, 0::bigint AS bytes"
+            )
+        ]
+    elif not isinstance(compiled.context.shape, ColumnsShape):
+        parts = [
             sql.SQL(
                 "SELECT 'copy of every row in the new table, with its indexes' AS what,"
                 " NULL::text AS index_name, pg_total_relation_size({}::regclass) AS bytes"
@@ -229,6 +236,8 @@ def preflight(
         "total_bytes": int(size["total_bytes"]),
         "rows_estimate": rows,
         "free_disk_needed_bytes": int(next(r["bytes"] for r in pre.disk if r["what"] == "total")),
+        # what the figure is made of: the rows' part first, then each rebuilt index
+        "free_disk_for": [r["what"] for r in pre.disk if r["what"] != "total"],
         "rebuilt_index_bytes": {
             r["index_name"]: int(r["bytes"]) for r in pre.disk if r["index_name"] is not None
         },
@@ -282,7 +291,7 @@ def render_preflight(data: dict[str, Any]) -> list[str]:
         f" ({_size(data['total_bytes'])} with indexes and TOAST),"
         + (f" ~{rows:,} rows" if rows is not None else " row count unknown (never analyzed)"),
         f"  free disk needed: ~{_size(data['free_disk_needed_bytes'])}"
-        " (a new version of every row, plus the rebuilt indexes; WAL comes on top)",
+        f" ({'; '.join(data.get('free_disk_for') or ['see the steps'])}; WAL comes on top)",
     ]
     limit = data["max_replication_lag_seconds"]
     if not data["replicas"]:

@@ -1,7 +1,8 @@
 """Sessions that connected before the new version was ready: in versions mode they may still run
 the old version's code (or hold statements prepared against the old shape), so contract waits
-for them to be gone. The new version is ready when backfill has filled the new shape: its view
-shows every row from then on, and deploying it is the step that follows."""
+for them to be gone. The new version is ready when backfill has filled the new shape (or, with
+no backfill, when expand has created its view): its view shows every row from then on, and
+deploying it is the step that follows."""
 
 from __future__ import annotations
 
@@ -29,11 +30,14 @@ class OldSession:
 
 
 def new_version_ready(state: MigrationState) -> datetime | None:
-    """When the new version could first be deployed: backfill's end (None before)."""
-    backfill = next((p for p in state.phases if p.kind == "backfill"), None)
-    if backfill is None or backfill.status != "done":
+    """When the new version could first be deployed: backfill's end, or expand's for a plan
+    without backfill (an `operations` plan's view is complete once created); None before."""
+    ready = next((p for p in state.phases if p.kind == "backfill"), None) or next(
+        (p for p in state.phases if p.kind == "expand"), None
+    )
+    if ready is None or ready.status != "done":
         return None
-    return backfill.finished_at
+    return ready.finished_at
 
 
 def old_sessions(conn: psycopg.Connection[Any], since: datetime) -> list[OldSession]:

@@ -27,7 +27,14 @@ from pgshift.db import connect
 from pgshift.engine.checks import approval_and_soak, pass_or_hold
 from pgshift.engine.executor import RunResult, accept_plan_change, fail_phase, one_line
 from pgshift.engine.failpoints import failpoint
-from pgshift.engine.locks import below_deadlock_timeout, migration_lock, table_lock
+from pgshift.engine.hooks import observed_store
+from pgshift.engine.locks import (
+    below_deadlock_timeout,
+    migration_lock,
+    recording_lock_waits,
+    table_lock,
+)
+from pgshift.engine.observe import StoreListener
 from pgshift.engine.progress import Reporter
 from pgshift.engine.state import MigrationState, StateStore
 from pgshift.engine.steps import run_sql_step
@@ -112,13 +119,15 @@ class MoveExecutor:
         store: StateStore,
         reporter: Reporter | None = None,
         force: bool = False,
+        metrics: StoreListener | None = None,
     ) -> None:
         self.dsn = dsn
         self.destination_dsn = destination_dsn
         self.loaded = loaded
         self.plan = loaded.plan
         self.name = loaded.plan.name
-        self.store = store
+        # every event, status and progress recorded fires the plan's hooks and feeds `metrics`
+        self.store = observed_store(store, loaded.plan, *([metrics] if metrics else []))
         self.reporter = reporter or Reporter(bar=False)
         self.force = force
         self.settings = loaded.plan.settings
@@ -161,6 +170,7 @@ class MoveExecutor:
         with (
             migration_lock(self.dsn, self.name, "apply"),
             self._servers("apply") as servers,
+            recording_lock_waits(self.store, servers.source, self.name),
         ):
             src = servers.source
             self.store.ensure_schema(src)
@@ -489,6 +499,7 @@ class MoveExecutor:
         with (
             migration_lock(self.dsn, self.name, "rollback"),
             self._servers("rollback") as servers,
+            recording_lock_waits(self.store, servers.source, self.name),
         ):
             src = servers.source
             self.store.ensure_schema(src)

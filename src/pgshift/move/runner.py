@@ -7,9 +7,7 @@ forward, and a fence is dropped and created in one transaction.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from psycopg.conninfo import make_conninfo
 
 from pgshift.db import redact
 from pgshift.engine.failpoints import failpoint
+from pgshift.engine.hooks import run_hook
 from pgshift.engine.progress import BatchReport, Reporter
 from pgshift.engine.state import StateStore
 from pgshift.engine.steps import run_sql_step
@@ -478,41 +477,20 @@ class MoveRunner:
             "at": datetime.now(UTC).isoformat(),
         }
         env = {
-            **os.environ,
             "PGSHIFT_MIGRATION": self.name,
             "PGSHIFT_HOOK": step.which,
             "PGSHIFT_DIRECTION": step.direction,
             "PGSHIFT_WRITES_GO_TO": to,
         }
-        started = time.monotonic()
-        try:
-            done = subprocess.run(
-                step.command,
-                shell=True,
-                input=json.dumps(payload),
-                text=True,
-                capture_output=True,
-                timeout=step.timeout.total_seconds(),
-                env=env,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise MigrationFailed(
-                f"hook {step.which} ran longer than {format_duration(step.timeout)}"
-                " (move.hooks.timeout): make it faster or raise the timeout"
-            ) from None
-        for line in (done.stdout + done.stderr).splitlines():
-            if line.strip():
-                log.info("hook output", hook=step.which, line=line)
-        if done.returncode != 0:
-            last = next(
-                (ln for ln in reversed((done.stderr or done.stdout).splitlines()) if ln.strip()),
-                "no output",
-            )
-            raise MigrationFailed(f"hook {step.which} exited with status {done.returncode}: {last}")
-        self.reporter.event(
-            "hook done", hook=step.which, seconds=round(time.monotonic() - started, 3)
+        seconds = run_hook(
+            step.command,
+            hook=step.which,
+            payload=payload,
+            env=env,
+            timeout=step.timeout,
+            timeout_key="move.hooks.timeout",
         )
+        self.reporter.event("hook done", hook=step.which, seconds=round(seconds, 3))
 
 
 def marker_value(conn: Connection, names: MoveNames) -> int:

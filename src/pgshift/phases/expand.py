@@ -60,9 +60,13 @@ def _version_access(
     """The version view belongs to the table's owner and is granted what the table is, so a
     role reaches exactly as much through it as through the table."""
     table = ctx.table
-    # column privileges pass to the view's column of the same name (the new shape's names)
-    shown = {c for c, _source in _view_columns(ctx)}
-    column_grants = [g for g in table.column_grants if g[0] in shown and g[2] in VIEW_PRIVILEGES]
+    # column privileges pass to the view's column showing that column (renamed or not)
+    shown = _shown_as(ctx)
+    column_grants = [
+        (shown[c], g, p, o)
+        for c, g, p, o in table.column_grants
+        if c in shown and p in VIEW_PRIVILEGES
+    ]
     grantees = sorted(
         {g for g, privilege, _ in table.grants if privilege in VIEW_PRIVILEGES}
         | {g for _c, g, _p, _o in column_grants}
@@ -104,12 +108,19 @@ def _version_access(
     return out
 
 
-def _view_columns(ctx: CompileContext) -> list[tuple[str, str]]:
-    """The version view's columns as (name, the column of its source holding it)."""
+def _shown_as(ctx: CompileContext) -> dict[str, str]:
+    """Each live column the version view shows, with the view's name for it: the same name
+    (`columns`: the shadow column shows under it; `new_table`: the new table's column of that
+    name), or its new name (`operations` renames)."""
     if ctx.plan.target == "new_table":
-        return [(c, c) for c in ctx.shape.new.columns]
-    shape: ColumnsShape = ctx.shape
-    return shape.new_shape(ctx.table)
+        return {c: c for c in ctx.shape.new.columns if c in ctx.table.columns}
+    # (name in the view, the table's column it reads): ColumnsShape and the operations' shape
+    pairs: list[tuple[str, str]] = ctx.shape.new_shape(ctx.table)
+    shown = {source: name for name, source in pairs if source in ctx.table.columns}
+    for name, _source in pairs:  # a changed column shows through its shadow, under its name
+        if name in ctx.table.columns and name not in shown:
+            shown[name] = name
+    return shown
 
 
 def column_grants_to(table: Table, columns: dict[str, str]) -> list[Query]:

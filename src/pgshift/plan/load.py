@@ -199,7 +199,9 @@ def load_plan_text(
         plan = Plan.model_validate(data)
     except ValidationError as exc:
         raise _explained(exc.errors(), source) from None
-    digest = hashlib.sha256(plan.model_dump_json().encode()).hexdigest()
+    # what the plan says, defaults left out: a setting a newer pgshift adds (with its default)
+    # does not make a migration's plan look changed
+    digest = hashlib.sha256(plan.model_dump_json(exclude_defaults=True).encode()).hexdigest()
     return LoadedPlan(plan=plan, source=source, text=text, sha256=digest)
 
 
@@ -467,9 +469,7 @@ def _reported_errors(errors: list[ErrorDetails]) -> list[ErrorDetails]:
     """pydantic's errors, less a missing key that sits beside an unknown one (`nmae: x` is a
     misspelling of `name`, reported once as such)."""
     misspelt = {tuple(e["loc"][:-1]) for e in errors if e["type"] == "extra_forbidden"}
-    return [
-        e for e in errors if not (e["type"] == "missing" and tuple(e["loc"][:-1]) in misspelt)
-    ]
+    return [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"][:-1]) in misspelt)]
 
 
 def _explain(error: ErrorDetails, source: PlanSource) -> PlanError:

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from pgshift.operations.spec import OperationSpec, normalize_operation
 from pgshift.plan.durations import parse_duration
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -77,11 +78,28 @@ class Settings(Strict):
     # wait while more of the database's sessions than this are active, pgshift's own apart; 0: off
     max_active_sessions: int = Field(default=0, ge=0)
     on_failure: Literal["rollback", "pause"] = "rollback"
+    # key ranges compared at once by verify (each on two connections sharing one snapshot)
+    workers: int = Field(default=1, ge=1, le=32)
+    # cutover of a table migration: after this many lock timeouts of one step, terminate the
+    # sessions holding a lock on the migrated table(s) that block it (0: never)
+    terminate_blockers_after: int = Field(default=0, ge=0, le=1000)
+    # ... only those whose transaction is older than this
+    terminate_blockers_older_than: Duration = timedelta(seconds=10)
 
     @field_validator("lock_timeout", "batch_time")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         return at_least_a_millisecond(value)
+
+    @model_validator(mode="after")
+    def _attempt_left(self) -> Settings:
+        after = self.terminate_blockers_after
+        if after and after >= self.lock_retries:
+            raise ValueError(
+                f"terminate_blockers_after ({after}) must be smaller than lock_retries"
+                f" ({self.lock_retries}), or no attempt is left after the blockers are terminated"
+            )
+        return self
 
 
 def at_least_a_millisecond(value: timedelta) -> timedelta:
@@ -141,6 +159,23 @@ class MoveHooks(Strict):
     before_fence: str | None = None
     after_fence: str | None = None
     timeout: Duration = timedelta(seconds=60)
+
+
+class Hooks(Strict):
+    """Shell commands run when the migration records an event (docs/operations.md#hooks): the
+    state as JSON on stdin. Notifications: a failing one is a warning, never a failure."""
+
+    on_phase_start: str | None = None
+    on_phase_done: str | None = None
+    on_gate: str | None = None
+    on_failure: str | None = None
+    on_rollback: str | None = None
+    on_done: str | None = None
+    timeout: Duration = timedelta(seconds=60)
+
+    def commands(self) -> dict[str, str]:
+        """The hooks set, by name."""
+        return {k: v for k, v in self.model_dump(exclude={"timeout"}).items() if isinstance(v, str)}
 
 
 class Move(Strict):
@@ -286,8 +321,10 @@ class Plan(Strict):
     columns: dict[str, ColumnChange] | None = None
     new_table: NewTable | None = None
     move: Move | None = None
+    operations: list[OperationSpec] | None = Field(default=None, min_length=1)
     application: Application = Field(default_factory=Application)
     settings: Settings = Field(default_factory=Settings)
+    hooks: Hooks = Field(default_factory=Hooks)
     phases: list[PhaseSpec] = Field(min_length=1)
 
     @field_validator("phases", mode="before")
@@ -301,6 +338,19 @@ class Plan(Strict):
                 normalized.append(_normalize_phase(entry))
             except ValueError as exc:
                 raise PlanRuleError(str(exc), ("phases", index)) from None
+        return normalized
+
+    @field_validator("operations", mode="before")
+    @classmethod
+    def _operations(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        normalized = []
+        for index, entry in enumerate(value):
+            try:
+                normalized.append(normalize_operation(entry))
+            except ValueError as exc:
+                raise PlanRuleError(str(exc), ("operations", index)) from None
         return normalized
 
     @field_validator("name")
@@ -327,12 +377,20 @@ class Plan(Strict):
             return self
         if not self.table:
             raise PlanRuleError("missing required key 'table'")
-        if self.columns is not None and self.new_table is not None:
+        targets = [t for t in ("columns", "new_table", "operations") if getattr(self, t)]
+        if len(targets) > 1:
             raise PlanRuleError(
-                "a plan needs exactly one of `columns` or `new_table`, not both", ("new_table",)
+                f"a plan needs exactly one of `{targets[0]}` or `{targets[1]}`, not both",
+                (targets[1],),
             )
-        if self.columns is None and self.new_table is None:
-            raise PlanRuleError("a plan needs one of `columns` (change in place) or `new_table`")
+        if not targets:
+            raise PlanRuleError(
+                "a plan needs one of `columns` (change in place) or `new_table`, or"
+                " `operations` (renames, drops, constraints, defaults, comments, indexes)"
+            )
+        if self.operations is not None:
+            check_operations_phases(self)
+            return self
         check_phase_order(self.phases, versions=self.versions)
         return self
 
@@ -347,9 +405,11 @@ class Plan(Strict):
         return self.application.version_schema or f"pgshift_{self.name}"
 
     @property
-    def target(self) -> Literal["columns", "new_table", "move"]:
+    def target(self) -> Literal["columns", "new_table", "move", "operations"]:
         if self.move is not None:
             return "move"
+        if self.operations is not None:
+            return "operations"
         return "columns" if self.columns is not None else "new_table"
 
     def phase_names(self) -> list[str]:
@@ -371,6 +431,12 @@ def check_move(plan: Plan) -> None:
             "application mode versions is for changes within one server; a move has none",
             ("application",),
         )
+    if plan.settings.terminate_blockers_after:
+        raise PlanRuleError(
+            "terminate_blockers_after is for a table migration's cutover; a move's cutover"
+            " fences writes instead of swapping names: remove it",
+            ("settings", "terminate_blockers_after"),
+        )
     for index, phase in enumerate(plan.phases):
         if phase.kind not in MOVE_PHASES:
             raise PlanRuleError(
@@ -384,6 +450,72 @@ def check_move(plan: Plan) -> None:
                 ("phases", index),
             )
     check_phase_order(plan.phases)
+
+
+OPERATIONS_PHASES = ("expand", "verify", "gate", "contract", "sql")
+
+
+def check_operations_phases(plan: Plan) -> None:
+    """What an `operations` plan may hold: expand, then contract (the point of no return),
+    with a verify (counting the rows a new constraint would reject), gates and sql phases
+    between; in versions mode a gate before contract, where the old version stops."""
+    if plan.key is not None:
+        raise PlanRuleError("an operations plan walks no rows: remove `key`", ("key",))
+    for index, phase in enumerate(plan.phases):
+        if phase.kind not in OPERATIONS_PHASES:
+            raise PlanRuleError(
+                f"phase {phase.kind!r} is not available with `operations`; its phases are"
+                f" {', '.join(OPERATIONS_PHASES)}",
+                ("phases", index),
+            )
+        if getattr(phase, "require_verify", False):
+            raise PlanRuleError(
+                "require_verify is not available with `operations`: put a verify phase before"
+                " the gate",
+                ("phases", index),
+            )
+    kinds = [p.kind for p in plan.phases]
+    for needed in ("expand", "contract"):
+        if needed not in kinds:
+            raise PlanRuleError(f"an operations plan needs an {needed!r} phase", ("phases",))
+    names: set[str] = set()
+    for index, phase in enumerate(plan.phases):
+        if phase.kind in ("expand", "verify", "contract") and kinds.index(phase.kind) < index:
+            first = kinds.index(phase.kind) + 1
+            raise PlanRuleError(
+                f"phase {phase.kind!r} appears twice (entries {first} and {index + 1})",
+                ("phases", index),
+            )
+        if phase.kind in ("gate", "sql") and phase.name != phase.kind:
+            if phase.name in names:
+                raise PlanRuleError(
+                    f"two phases are named {phase.name!r}; give each a name of its own",
+                    ("phases", index),
+                )
+            names.add(phase.name)
+    expand, contract = kinds.index("expand"), kinds.index("contract")
+    for index in range(contract + 1, len(kinds)):
+        if kinds[index] != "sql":
+            raise PlanRuleError(
+                "contract is the point of no return: only sql phases may follow it",
+                ("phases", index),
+            )
+    for index, kind in enumerate(kinds):
+        if kind in ("verify", "contract") and index < expand:
+            raise PlanRuleError(
+                f"phase {kind!r} (entry {index + 1}) must come after 'expand'", ("phases", index)
+            )
+        if kind == "verify" and index > contract:
+            raise PlanRuleError(
+                "verify counts the rows a new constraint would reject: put it before contract",
+                ("phases", index),
+            )
+    if plan.versions and "gate" not in kinds[expand:contract]:
+        raise PlanRuleError(
+            "application mode versions needs a gate between expand and contract, approved once"
+            " the old version has stopped",
+            ("phases", contract),
+        )
 
 
 # kinds that may appear at most once, in this relative order

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pgshift.compile import CompiledPlan
+from pgshift.operations.shape import OperationsShape
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.phases.table_shape import TableShape
 
@@ -77,8 +78,46 @@ def _changed_columns(compiled: CompiledPlan) -> list[str]:
     ]
 
 
+def _operations_impact(compiled: CompiledPlan) -> list[ClientImpact]:
+    """What each operation makes the application see, and in versions mode when to deploy
+    the new version and what its rollback does to it."""
+    shape: OperationsShape = compiled.context.shape
+    out: list[ClientImpact] = []
+    if compiled.plan.versions:
+        schema = compiled.context.view_schema
+        out.append(
+            ClientImpact(
+                "expand",
+                "the new application version",
+                f"reads and writes the new names through {schema}.{shape.view_name};"
+                " no error for either version",
+                f"Deploy it from now on with search_path = {schema}, {compiled.table.schema}"
+                " (each connection's, e.g. options=-csearch_path=...); the old version keeps"
+                f" using {compiled.table.display} until contract.",
+                after=True,
+            )
+        )
+    out += [
+        ClientImpact(c.phase, c.who, c.error, c.action, c.on_rollback, c.after)
+        for c in shape.clients()
+    ]
+    if compiled.plan.versions:
+        out.append(
+            ClientImpact(
+                "expand",
+                "the new application version",
+                f"fails: {compiled.context.view_schema} is dropped",
+                "Roll the application back to the old version before rolling back expand.",
+                on_rollback=True,
+            )
+        )
+    return out
+
+
 def client_impact(compiled: CompiledPlan) -> list[ClientImpact]:
     plan = compiled.plan
+    if plan.target == "operations":
+        return _operations_impact(compiled)
     kinds = {p.kind for p in compiled.phases}
     changed = _changed_columns(compiled)
     columns = ", ".join(changed)

@@ -582,10 +582,16 @@ class _Renderer:
             )
         else:
             self.add("Replicas streaming from this server: **none**.", "")
+        waits = (
+            "Nothing of this plan waits for replicas (it has no backfill); an index build writes"
+            " its index's WAL at once, so watch their lag while one runs."
+            if self.compiled.plan.target == "operations"
+            else f"The backfill waits while any replica lags more than {limit}"
+            " (max_replication_lag)."
+        )
         self.add(
-            f"The backfill waits while any replica lags more than {limit} (max_replication_lag)."
-            " Go only when every replica is `streaming` with its replay lag well under that and"
-            " little WAL not replayed yet.",
+            f"{waits} Go only when every replica is `streaming` with its replay lag well under"
+            " that and little WAL not replayed yet.",
             "",
             self.preflight_query("replicas"),
             "",
