@@ -205,3 +205,23 @@ def test_an_operations_gate_waits_for_sessions_older_than_expand(
             "SELECT count(*) FROM pg_attribute WHERE attrelid = 'accounts'::regclass"
             " AND attname = 'state'"
         ).fetchone() == (1,)
+
+
+def test_plan_and_runbook_name_the_hooks_and_blocker_termination(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    plan = write_plan(
+        tmp_path,
+        PLAN.replace(
+            "phases:",
+            "settings: {terminate_blockers_after: 3, terminate_blockers_older_than: 30s}\n"
+            "hooks: {on_gate: notify-team}\nphases:",
+        ),
+    )
+    planned = cli(dsn, "plan", plan)
+    assert planned.exit_code == 0, planned.output
+    assert "note: hook on_gate: notify-team  (timeout 1m)" in planned.stdout
+    assert "cutover terminates sessions that block it" in planned.stdout
+    runbook = cli(dsn, "runbook", plan)
+    assert "hook on_gate: notify-team" in runbook.stdout
+    assert "after 3 lock timeout(s) of a step" in runbook.stdout

@@ -20,6 +20,7 @@ from pgshift.phases.base import (
     Step,
     VerifyStep,
 )
+from pgshift.plan.durations import format_duration
 from pgshift.report.clients import client_impact
 
 # Rough speeds for estimates before anything was measured on this server.
@@ -126,7 +127,25 @@ def preview_data(compiled: CompiledPlan, rows_per_second: float | None = None) -
         "clients": [c.data() for c in client_impact(compiled)],
         "phases": [phase_data(p, compiled, rows_per_second) for p in compiled.phases],
         "warnings": warnings(compiled),
+        "operator": operator_notes(compiled),
     }
+
+
+def operator_notes(compiled: CompiledPlan) -> list[str]:
+    """What the plan has run around the steps: its hooks, and blocker termination at cutover."""
+    plan = compiled.plan
+    notes = [
+        f"hook {name}: {command}  (timeout {format_duration(plan.hooks.timeout)})"
+        for name, command in plan.hooks.commands().items()
+    ]
+    settings = plan.settings
+    if settings.terminate_blockers_after and any(p.kind == "cutover" for p in plan.phases):
+        notes.append(
+            f"cutover terminates sessions that block it on the migrated table(s) for longer than"
+            f" {format_duration(settings.terminate_blockers_older_than)}, after"
+            f" {settings.terminate_blockers_after} lock timeout(s) of a step"
+        )
+    return notes
 
 
 def warnings(compiled: CompiledPlan) -> list[str]:
@@ -210,6 +229,7 @@ def render_text(data: dict[str, Any], sql: bool = False) -> str:
         lines.append(data["description"])
     for warning in data["warnings"]:
         lines.append(f"warning: {warning}")
+    lines += [f"note: {note}" for note in data.get("operator", [])]
     if data["clients"]:
         lines.append("")
         lines.append(f"application clients (mode {data['application']['mode']}):")

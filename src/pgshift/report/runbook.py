@@ -163,6 +163,7 @@ def collect(
     notes = refuse_lint_errors(loaded)
     compiled, state = prepare(conn, loaded, store)
     notes += preview.warnings(compiled)
+    notes += preview.operator_notes(compiled)
     if state is not None and state.plan_hash != loaded.sha256:
         notes.append(
             f"the state of {loaded.plan.name} in this database was recorded for a different"
