@@ -1,32 +1,48 @@
-"""Verify benchmark: pgshift's chunked row-hash comparison against one statement.
+"""Verify benchmark: pgshift's chunked row-hash comparison against reladiff and one statement.
 
 Builds two tables of `--rows` rows (bigint key; text with non-ASCII, numeric, float8,
 timestamptz, boolean, jsonb, uuid) in a scratch database it creates on the `--dsn` server and
 drops afterwards, plants 10 differences, then runs, interleaved `--runs` times:
 
-- baseline: ONE statement hashing both whole tables, `SELECT * FROM (SELECT count(*),
-  sum(hash) FROM a), (SELECT count(*), sum(hash) FROM b)` with the same per-row hash pgshift
-  uses. Two full-table aggregates are the cheapest single statement that detects a difference
-  (PostgreSQL runs each as a parallel seq scan), so this is the bar;
+- floor: `sum(hashtextextended(t::text, 0)::numeric)` over each whole table, both in ONE
+  statement: the cheapest exact-enough hash of every row, one scan per side and nothing else;
+- baseline: the same single statement with pgshift's own per-row hash (values of some types
+  hashed as they are, the rest rendered as text);
 - join: one full outer join on the key comparing row hashes, the single statement that also
-  names the differing keys (shown for context);
-- floor: the same statement with the cheapest exact-enough hash of a whole row,
-  `sum(hashtextextended(t::text, 0)::numeric)` per side: one scan per side, nothing else;
+  names the differing keys (`--join` adds it, for context);
 - reladiff: reladiff's hashdiff (`diff_tables(..., algorithm="hashdiff")`, its defaults), when
-  the `reladiff` package is installed (`--no-reladiff` skips it);
-- pgshift: `compare_same_db` with its defaults (as `migrate verify` runs it).
+  the `reladiff` package can be imported: install it in a virtualenv of its own and point
+  `--reladiff-path` (or $PGSHIFT_BENCH_RELADIFF_PATH) at that virtualenv's site-packages;
+- pgshift w1 / w2: `compare_same_db` with its defaults, 1 and 2 workers (`--text-arm` adds w1
+  with every value rendered as text, as before values of some types were hashed as they are;
+  `--big-chunk-arm` adds w1 with chunks of 100,000 keys);
+- migrate verify: the whole command, a new process (`migrate verify PLAN --json`) on a
+  `new_table` migration of `a` applied up to its backfill, with the same 10 differences planted
+  in the new table (`--no-cli` skips it; its set-up adds a backfill to the build).
 
 With `--gap N`, both tables lose the keys of a gap of N rows in the middle (the issue's pair:
-`--rows 1000000 --gap 300000`, 700,000 rows per side). It prints rows/s (rows of both tables per
-second; medians) and each arm's time over pgshift's, from the same run.
+`--rows 1000000 --gap 300000`, 700,000 rows per side). It prints each arm's median, its rows/s
+(rows of both tables per second), reladiff's time over each, and then where pgshift's time goes:
+the server's per-row work (scan, rendering the row's text, hashing it) on one side in one
+process, the comparison's own phases (walk, bucket aggregates per side, bisection and row
+fetches, example values) from one instrumented run, and the command's start-up, catalog and
+plan compile (the whole command less its comparison).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -34,8 +50,9 @@ from common import scratch_database, server, server_arguments  # bench/ is on sy
 from psycopg import sql
 
 from pgshift import db
+from pgshift.verify import reader
 from pgshift.verify.rowhash import Side, VerifyResult, compare_same_db
-from pgshift.verify.side import SideQueries
+from pgshift.verify.side import RENDERED, SideQueries, binary_types
 
 COLUMNS = ["name", "amount", "ratio", "created", "active", "doc", "ref"]
 
@@ -60,16 +77,37 @@ FROM generate_series(1, %s) AS g"""
 # 2 missing, 2 extra, 6 changed (each in a different column), at keys that exist for any --rows
 # from 100 on.
 PLANT = [
-    "DELETE FROM b WHERE id IN (17, {mid})",
-    "INSERT INTO b (id, name) VALUES ({rows} + 5, 'extra'), (0, 'extra')",
-    "UPDATE b SET amount = amount + 0.01 WHERE id = {rows} / 10",
-    "UPDATE b SET name = name || ' ' WHERE id = {mid} + 1",
-    "UPDATE b SET ratio = -ratio WHERE id = {rows} - 3",
-    "UPDATE b SET created = created + interval '1 microsecond' WHERE id = {rows} / 5 + 2",
-    "UPDATE b SET doc = doc || '{{\"x\": 1}}' WHERE id = {rows} / 4 + 1",
-    "UPDATE b SET active = NULL WHERE id = {rows} / 3 + 3",
+    "DELETE FROM {t} WHERE id IN (17, {mid})",
+    "INSERT INTO {t} (id, name) VALUES ({rows} + 5, 'extra'), (0, 'extra')",
+    "UPDATE {t} SET amount = amount + 0.01 WHERE id = {rows} / 10",
+    "UPDATE {t} SET name = name || ' ' WHERE id = {mid} + 1",
+    "UPDATE {t} SET ratio = -ratio WHERE id = {rows} - 3",
+    "UPDATE {t} SET created = created + interval '1 microsecond' WHERE id = {rows} / 5 + 2",
+    "UPDATE {t} SET doc = doc || '{{\"x\": 1}}' WHERE id = {rows} / 4 + 1",
+    "UPDATE {t} SET active = NULL WHERE id = {rows} / 3 + 3",
 ]
 PLANTED = {"missing": 2, "extra": 2, "changed": 6}
+
+# `migrate verify`'s migration: a copy of `a` into `a_v2`, the same columns.
+PLAN = """version: 1
+name: verify_bench
+table: public.a
+new_table:
+  name: public.a_v2
+  create: |
+    CREATE TABLE public.a_v2 (
+      id bigint PRIMARY KEY, name text, amount numeric(12,2), ratio float8,
+      created timestamptz, active boolean, doc jsonb, ref uuid
+    );
+phases: [expand, dual_write, backfill, verify]
+"""
+
+
+def plant(conn: psycopg.Connection[Any], table: str, rows: int) -> None:
+    with conn.transaction():
+        conn.execute("SET LOCAL pgshift.backfill = 'on'")  # around a copy trigger, if any
+        for statement in PLANT:
+            conn.execute(statement.format(t=table, rows=rows, mid=rows // 2))
 
 
 def build(conn: psycopg.Connection[Any], rows: int, gap: int = 0) -> None:
@@ -82,10 +120,29 @@ def build(conn: psycopg.Connection[Any], rows: int, gap: int = 0) -> None:
         start = rows // 2 + 10
         conn.execute("DELETE FROM a WHERE id > %s AND id <= %s", [start, start + gap])
     conn.execute("INSERT INTO b SELECT * FROM a")
-    for statement in PLANT:
-        conn.execute(statement.format(rows=rows, mid=rows // 2))
+    plant(conn, "b", rows)
     conn.execute("VACUUM ANALYZE a")
     conn.execute("VACUUM ANALYZE b")
+
+
+def migrate(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    migrate_bin = Path(sys.executable).with_name("migrate")
+    return subprocess.run(
+        [str(migrate_bin), "--dsn", dsn, "--log-format", "json", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def build_migration(conn: psycopg.Connection[Any], dsn: str, plan: str, rows: int) -> None:
+    """`a` copied into `a_v2` by a new_table migration up to its backfill, then the same
+    differences planted in `a_v2` as in `b`."""
+    done = migrate(dsn, "apply", "--until", "backfill", plan)
+    if done.returncode != 0:
+        raise SystemExit(f"migrate apply failed:\n{done.stdout}{done.stderr}")
+    plant(conn, "a_v2", rows)
+    conn.execute("VACUUM ANALYZE a_v2")
 
 
 def timed(run: Callable[[], Any]) -> tuple[float, Any]:
@@ -95,34 +152,57 @@ def timed(run: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     server_arguments(parser)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chunk-size", type=int, default=10_000)
     parser.add_argument("--gap", type=int, default=0, help="keys missing from both tables")
-    parser.add_argument("--no-join", action="store_true", help="skip the full outer join run")
+    parser.add_argument("--join", action="store_true", help="add the full outer join arm")
+    parser.add_argument("--no-cli", action="store_true", help="skip the `migrate verify` arm")
+    parser.add_argument(
+        "--big-chunk-arm",
+        action="store_true",
+        help="add pgshift w1 with chunks of 100,000 keys",
+    )
+    parser.add_argument(
+        "--text-arm",
+        action="store_true",
+        help="add pgshift w1 with every value rendered as text (no value hashed as it is)",
+    )
     parser.add_argument("--no-reladiff", action="store_true", help="skip reladiff's hashdiff")
+    parser.add_argument(
+        "--reladiff-path",
+        default=os.environ.get("PGSHIFT_BENCH_RELADIFF_PATH"),
+        help="a site-packages folder holding reladiff (and psycopg2)",
+    )
     args = parser.parse_args()
 
     with (
         server(args) as server_dsn,
         scratch_database(server_dsn, "verify") as dsn,
         db.connect(dsn, role="bench") as conn,
+        tempfile.TemporaryDirectory(prefix="pgshift-bench-") as folder,
     ):
         row = conn.execute("SHOW server_version").fetchone()
         version = row[0] if row else "?"
         started = time.perf_counter()
         build(conn, args.rows, args.gap)
+        plan = str(Path(folder) / "verify_bench.yaml")
+        Path(plan).write_text(PLAN)
+        if not args.no_cli:
+            build_migration(conn, dsn, plan, args.rows)
         print(
             f"verify bench: PostgreSQL {version}, {args.rows - args.gap:,} rows per table, "
-            f"built in {time.perf_counter() - started:.1f} s"
+            f"built in {time.perf_counter() - started:.1f} s, {os.cpu_count()} CPUs"
         )
-        run_bench(conn, args, dsn)
+        run_bench(conn, args, dsn, plan)
 
 
-def reladiff_arm(dsn: str) -> Callable[[], dict[str, int]] | None:
-    """reladiff's hashdiff of a and b, if the package is installed: the counts it finds."""
+def reladiff_arm(dsn: str, path: str | None) -> Callable[[], dict[str, int]] | None:
+    """reladiff's hashdiff of a and b, if the package can be imported: the counts it finds."""
+    if path:
+        sys.path.append(path)
     try:
         import reladiff  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except ImportError:
@@ -143,11 +223,29 @@ def reladiff_arm(dsn: str) -> Callable[[], dict[str, int]] | None:
     return run
 
 
-def run_bench(conn: psycopg.Connection[Any], args: argparse.Namespace, dsn: str) -> None:
+def cli_arm(dsn: str, plan: str, chunk_size: int) -> Callable[[], dict[str, Any]]:
+    """`migrate verify PLAN --json` as a new process: what it found and its own seconds."""
+
+    def run() -> dict[str, Any]:
+        done = migrate(dsn, "verify", plan, "--json", "--chunk-size", str(chunk_size))
+        if done.returncode != 4:  # 4: differences found, as planted
+            raise SystemExit(f"migrate verify exited {done.returncode}:\n{done.stderr}")
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
+
+    return run
+
+
+def run_bench(conn: psycopg.Connection[Any], args: argparse.Namespace, dsn: str, plan: str) -> None:
     left = Side(sql.Identifier("a"), ["id"], COLUMNS)
     right = Side(sql.Identifier("b"), ["id"], COLUMNS)
-    hash_a = SideQueries(left).row_hash
-    hash_b = SideQueries(right).row_hash
+    # pgshift's own row hash (values of some types hashed as they are, the rest rendered)
+    binary = binary_types(
+        reader.Reader(conn, left, "hashtext").value_types(),
+        reader.Reader(conn, right, "hashtext").value_types(),
+    )
+    hash_a = SideQueries(left, "hashtext", binary).row_hash
+    hash_b = SideQueries(right, "hashtext", binary).row_hash
     baseline = sql.SQL(
         "SELECT * FROM (SELECT count(*), sum({ha}) FROM a) AS l, "
         "(SELECT count(*), sum({hb}) FROM b) AS r"
@@ -166,47 +264,201 @@ def run_bench(conn: psycopg.Connection[Any], args: argparse.Namespace, dsn: str)
         row[0] for row in conn.execute("SELECT count(*) FROM a UNION ALL SELECT count(*) FROM b")
     )
 
-    rela = None if args.no_reladiff else reladiff_arm(dsn)
-    times: dict[str, list[float]] = {
-        "baseline": [],
-        "floor": [],
-        "join": [],
-        "reladiff": [],
-        "pgshift": [],
-    }
+    rela = None if args.no_reladiff else reladiff_arm(dsn, args.reladiff_path)
+    if rela is None and not args.no_reladiff:
+        print("reladiff is not importable: its arm is skipped (see --reladiff-path)")
+    command = None if args.no_cli else cli_arm(dsn, plan, args.chunk_size)
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    inside: list[float] = []  # migrate verify's own `seconds`: the comparison alone
+
+    def pgshift(workers: int, binary_values: bool = True) -> VerifyResult:
+        return compare_same_db(
+            conn,
+            left,
+            right,
+            chunk_size=args.chunk_size,
+            workers=workers,
+            binary_values=binary_values,
+        )
+
     for run in range(1, args.runs + 1):
-        seconds, _ = timed(lambda: conn.execute(baseline).fetchall())
-        times["baseline"].append(seconds)
         seconds, _ = timed(lambda: conn.execute(floor).fetchall())
         times["floor"].append(seconds)
+        seconds, _ = timed(lambda: conn.execute(baseline).fetchall())
+        times["baseline"].append(seconds)
         if rela is not None:
             seconds, found = timed(rela)
             times["reladiff"].append(seconds)
             if found != PLANTED:
                 raise SystemExit(f"reladiff found {found}, planted {PLANTED}")
-        if not args.no_join:
+        if args.join:
             seconds, counts = timed(lambda: conn.execute(join).fetchone())
             times["join"].append(seconds)
             if tuple(counts) != tuple(PLANTED.values()):
                 raise SystemExit(f"the join found {counts}, planted {PLANTED}")
-        seconds, result = timed(
-            lambda: compare_same_db(conn, left, right, chunk_size=args.chunk_size)
-        )
-        times["pgshift"].append(seconds)
-        check(result)
-        line = "  ".join(f"{name} {values[-1]:6.2f} s" for name, values in times.items() if values)
+        for workers in (1, 2):
+            seconds, result = timed(lambda: pgshift(workers))  # noqa: B023 (called at once)
+            times[f"pgshift w{workers}"].append(seconds)
+            check(result)
+        if args.big_chunk_arm:
+            seconds, result = timed(
+                lambda: compare_same_db(conn, left, right, chunk_size=100_000, workers=1)
+            )
+            times["pgshift w1 c100k"].append(seconds)
+            check(result)
+        if args.text_arm:
+            seconds, result = timed(lambda: pgshift(1, binary_values=False))
+            times["pgshift w1 text"].append(seconds)
+            check(result)
+        if command is not None:
+            seconds, report = timed(command)
+            times["migrate verify"].append(seconds)
+            inside.append(float(report["seconds"]))
+            if report["differences"] != PLANTED:
+                raise SystemExit(f"migrate verify found {report['differences']}")
+        line = "  ".join(f"{name} {values[-1]:5.2f} s" for name, values in times.items())
         print(f"run {run}: {line}")
 
-    medians = {name: statistics.median(values) for name, values in times.items() if values}
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print()
     for name, seconds in medians.items():
-        print(
-            f"median {name:9} {seconds:7.2f} s {total / seconds:12,.0f} rows/s  "
-            f"{name}/pgshift time {seconds / medians['pgshift']:5.2f}"
-        )
-    print(f"ratio pgshift/baseline (speed): {medians['baseline'] / medians['pgshift']:.2f}")
-    print(f"ratio pgshift/floor (speed):    {medians['floor'] / medians['pgshift']:.2f}")
+        versus = ""
+        if "reladiff" in medians:
+            versus = f"  reladiff/this {medians['reladiff'] / seconds:5.1f}x"
+        print(f"median {name:15} {seconds:6.2f} s {total / seconds:11,.0f} rows/s{versus}")
+    print(f"pgshift w1 speed / floor:    {medians['floor'] / medians['pgshift w1']:.2f}")
+    print(f"pgshift w1 speed / baseline: {medians['baseline'] / medians['pgshift w1']:.2f}")
+    print(f"pgshift w2 time / w1:        {medians['pgshift w2'] / medians['pgshift w1']:.2f}")
     if "reladiff" in medians:
-        print(f"pgshift is {medians['reladiff'] / medians['pgshift']:.1f}x faster than reladiff")
+        for name in ("pgshift w1", "pgshift w2", "migrate verify"):
+            if name in medians:
+                print(f"{name} is {medians['reladiff'] / medians[name]:.1f}x faster than reladiff")
+    print()
+    breakdown(conn, left, right, args.chunk_size, total)
+    if command is not None:
+        whole, comparison = medians["migrate verify"], statistics.median(inside)
+        print(
+            f"migrate verify (medians): whole command {whole:.2f} s = comparison"
+            f" {comparison:.2f} s + start-up, catalog and plan compile {whole - comparison:.2f} s"
+            f" (of which interpreter and imports {startup():.2f} s)"
+        )
+
+
+# What `migrate verify` imports before it connects.
+IMPORTS = "import pgshift.cli, pgshift.engine.executor"
+
+
+def startup() -> float:
+    """Median seconds of a new interpreter importing the CLI, as `migrate` does on start."""
+    runs = [
+        timed(lambda: subprocess.run([sys.executable, "-c", IMPORTS], check=True))[0]
+        for _ in range(3)
+    ]
+    return statistics.median(runs)
+
+
+def backend_cpu(conn: psycopg.Connection[Any]) -> Callable[[], float | None]:
+    """The CPU seconds the connection's server process has used so far, where that process
+    runs on this machine (else None): on a busy machine it moves less than the wall clock."""
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    stat = Path(f"/proc/{row[0] if row else 0}/stat")
+
+    def read() -> float | None:
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    return read
+
+
+def breakdown(
+    conn: psycopg.Connection[Any], left: Side, right: Side, chunk_size: int, total: int
+) -> None:
+    """Where the time goes: the server's per-row work on one side, then one instrumented run."""
+    values = sql.SQL(", ").join(map(sql.Identifier, ["id", *COLUMNS]))
+    binary = binary_types(
+        reader.Reader(conn, left, "hashtext").value_types(),
+        reader.Reader(conn, right, "hashtext").value_types(),
+    )
+    steps: dict[str, sql.Composed] = {
+        "scan (count)": sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("a")),
+        "+ render the row's text": sql.SQL("SELECT sum(length(ROW({})::text)) FROM a").format(
+            values
+        ),
+        "+ hash it (the text row hash)": sql.SQL("SELECT sum({}) FROM a").format(
+            SideQueries(left).row_hash
+        ),
+        "the row hash verify uses": sql.SQL("SELECT sum({}) FROM a").format(
+            SideQueries(left, "hashtext", binary).row_hash
+        ),
+    }
+    rendered = [name for name, how in zip(["id", *COLUMNS], binary, strict=True) if how == RENDERED]
+    print(
+        "server work on one side (a), one process, no parallel workers, wall and server CPU"
+        f" seconds (verify renders {', '.join(rendered) or 'nothing'} as text, and hashes the"
+        " rest as it is):"
+    )
+    cpu = backend_cpu(conn)
+    with conn.transaction():
+        conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        for name, query in steps.items():
+            before = cpu()
+            seconds, _ = timed(lambda: conn.execute(query).fetchall())  # noqa: B023
+            after = cpu()
+            used = "" if before is None or after is None else f" {after - before:6.2f} s CPU"
+            print(f"  {name:32} {seconds:6.2f} s{used}")
+
+    spent: dict[str, float] = collections.defaultdict(float)
+    with instrumented(spent):
+        seconds, result = timed(
+            lambda: compare_same_db(conn, left, right, chunk_size=chunk_size, workers=1)
+        )
+    check(result)
+    print(
+        f"one instrumented run of pgshift w1: {seconds:.2f} s, {result.chunks} chunks"
+        f" ({total:,} rows); seconds spent in (the two sides run side by side):"
+    )
+    for name, value in sorted(spent.items()):
+        print(f"  {name:40} {value:6.2f} s")
+
+
+@contextmanager
+def instrumented(spent: dict[str, float]) -> Iterator[None]:
+    """Time spent in each of the reader's calls, by call and side."""
+    names = {
+        "walk": "walk the left keys (coordinator)",
+        "buckets": "bucket aggregates",
+        "aggregate": "bisection aggregates",
+        "nth_key": "bisection split keys",
+        "hashes": "leaf rows (key, hash)",
+        "details": "example values",
+        "check_key": "NULL key check",
+        "key_types": "key types",
+    }
+    originals = {name: getattr(reader.Reader, name) for name in names}
+
+    def wrap(name: str) -> Callable[..., Any]:
+        original = originals[name]
+
+        def timed_call(self: reader.Reader, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                side = self.side.source.as_string(None)
+                spent[f"{names[name]}, {side}"] += time.perf_counter() - started
+
+        return timed_call
+
+    for name in names:
+        setattr(reader.Reader, name, wrap(name))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(reader.Reader, name, original)
 
 
 def check(result: VerifyResult) -> None:

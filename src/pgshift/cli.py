@@ -542,16 +542,25 @@ def rollback_command(
     is_flag=True,
     help="Print the result as JSON: counts, differences, example keys.",
 )
-@click.option("--chunk-size", default=10_000, show_default=True, help="Keys per chunk.")
+@click.option("--chunk-size", default=100_000, show_default=True, help="Keys per chunk.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 32),
+    default=None,
+    help="Chunks compared at once, each on its own pair of connections (default: the plan's"
+    " `workers` setting); a move compares one table at a time.",
+)
 @pass_options
-def verify_command(options: Options, plan_file: str, as_json: bool, chunk_size: int) -> None:
+def verify_command(
+    options: Options, plan_file: str, as_json: bool, chunk_size: int, workers: int | None
+) -> None:
     """Row-hash comparison of the new shape with the old, now; exit 4 on any difference."""
     from pgshift.engine.checks import differences_message
     from pgshift.report.verify_table import MOVE_SIDES, TABLE_SIDES, render_verify, verify_json
 
     loaded = _load(plan_file)
     executor = options.executor(loaded)
-    result = _with_plan_locations(loaded, lambda: executor.verify(chunk_size))
+    result = _with_plan_locations(loaded, lambda: executor.verify(chunk_size, workers))
     sides = MOVE_SIDES if loaded.plan.move is not None else TABLE_SIDES
     if as_json:
         click.echo(json.dumps(verify_json(result, sides), indent=2, default=str))

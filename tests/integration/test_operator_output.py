@@ -108,6 +108,12 @@ def test_verify_prints_a_table_of_the_differing_keys_with_both_sides(
         ["changed", "(9)", "balance", str(expected[9]), "NULL"],
     ]
     assert "{" not in out  # no Python dicts
+    # two workers, small chunks: the same table
+    parallel = cli(dsn, "verify", plan, "--workers", "2", "--chunk-size", "300")
+    assert parallel.exit_code == 4, parallel.output
+    assert [line.split() for line in parallel.stdout.splitlines() if "changed  " in line] == [
+        line.split() for line in out.splitlines() if "changed  " in line
+    ]
     data = __import__("json").loads(cli(dsn, "verify", plan, "--json").stdout)
     assert data["sides"] == {"left": "expected", "right": "stored"}
     assert data["differences"]["changed"] == 2

@@ -577,8 +577,9 @@ class Executor:
 
     # ---------------------------------------------------------------- verify
 
-    def verify(self, chunk_size: int = 10_000) -> VerifyResult:
-        """A row-hash comparison now, at any phase after backfill."""
+    def verify(self, chunk_size: int = 100_000, workers: int | None = None) -> VerifyResult:
+        """A row-hash comparison now, at any phase after backfill; `workers` chunks at once
+        (default: the plan's setting)."""
         with (
             migration_lock(self.dsn, self.name, "verify"),
             connect(self.dsn, role=f"verify {self.name}") as conn,
@@ -592,7 +593,12 @@ class Executor:
                 )
             throttle = Throttle(conn, self.store, self.name, self.settings) if state else None
             result = run_verify(
-                conn, compiled, chunk_size=chunk_size, throttle=throttle, reporter=self.reporter
+                conn,
+                compiled,
+                chunk_size=chunk_size,
+                throttle=throttle,
+                reporter=self.reporter,
+                workers=workers,
             )
             if state is not None:
                 detail = {k: v for k, v in result.to_json().items() if k != "examples"}

@@ -1,5 +1,9 @@
 """Run a row-hash verification of a migration: checkpointed after every chunk (so a verify
-interrupted half-way goes on from its last key), throttled and pausable like the backfill."""
+interrupted half-way goes on from its last key), throttled and pausable like the backfill.
+
+With the plan's `workers` setting above 1, that many chunks are compared at once; chunks are
+still reported, checkpointed and throttled in key order, between chunks, so the checkpoint is
+always a key below which everything is compared."""
 
 from __future__ import annotations
 
@@ -27,9 +31,11 @@ def run_verify(
     reporter: Reporter,
     checkpoint: dict[str, Any] | None = None,
     save: Callable[[dict[str, Any]], None] | None = None,
+    workers: int | None = None,
 ) -> VerifyResult:
     """Compare the migration's shapes now. `checkpoint` (from `save`) resumes after its key;
-    the counts found before are carried into the result."""
+    the counts found before are carried into the result. `workers` (default: the plan's
+    setting) is how many chunks are compared at once."""
     what = comparison(conn, compiled)
     reporter.event(
         "verify started", migration=compiled.plan.name, stage=what.stage, columns=list(what.columns)
@@ -81,6 +87,7 @@ def run_verify(
             chunk_size=chunk_size,
             on_chunk=on_chunk,
             start_after=start_after,
+            workers=workers or compiled.plan.settings.workers,
         )
     finally:
         reporter.backfill_finished()

@@ -476,7 +476,7 @@ class MoveExecutor:
 
     # ---------------------------------------------------------------- verify
 
-    def verify(self, chunk_size: int = 10_000) -> VerifyResult:
+    def verify(self, chunk_size: int = 100_000, workers: int | None = None) -> VerifyResult:
         with migration_lock(self.dsn, self.name, "verify"), self._servers("verify") as servers:
             compiled, state, _ = self._prepare(servers)
             result, detail = verify_move(

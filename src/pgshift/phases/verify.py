@@ -3,7 +3,8 @@
 Before cutover it compares `up` of each live row with the shadow columns; after cutover, `down`
 of each live row with the old columns. Chunks by key range, count and a 64-bit hash sum per
 chunk on both sides in one snapshot, bisecting differing chunks down to the rows
-(verify/rowhash.py). Any difference fails the phase (exit 4). Nothing to roll back.
+(verify/rowhash.py); with the `workers` setting, that many chunks at once. Any difference fails
+the phase (exit 4). Nothing to roll back.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pgshift.phases.base import CompileContext, Phase, VerifyStep
 
 
 def compile_verify(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    workers = ctx.plan.settings.workers
     return Phase(
         index=index,
         kind="verify",
@@ -26,5 +28,6 @@ def compile_verify(ctx: CompileContext, index: int, spec: Any) -> Phase:
         ),
         rollback=(),
         summary=f"row-hash comparison of ~{max(ctx.table.row_estimate, 0):,} rows,"
-        f" {spec.chunk_size:,} keys a chunk",
+        f" {spec.chunk_size:,} keys a chunk"
+        + (f", {workers} chunks at once" if workers > 1 else ""),
     )

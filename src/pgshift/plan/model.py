@@ -233,7 +233,8 @@ class BackfillPhase(PhaseBase):
 
 class VerifyPhase(PhaseBase):
     kind: Literal["verify"]
-    chunk_size: int = Field(default=10_000, ge=1)
+    # 100,000 keys: one short snapshot each, few round trips (1,000-key buckets inside)
+    chunk_size: int = Field(default=100_000, ge=1)
 
 
 class ShadowReadPhase(PhaseBase):
