@@ -12,19 +12,19 @@ from psycopg import sql
 
 from pgshift.db import Query
 from pgshift.operations.base import (
-    BaseOperation,
     ClientEffect,
     Touch,
     count_query,
-    drop_constraint,
     try_sql,
 )
-from pgshift.operations.constraints import validated_constraint
+from pgshift.operations.constraints import ConstraintAddedWhereAtSays, validated_constraint
 from pgshift.operations.expressions import expression_columns
 from pgshift.phases.base import SqlStep
 
 
-class AddCheck(BaseOperation):
+class AddCheck(ConstraintAddedWhereAtSays):
+    kind = "CHECK"
+
     def columns(self) -> set[str]:
         return expression_columns(self.spec.check, self.ctx.path("check"))
 
@@ -59,23 +59,6 @@ class AddCheck(BaseOperation):
             sql.SQL("CHECK ({})").format(sql.SQL(self.spec.check)),  # parsed: one expression
             f"CHECK {self.spec.name}",
         )
-
-    def expand(self) -> list[SqlStep]:
-        return self._steps() if self.spec.at == "expand" else []
-
-    def expand_rollback(self) -> list[SqlStep]:
-        if self.spec.at != "expand":
-            return []
-        return [
-            SqlStep(
-                description=f"drop CHECK {self.spec.name}",
-                statements=(drop_constraint(self.table, self.spec.name),),
-                lock="ACCESS EXCLUSIVE",
-            )
-        ]
-
-    def contract(self) -> list[SqlStep]:
-        return self._steps() if self.spec.at == "contract" else []
 
     def violations(self) -> list[tuple[str, Query]]:
         return [

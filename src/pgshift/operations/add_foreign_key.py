@@ -15,17 +15,17 @@ from pgshift.catalog import Table, load_table
 from pgshift.db import Query, split_name
 from pgshift.errors import PlanError
 from pgshift.operations.base import (
-    BaseOperation,
     ClientEffect,
     Touch,
     column_list,
-    drop_constraint,
 )
-from pgshift.operations.constraints import validated_constraint
+from pgshift.operations.constraints import ConstraintAddedWhereAtSays, validated_constraint
 from pgshift.phases.base import SqlStep
 
 
-class AddForeignKey(BaseOperation):
+class AddForeignKey(ConstraintAddedWhereAtSays):
+    kind = "FOREIGN KEY"
+    drop_lock = "SHARE ROW EXCLUSIVE"
     referenced: Table | None = None  # read by `check`; the SQL names it as written
 
     def validate(self) -> None:
@@ -113,23 +113,6 @@ class AddForeignKey(BaseOperation):
             f"FOREIGN KEY {spec.name}",
             lock="SHARE ROW EXCLUSIVE",
         )
-
-    def expand(self) -> list[SqlStep]:
-        return self._steps() if self.spec.at == "expand" else []
-
-    def expand_rollback(self) -> list[SqlStep]:
-        if self.spec.at != "expand":
-            return []
-        return [
-            SqlStep(
-                description=f"drop FOREIGN KEY {self.spec.name}",
-                statements=(drop_constraint(self.table, self.spec.name),),
-                lock="SHARE ROW EXCLUSIVE",
-            )
-        ]
-
-    def contract(self) -> list[SqlStep]:
-        return self._steps() if self.spec.at == "contract" else []
 
     def violations(self) -> list[tuple[str, Query]]:
         spec = self.spec

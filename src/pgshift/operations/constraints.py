@@ -9,8 +9,42 @@ from psycopg import sql
 
 from pgshift.catalog import Table
 from pgshift.db import Query, derived_name
-from pgshift.operations.base import alter, constraint_query, drop_constraint, not_null_query
+from pgshift.operations.base import (
+    BaseOperation,
+    alter,
+    constraint_query,
+    drop_constraint,
+    not_null_query,
+)
 from pgshift.phases.base import LockLevel, SqlStep, exists_query
+
+
+class ConstraintAddedWhereAtSays(BaseOperation):
+    """A constraint the application's writes feel (a CHECK, a FOREIGN KEY): its steps run at
+    expand or at contract, as the spec's `at` says; expand's rollback drops it again."""
+
+    kind = ""  # as the steps name it: "CHECK", "FOREIGN KEY"
+    drop_lock: LockLevel = "ACCESS EXCLUSIVE"
+
+    def _steps(self) -> list[SqlStep]:
+        raise NotImplementedError
+
+    def expand(self) -> list[SqlStep]:
+        return self._steps() if self.spec.at == "expand" else []
+
+    def expand_rollback(self) -> list[SqlStep]:
+        if self.spec.at != "expand":
+            return []
+        return [
+            SqlStep(
+                description=f"drop {self.kind} {self.spec.name}",
+                statements=(drop_constraint(self.table, self.spec.name),),
+                lock=self.drop_lock,
+            )
+        ]
+
+    def contract(self) -> list[SqlStep]:
+        return self._steps() if self.spec.at == "contract" else []
 
 
 def validated_constraint(

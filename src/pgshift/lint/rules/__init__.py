@@ -5,36 +5,10 @@ yields one message per hazard, each naming the safe way."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from importlib import import_module
 from types import ModuleType
 
 from pgshift.lint.model import Rule
-from pgshift.lint.rules import (
-    pgs001_rewrite_type_change,
-    pgs002_volatile_default,
-    pgs003_set_not_null,
-    pgs004_constraint_not_valid,
-    pgs005_index_concurrently,
-    pgs006_constraint_using_index,
-    pgs007_rename_live,
-    pgs008_lock_timeout,
-    pgs009_rewrite_maintenance,
-    pgs010_rewrite_storage,
-    pgs011_drop_column,
-    pgs012_drop_table,
-    pgs013_prefer_bigint,
-    pgs014_prefer_identity,
-    pgs015_concurrently_in_transaction,
-    pgs016_detach_partition_concurrently,
-    pgs017_prefer_jsonb,
-    pgs018_prefer_timestamptz,
-    pgs019_add_column_not_null,
-    pgs020_statement_timeout,
-    pgs021_enum_value_used_too_soon,
-    pgs022_enum_rename_value,
-    pgs023_exclusion_constraint,
-    pgs024_drop_view,
-    pgs025_drop_constraint,
-)
 from pgshift.lint.state import State, Unit
 
 Check = Callable[[Unit, State], Iterator[str]]
@@ -42,33 +16,34 @@ Check = Callable[[Unit, State], Iterator[str]]
 # check only on those.
 Checked = tuple[Rule, Check, tuple[type, ...]]
 
-_MODULES: tuple[ModuleType, ...] = (
-    pgs001_rewrite_type_change,
-    pgs002_volatile_default,
-    pgs003_set_not_null,
-    pgs004_constraint_not_valid,
-    pgs005_index_concurrently,
-    pgs006_constraint_using_index,
-    pgs007_rename_live,
-    pgs008_lock_timeout,
-    pgs009_rewrite_maintenance,
-    pgs010_rewrite_storage,
-    pgs011_drop_column,
-    pgs012_drop_table,
-    pgs013_prefer_bigint,
-    pgs014_prefer_identity,
-    pgs015_concurrently_in_transaction,
-    pgs016_detach_partition_concurrently,
-    pgs017_prefer_jsonb,
-    pgs018_prefer_timestamptz,
-    pgs019_add_column_not_null,
-    pgs020_statement_timeout,
-    pgs021_enum_value_used_too_soon,
-    pgs022_enum_rename_value,
-    pgs023_exclusion_constraint,
-    pgs024_drop_view,
-    pgs025_drop_constraint,
+_NAMES = (
+    "pgs001_rewrite_type_change",
+    "pgs002_volatile_default",
+    "pgs003_set_not_null",
+    "pgs004_constraint_not_valid",
+    "pgs005_index_concurrently",
+    "pgs006_constraint_using_index",
+    "pgs007_rename_live",
+    "pgs008_lock_timeout",
+    "pgs009_rewrite_maintenance",
+    "pgs010_rewrite_storage",
+    "pgs011_drop_column",
+    "pgs012_drop_table",
+    "pgs013_prefer_bigint",
+    "pgs014_prefer_identity",
+    "pgs015_concurrently_in_transaction",
+    "pgs016_detach_partition_concurrently",
+    "pgs017_prefer_jsonb",
+    "pgs018_prefer_timestamptz",
+    "pgs019_add_column_not_null",
+    "pgs020_statement_timeout",
+    "pgs021_enum_value_used_too_soon",
+    "pgs022_enum_rename_value",
+    "pgs023_exclusion_constraint",
+    "pgs024_drop_view",
+    "pgs025_drop_constraint",
 )
+_MODULES: tuple[ModuleType, ...] = tuple(import_module(f"{__name__}.{n}") for n in _NAMES)
 
 RULES: tuple[Rule, ...] = tuple(module.RULE for module in _MODULES)
 RULE_BY_ID: dict[str, Rule] = {rule.id: rule for rule in RULES}
@@ -78,8 +53,9 @@ RULE_BY_ID: dict[str, Rule] = {rule.id: rule for rule in RULES}
 # others' findings (pgs020_statement_timeout.follow_up).
 CHECKS: tuple[Checked, ...] = tuple(
     (module.RULE, module.check, module.NODES)
-    for module in sorted(_MODULES, key=lambda m: m is pgs008_lock_timeout)
+    for module in sorted(_MODULES, key=lambda m: m.RULE.id == "PGS008")
     if hasattr(module, "check")
 )
-follow_up = pgs020_statement_timeout.follow_up
-STATEMENT_TIMEOUT = pgs020_statement_timeout.RULE
+_statement_timeout = _MODULES[_NAMES.index("pgs020_statement_timeout")]
+follow_up = _statement_timeout.follow_up
+STATEMENT_TIMEOUT: Rule = _statement_timeout.RULE
