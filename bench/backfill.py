@@ -19,7 +19,11 @@ starts:
   goes into it); and baseline+index+trigger, with that index and a BEFORE UPDATE trigger like
   the dual-write one, skipped by the same WHEN clause as in the backfill.
 
-Every arm ends with a check that each row's new value is balance::bigint, outside the timing.
+With `--table narrow` the table is `t (id bigint primary key, v int, pad text)` (no index but its
+key) and `v` is widened; its context arm is baseline+trigger (the column has no index to copy).
+
+Every arm ends with a check that each row's new value is the old one as bigint, outside the
+timing.
 Autovacuum is off on the scratch table and a CHECKPOINT runs before each timed part, so no arm
 pays for another's leftovers. When the server runs on this machine, the CPU time of the server
 processes doing the work is shown too: on a busy machine it moves less than the wall clock.
@@ -59,12 +63,12 @@ SLOWEST_BAR_MS = 500.0
 PLAN = """\
 version: 1
 name: {name}
-table: public.accounts
+table: public.{table}
 columns:
-  balance:
+  {column}:
     type: bigint
-    up: balance::bigint
-    down: balance::integer
+    up: {column}::bigint
+    down: {column}::integer
 settings:
   lock_timeout: 1s
   batch_size: {batch_size}
@@ -115,12 +119,16 @@ class BenchReporter(Reporter):
     pids: list[int] = field(default_factory=list)
     cpu_started: float | None = None
     cpu_finished: float | None = None
+    active: bool = False  # between the backfill phase's start and end
 
     def event(self, message: str, **fields: object) -> None:
         if message == "backfill finished":
             self.finished = dict(fields)
 
     def backfill_started(self, phase: str, rows_done: int, rows_total: int | None) -> None:
+        self.active = phase == "backfill"  # dual_write's data check reports through here too
+        if not self.active:
+            return
         if self.conn is not None and self.cpu is not None:
             pattern = f"pgshift apply {NAME} %"
             self.pids = [
@@ -132,11 +140,12 @@ class BenchReporter(Reporter):
             self.cpu_started = self.cpu.read(self.pids)
         self.loop_started = time.perf_counter()
 
-    def batch(self, phase: str, report: BatchReport) -> None:
-        self.batches.append(report)
+    def batch(self, phase: str, report: BatchReport, work: str = "backfill") -> None:
+        if work == "backfill" and phase == "backfill":  # not dual_write's data check
+            self.batches.append(report)
 
     def backfill_finished(self) -> None:
-        if self.loop_started and not self.loop_finished:
+        if self.active and self.loop_started and not self.loop_finished:
             self.loop_finished = time.perf_counter()
             if self.cpu is not None:
                 self.cpu_finished = self.cpu.read(self.pids)
@@ -169,15 +178,47 @@ class Run:
         return text
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The table the backfill widens a column of."""
+
+    table: str
+    column: str  # integer, widened to bigint
+
+
+SHAPES = {
+    # the demo's table: serial key, balance integer, email, status, two timestamps; indexes on
+    # email and balance
+    "accounts": Shape("accounts", "balance"),
+    # the table of issue 12's measurements: no index but its key
+    "narrow": Shape("t", "v"),
+}
+shape = SHAPES["accounts"]  # set by --table
+
+
 def fresh_table(conn: psycopg.Connection[Any], rows: int) -> None:
-    """A new `accounts` of `rows` rows with nothing of an earlier run left: the demo's table."""
+    """A new table of `rows` rows with nothing of an earlier run left."""
     for schema in (STATE_SCHEMA, f"pgshift_{NAME}"):
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-    create_accounts(conn, rows, replace=True)
+    if shape.table == "accounts":
+        create_accounts(conn, rows, replace=True)
+        return
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(shape.table)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, v int, pad text)").format(
+            sql.Identifier(shape.table)
+        )
+    )
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} SELECT i, i %% 1000, md5(i::text) FROM generate_series(1, %s) i"
+        ).format(sql.Identifier(shape.table)),
+        (rows,),
+    )
 
 
 def settle(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("VACUUM ANALYZE accounts")
+    conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(shape.table)))
     with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
         conn.execute("CHECKPOINT")  # not a superuser (nor pg_checkpoint): only noisier
 
@@ -185,9 +226,8 @@ def settle(conn: psycopg.Connection[Any]) -> None:
 def check_filled(conn: psycopg.Connection[Any], column: str, rows: int) -> None:
     row = conn.execute(
         sql.SQL(
-            "SELECT count(*), count(*) FILTER (WHERE {} IS DISTINCT FROM balance::bigint)"
-            " FROM accounts"
-        ).format(sql.Identifier(column))
+            "SELECT count(*), count(*) FILTER (WHERE {} IS DISTINCT FROM {}::bigint) FROM {}"
+        ).format(sql.Identifier(column), sql.Identifier(shape.column), sql.Identifier(shape.table))
     ).fetchone()
     if row is None or row[0] != rows or row[1] != 0:
         raise SystemExit(f"{column}: {row} (rows, wrong); expected ({rows}, 0)")
@@ -197,10 +237,10 @@ def check_filled(conn: psycopg.Connection[Any], column: str, rows: int) -> None:
 TRIGGER = """
 CREATE FUNCTION bench_sync() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  SELECT balance::bigint INTO NEW.new FROM (SELECT NEW.*) AS r;
+  SELECT {column}::bigint INTO NEW.new FROM (SELECT NEW.*) AS r;
   RETURN NEW;
 END $$;
-CREATE TRIGGER bench_sync BEFORE INSERT OR UPDATE ON accounts FOR EACH ROW
+CREATE TRIGGER bench_sync BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW
   WHEN (current_setting({setting}, true) IS DISTINCT FROM 'on') EXECUTE FUNCTION bench_sync();
 """
 
@@ -208,6 +248,7 @@ BASELINES = {
     "baseline": (False, False),
     "baseline+index": (True, False),
     "baseline+index+trigger": (True, True),
+    "baseline+trigger": (False, True),
 }
 
 
@@ -215,11 +256,18 @@ def run_baseline(conn: psycopg.Connection[Any], rows: int, cpu: ServerCpu, arm: 
     index, trigger = BASELINES[arm]
     fresh_table(conn, rows)
     conn.execute("DROP FUNCTION IF EXISTS bench_sync() CASCADE")
-    conn.execute("ALTER TABLE accounts ADD COLUMN new bigint")
+    table = sql.Identifier(shape.table)
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN new bigint").format(table))
     if index:
-        conn.execute("CREATE INDEX accounts_new_idx ON accounts (new)")
+        conn.execute(sql.SQL("CREATE INDEX bench_new_idx ON {} (new)").format(table))
     if trigger:
-        conn.execute(sql.SQL(TRIGGER).format(setting=sql.Literal(BACKFILL_SETTING)))
+        conn.execute(
+            sql.SQL(TRIGGER).format(
+                setting=sql.Literal(BACKFILL_SETTING),
+                column=sql.Identifier(shape.column),
+                table=table,
+            )
+        )
     settle(conn)
     pids = [conn.info.backend_pid]
     cpu_before = cpu.read(pids)
@@ -227,7 +275,9 @@ def run_baseline(conn: psycopg.Connection[Any], rows: int, cpu: ServerCpu, arm: 
     with conn.transaction():
         if trigger:
             conn.execute("SELECT set_config(%s, 'on', true)", (BACKFILL_SETTING,))
-        cur = conn.execute("UPDATE accounts SET new = balance::bigint")
+        cur = conn.execute(
+            sql.SQL("UPDATE {} SET new = {}::bigint").format(table, sql.Identifier(shape.column))
+        )
     seconds = time.perf_counter() - started
     cpu_after = cpu.read(pids)
     check_filled(conn, "new", rows)
@@ -254,7 +304,7 @@ def run_pgshift(
     ).fetchone()
     assert row is not None
     seconds, rows_done, batches = row
-    check_filled(conn, "_pgshift_balance", rows)
+    check_filled(conn, f"_pgshift_{shape.column}", rows)
     slowest = max((b.batch_seconds for b in reporter.batches), default=0.0) * 1000
     logged = reporter.finished.get("slowest_batch_ms", 0)
     used = (
@@ -286,7 +336,13 @@ def median_or_none(values: list[float | None]) -> float | None:
 
 
 def bench(dsn: str, args: argparse.Namespace) -> bool:
-    plan_text = PLAN.format(name=NAME, batch_size=args.batch_size, batch_time=args.batch_time)
+    plan_text = PLAN.format(
+        name=NAME,
+        table=shape.table,
+        column=shape.column,
+        batch_size=args.batch_size,
+        batch_time=args.batch_time,
+    )
     with db.connect(dsn, role="bench") as conn:
         row = conn.execute("SHOW server_version").fetchone()
         cpu = ServerCpu(conn)
@@ -294,7 +350,14 @@ def bench(dsn: str, args: argparse.Namespace) -> bool:
             f"backfill bench: PostgreSQL {row[0] if row else '?'}, {args.rows:,} rows,"
             f" {args.runs} runs, batch_size {args.batch_size}, batch_time {args.batch_time}"
         )
-        arms = ["pgshift", *(BASELINES if args.context else ["baseline"])]
+        # context: the single UPDATE with pgshift's per-row work (the shadow index copy where
+        # the column has an index, the skipped dual-write trigger) in place
+        context = (
+            ["baseline+index", "baseline+index+trigger"]
+            if shape.table == "accounts"
+            else ["baseline+trigger"]
+        )
+        arms = ["pgshift", "baseline", *(context if args.context else [])]
         runs: dict[str, list[Run]] = {arm: [] for arm in arms}
         for number in range(1, args.runs + 1):
             shifted = run_pgshift(conn, dsn, args.rows, plan_text, cpu)
@@ -310,7 +373,7 @@ def bench(dsn: str, args: argparse.Namespace) -> bool:
             )
             for arm in arms[1:]:
                 print(f"  {arm:22} {runs[arm][-1].line()}")
-        conn.execute("DROP TABLE IF EXISTS accounts CASCADE")
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(shape.table)))
 
     rates = {arm: statistics.median(r.rate for r in rs) for arm, rs in runs.items()}
     cpu_rates = {arm: median_or_none([r.cpu_rate for r in rs]) for arm, rs in runs.items()}
@@ -338,6 +401,7 @@ def main() -> None:
     server_arguments(parser)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--table", choices=sorted(SHAPES), default="accounts")
     parser.add_argument("--batch-size", default="auto", help="'auto' or a number of rows")
     parser.add_argument("--batch-time", default="200ms", help="the batch time 'auto' aims at")
     parser.add_argument(
@@ -351,6 +415,8 @@ def main() -> None:
         help="also measure the new_table copy against one INSERT ... SELECT (bench/table_copy.py)",
     )
     args = parser.parse_args()
+    global shape
+    shape = SHAPES[args.table]
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
     with server(args) as dsn, scratch_database(dsn, "backfill") as scratch:
         bench(scratch, args)
@@ -358,7 +424,7 @@ def main() -> None:
             from table_copy import measure  # bench/ is this script's own folder on sys.path
 
             print("\ntable copy:")
-            measure(dsn, args.rows, args.runs)
+            measure(dsn, args.rows, args.runs, args.table)
 
 
 if __name__ == "__main__":

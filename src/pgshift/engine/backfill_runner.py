@@ -4,6 +4,10 @@ Batch size adapts to `batch_time` when `batch_size: auto`: each batch is sized f
 rows per second of the last `RECENT_BATCHES` batches, never more than doubling or halving at
 once, so a sudden slow batch (a checkpoint, a vacuum) shrinks the next ones instead of
 compounding, and the size grows back only once the slow spell has left the window.
+
+A table copy's batch (CopyStep) runs first without ON CONFLICT; when it meets a copy the
+trigger wrote meanwhile (a unique violation), its transaction, checkpoint included, rolls back
+and the same range runs again with ON CONFLICT DO NOTHING. Why that is safe: phases/backfill.py.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pgshift.engine.locks import set_timeouts, with_lock_retries
 from pgshift.engine.progress import BatchReport, Reporter
 from pgshift.engine.state import StateStore
 from pgshift.engine.throttle import Throttle
+from pgshift.phases.backfill import CopyStep
 from pgshift.phases.base import BackfillStep
 from pgshift.plan.model import Settings
 
@@ -86,6 +91,7 @@ class BackfillOutcome:
     batches: int
     seconds: float
     slowest_batch_seconds: float
+    conflict_retries: int = 0  # table copy: batches run again with ON CONFLICT
 
 
 def run_backfill(
@@ -118,6 +124,9 @@ def run_backfill(
     batches = 0
     slowest = 0.0
     recent: deque[tuple[int, float]] = deque(maxlen=RECENT_BATCHES - 1)
+    # a table copy's batches run without ON CONFLICT first, and again with it on a conflict
+    on_conflict = step.on_conflict if isinstance(step, CopyStep) else None
+    conflicts = 0
     reporter.backfill_started(phase_name, rows_done, rows_total)
     try:
         while True:
@@ -130,7 +139,10 @@ def run_backfill(
             t0 = time.monotonic()
 
             def one_batch(
-                size: int = size, last: list[str] | None = last, number: int = batches + 1
+                size: int = size,
+                last: list[str] | None = last,
+                number: int = batches + 1,
+                safe: bool = False,
             ) -> tuple[list[str] | None, int]:
                 with conn.transaction():
                     # a batch is bounded by batch_time, not by the server's statement_timeout
@@ -145,12 +157,12 @@ def run_backfill(
                     else:
                         row = conn.execute(step.bounds, (*last, size - 1)).fetchone()
                     upper = list(row) if row else None
-                    cur = conn.execute(
-                        step.batch(
-                            step.key_value(last) if last is not None else None,
-                            step.key_value(upper) if upper is not None else None,
-                        )
+                    condition = step.condition(
+                        step.key_value(last) if last is not None else None,
+                        step.key_value(upper) if upper is not None else None,
                     )
+                    form = on_conflict if safe and on_conflict is not None else step.statement
+                    cur = conn.execute(form(condition))
                     count = max(cur.rowcount, 0)
                     finished = upper is None
                     failpoint(f"{phase_name}:batch:{number}:in-transaction")
@@ -168,12 +180,25 @@ def run_backfill(
                     )
                 return upper, count
 
-            upper, count = with_lock_retries(
-                one_batch,
-                attempts=settings.lock_retries,
-                what=f"{phase_name} batch",
-                lock_timeout=settings.lock_timeout,
-            )
+            try:
+                upper, count = with_lock_retries(
+                    one_batch,
+                    attempts=settings.lock_retries,
+                    what=f"{phase_name} batch",
+                    lock_timeout=settings.lock_timeout,
+                )
+            except psycopg.errors.UniqueViolation:
+                if on_conflict is None:
+                    raise
+                # a copy the trigger committed meanwhile: the same range again, whole, in the
+                # form that lets such copies win (see phases/backfill.py's CopyStep)
+                conflicts += 1
+                upper, count = with_lock_retries(
+                    lambda: one_batch(safe=True),
+                    attempts=settings.lock_retries,
+                    what=f"{phase_name} batch",
+                    lock_timeout=settings.lock_timeout,
+                )
             seconds = time.monotonic() - t0
             slowest = max(slowest, seconds)
             batches += 1
@@ -207,4 +232,5 @@ def run_backfill(
         batches=batches,
         seconds=time.monotonic() - started,
         slowest_batch_seconds=slowest,
+        conflict_retries=conflicts,
     )

@@ -12,6 +12,8 @@ the shadow columns' index copies (`columns`), the plain indexes of `create` (`ne
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
@@ -32,37 +34,97 @@ from pgshift.phases.table_shape import TableShape
 from pgshift.plan.check import deferred_indexes
 
 
+@dataclass(frozen=True)
+class CopyStep(BackfillStep):
+    """A table copy's batches: `statement` is the fast form, without ON CONFLICT; a batch it
+    fails on with a unique violation runs again, whole, as `on_conflict` (the runner)."""
+
+    on_conflict: Callable[[Query], Query] | None = None
+
+
 def _copy_step(ctx: CompileContext) -> BackfillStep:
-    """new_table: INSERT ... SELECT ... FOR KEY SHARE ... ON CONFLICT DO NOTHING per key range.
+    """new_table: INSERT ... SELECT ... FOR KEY SHARE per key range.
+
     FOR KEY SHARE closes the delete race: a concurrent DELETE of a row being copied waits for
     the batch and its trigger then deletes the copy, or it committed first and the locking read
-    skips the row. ON CONFLICT DO NOTHING lets a copy the trigger wrote (always newer) win; its
-    target is the new table's key, the only conflict that means "copied already": a row that
-    breaks another unique index of the new table fails the batch instead of being skipped."""
+    skips the row.
+
+    A copy the trigger wrote is always newer and must win. The safe form says so with ON
+    CONFLICT DO NOTHING, but speculative insertion costs about as much per row as the insert
+    itself, and conflicts are rare: the trigger only writes rows the application changes. So
+    each batch first runs the fast form: a plain INSERT that skips, by NOT EXISTS, the copies
+    committed before its snapshot. A copy committed after that, or still in progress, meets the
+    plain insert in the new key's unique index: the insert waits for its writer and, if that
+    commits, fails with a unique violation; the batch's transaction (its checkpoint with it)
+    rolls back and the runner runs the same range again in the safe form. So no copy is ever
+    overwritten, and no row is written twice. The safe form's conflict target is the new
+    table's key, the only conflict that means "copied already": a row that breaks another unique
+    index of the new table fails the fast form, then the safe one, and stops the backfill
+    instead of being skipped."""
     shape: TableShape = ctx.shape
     table = ctx.table
     k = key_range(table, shape.key)
     after, first = bounds_queries(table, shape.key)
+    common = {
+        "new": shape.new.qualified,
+        "columns": shape.forward_columns(),
+        "overriding": sql.SQL(" OVERRIDING SYSTEM VALUE" if shape.overriding else ""),
+        "old": table.qualified,
+    }
 
-    def statement(condition: Query) -> Query:
+    def safe(condition: Query) -> Query:
         return sql.SQL(
             "INSERT INTO {new} ({columns}){overriding} SELECT {values} FROM {old} WHERE {condition}"
             " FOR KEY SHARE ON CONFLICT ({key}) DO NOTHING"
         ).format(
             key=sql.SQL(", ").join(sql.Identifier(c) for c in shape.new_key),
-            new=shape.new.qualified,
-            columns=shape.forward_columns(),
-            overriding=sql.SQL(" OVERRIDING SYSTEM VALUE" if shape.overriding else ""),
             values=shape.forward_select(),
-            old=table.qualified,
             condition=condition,
+            **common,
         )
 
-    return BackfillStep(
+    # The fast form needs the new key to be the live key copied as it is (the usual case):
+    # then the NOT EXISTS looks only at the batch's own key range of the new table, as the same
+    # condition in the subquery names the new table's key columns (the inner scope comes first).
+    # Otherwise every batch runs in the safe form.
+    same_key = shape.new_key == shape.key and all(
+        shape.forward.get(c) == sql.Identifier(c).as_string() for c in shape.key
+    )
+    # The mapped rows as a derived table, so the NOT EXISTS compares the new table's key with
+    # the copied one: the plan's expressions use bare column names, which inside a subquery
+    # over the new table would mean its columns.
+    row, copy = sql.Identifier("pgshift_row"), sql.Identifier("pgshift_copy")
+    named = sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(sql.SQL(e), sql.Identifier(c)) for c, e in shape.forward.items()
+    )
+    match = sql.SQL(" AND ").join(
+        sql.SQL("{}.{} = {}.{}").format(copy, sql.Identifier(c), row, sql.Identifier(c))
+        for c in shape.new_key
+    )
+
+    def fast(condition: Query) -> Query:
+        return sql.SQL(
+            "INSERT INTO {new} ({columns}){overriding} SELECT {picked} FROM"
+            " (SELECT {named} FROM {old} WHERE {condition} FOR KEY SHARE) AS {row}"
+            " WHERE NOT EXISTS (SELECT FROM {new} AS {copy} WHERE {condition} AND {match})"
+        ).format(
+            picked=sql.SQL(", ").join(
+                sql.SQL("{}.{}").format(row, sql.Identifier(c)) for c in shape.forward
+            ),
+            named=named,
+            condition=condition,
+            row=row,
+            copy=copy,
+            match=match,
+            **common,
+        )
+
+    return CopyStep(
         description=f"copy the rows into {shape.new.display}, one key range per batch",
         table=table.qualified,
         key=shape.key,
-        statement=statement,
+        statement=fast if same_key else safe,
+        on_conflict=safe if same_key else None,
         key_columns=k["cols"],
         key_params=k["params"],
         key_types=tuple(table.columns[c].type for c in shape.key),
