@@ -181,7 +181,7 @@ def advisory_key(name: str) -> int:
 
 # how long a lock held for a pgshift process of this machine that is gone is waited for: its
 # server session ends as soon as the server notices the closed connection (after a kill -9)
-DEAD_HOLDER_WAIT = 10.0
+DEAD_HOLDER_WAIT = 30.0  # a loaded server can take seconds to notice; waiting is harmless
 _OUR_SESSION = re.compile(r"^pgshift .* pid (\d+)@(.+)$")
 
 
