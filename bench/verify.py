@@ -156,7 +156,7 @@ def main() -> None:
     server_arguments(parser)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--chunk-size", type=int, default=10_000)
+    parser.add_argument("--chunk-size", type=int, default=100_000)
     parser.add_argument("--gap", type=int, default=0, help="keys missing from both tables")
     parser.add_argument("--join", action="store_true", help="add the full outer join arm")
     parser.add_argument("--no-cli", action="store_true", help="skip the `migrate verify` arm")
