@@ -8,8 +8,6 @@ from typing import Any
 
 from pgshift.catalog import Table
 from pgshift.errors import PlanError, no_phase_named
-from pgshift.operations.phases import OPERATIONS_COMPILERS
-from pgshift.operations.shape import build_operations_shape
 from pgshift.phases.backfill import compile_backfill
 from pgshift.phases.base import CompileContext, Phase, PhaseCompiler
 from pgshift.phases.columns_shape import build_shape
@@ -83,6 +81,10 @@ def compile_plan(
     ctx = CompileContext(plan=plan, table=table, state_schema=state_schema)
     compilers = COMPILERS
     if plan.operations is not None:
+        # imported here: only an operations plan needs that package (start-up time)
+        from pgshift.operations.phases import OPERATIONS_COMPILERS
+        from pgshift.operations.shape import build_operations_shape
+
         compilers = OPERATIONS_COMPILERS
         shape: Any = build_operations_shape(plan, table, ctx.view_schema)
     elif plan.new_table is not None:

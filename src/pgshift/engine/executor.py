@@ -39,8 +39,6 @@ from pgshift.engine.steps import run_sql_step
 from pgshift.engine.throttle import Throttle
 from pgshift.engine.verify_runner import run_verify
 from pgshift.errors import DifferencesFound, GateWaiting, MigrationFailed, PgshiftError, UsageError
-from pgshift.operations.phases import ViolationCheck
-from pgshift.operations.violations import run_violation_check
 from pgshift.phases.base import (
     BackfillStep,
     DataCheckStep,
@@ -50,6 +48,7 @@ from pgshift.phases.base import (
     SqlStep,
     Step,
     VerifyStep,
+    ViolationCheck,
 )
 from pgshift.plan.check import (
     check_carried,
@@ -434,6 +433,8 @@ class Executor:
                     with conn.transaction():
                         self.store.step_done(conn, self.name, phase.index, number + 1)
                 elif isinstance(step, ViolationCheck):
+                    from pgshift.operations.violations import run_violation_check
+
                     run_violation_check(conn, step, self.settings)
                     with conn.transaction():
                         self.store.step_done(conn, self.name, phase.index, number + 1)

@@ -5,23 +5,12 @@ compile as for every plan."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from pgshift.db import Query
 from pgshift.operations.shape import OperationsShape
-from pgshift.phases.base import CompileContext, Phase, PhaseCompiler, SqlStep
+from pgshift.phases.base import CompileContext, Phase, PhaseCompiler, SqlStep, ViolationCheck
 from pgshift.phases.expand import drop_view_schema_step, view_schema_step
-
-
-@dataclass(frozen=True)
-class ViolationCheck(SqlStep):
-    """Counts, read only, of the existing rows each new constraint would reject; any found
-    fails the phase (before contract, so the migration can still be rolled back). `checks`
-    pairs each count query with what it counts; `statements` holds the same queries, for
-    `migrate plan`."""
-
-    checks: tuple[tuple[str, Query], ...] = ()
 
 
 def compile_expand(ctx: CompileContext, index: int, spec: Any) -> Phase:

@@ -9,7 +9,7 @@ import psycopg
 
 from pgshift.engine.locks import set_timeouts
 from pgshift.errors import MigrationFailed
-from pgshift.operations.phases import ViolationCheck
+from pgshift.phases.base import ViolationCheck
 from pgshift.plan.model import Settings
 
 

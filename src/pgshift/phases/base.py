@@ -64,6 +64,16 @@ class SqlStep:
     server: Server = "source"
 
 
+@dataclass(frozen=True)
+class ViolationCheck(SqlStep):
+    """Counts, read only, of the existing rows each new constraint would reject (an
+    `operations` plan's verify phase); any found fails the phase (before contract, so the
+    migration can still be rolled back). `checks` pairs each count query with what it counts;
+    `statements` holds the same queries, for `migrate plan`."""
+
+    checks: tuple[tuple[str, Query], ...] = ()
+
+
 def index_build(
     description: str,
     definition: Query,

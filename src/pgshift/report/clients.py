@@ -11,12 +11,14 @@ through psycopg, asyncpg inside transactions, JDBC from the fifth run, pgbench `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgshift.compile import CompiledPlan
-from pgshift.operations.shape import OperationsShape
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.phases.table_shape import TableShape
+
+if TYPE_CHECKING:
+    from pgshift.operations.shape import OperationsShape
 
 PREPARING = (
     "psycopg 3 after a statement's 5th run, SQLAlchemy on psycopg, asyncpg inside transactions,"
