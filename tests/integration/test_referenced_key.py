@@ -139,6 +139,7 @@ def test_a_referenced_key_and_its_references_widen_under_writers(
     assert planned.exit_code == 0, planned.output
     assert "foreign key transfers_account_id_fkey on transfers" in planned.stdout
     assert "check accounts_id_positive on public.accounts" in planned.stdout
+    assert "widen them with migrations of their own" in planned.stdout
 
     with (
         Traffic(dsn, connections=3, rate=50, mix=MIX, seed=11) as traffic,

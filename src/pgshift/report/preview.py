@@ -20,6 +20,7 @@ from pgshift.phases.base import (
     Step,
     VerifyStep,
 )
+from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.plan.durations import format_duration
 from pgshift.report.clients import client_impact
 
@@ -177,7 +178,26 @@ def warnings(compiled: CompiledPlan) -> list[str]:
                 " columns after cutover"
             )
     out += partial_column_roles(compiled)
+    out += referencing_columns(compiled)
     return out
+
+
+def referencing_columns(compiled: CompiledPlan) -> list[str]:
+    """A widened key's foreign keys move with it, but the columns that reference it keep their
+    type: each needs a migration of its own before values outgrow it."""
+    shape = compiled.context.shape
+    if not isinstance(shape, ColumnsShape):
+        return []
+    own = (compiled.table.schema, compiled.table.name)
+    theirs = [m for m in shape.moved if m.kind == "f" and m.table != own]
+    if not theirs:
+        return []
+    named = ", ".join(f"{'.'.join(m.table)} ({m.name})" for m in theirs)
+    return [
+        f"foreign keys of other tables reference a changed column and move with it: {named};"
+        " their own columns keep their type, so widen them with migrations of their own"
+        " before the key's values outgrow them"
+    ]
 
 
 def partial_column_roles(compiled: CompiledPlan) -> list[str]:
