@@ -55,9 +55,6 @@ class PlanErrors(PlanError):
         self.errors = errors
         self.args = (f"{first} (and {len(errors) - 1} more error(s) in the plan)",)
 
-    def __str__(self) -> str:
-        return str(self.args[0])
-
 
 def no_phase_named(name: str, plan: str, names: list[str]) -> PlanError:
     """`--until`, `--to` or a gate naming no phase of the plan, with the likeliest meant."""

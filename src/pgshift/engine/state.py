@@ -538,12 +538,6 @@ class StateStore:
         ).fetchone()
         return (bool(row[0]), dict(row[1] or {})) if row else (False, {})
 
-    def is_paused(self, conn: psycopg.Connection[Any], name: str) -> bool:
-        row = conn.execute(
-            self._q("SELECT paused FROM {s}.migrations WHERE name = %s"), (name,)
-        ).fetchone()
-        return bool(row and row[0])
-
     def set_throttle(self, conn: psycopg.Connection[Any], name: str, reason: str | None) -> None:
         conn.execute(
             self._q("UPDATE {s}.migrations SET throttle_reason = %s WHERE name = %s"),
