@@ -8,20 +8,33 @@ compounding, and the size grows back only once the slow spell has left the windo
 A table copy's batch (CopyStep) runs first without ON CONFLICT; when it meets a copy the
 trigger wrote meanwhile (a unique violation), its transaction, checkpoint included, rolls back
 and the same range runs again with ON CONFLICT DO NOTHING. Why that is safe: phases/backfill.py.
+
+With `workers` above 1 the key is split up front into key ranges (engine/key_ranges.py), kept
+in the phase's checkpoint, each with its own last key; that many threads, each on a connection
+of its own, take the ranges one after another. A batch's transaction writes only its own
+range's entry (jsonb_set on the phase row, so concurrent batches of other ranges compose), so a
+crash loses nothing and a resume, with any number of workers, goes on where each range stopped.
+The throttle (pause, replica lag, active sessions, `migrate set`) is shared: one worker at a
+time asks it before a batch, on the main connection.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import psycopg
+import structlog
 
 from pgshift.engine.failpoints import failpoint
+from pgshift.engine.key_ranges import KeyRange, split_key_ranges
 from pgshift.engine.locks import set_timeouts, with_lock_retries
 from pgshift.engine.progress import BatchReport, Reporter
 from pgshift.engine.state import StateStore
@@ -29,6 +42,8 @@ from pgshift.engine.throttle import Throttle
 from pgshift.phases.backfill import CopyStep
 from pgshift.phases.base import BackfillStep
 from pgshift.plan.model import Settings
+
+log = structlog.get_logger("pgshift.backfill")
 
 AUTO_START = 1_000
 AUTO_MIN = 10
@@ -92,6 +107,189 @@ class BackfillOutcome:
     seconds: float
     slowest_batch_seconds: float
     conflict_retries: int = 0  # table copy: batches run again with ON CONFLICT
+    workers: int = 1  # key ranges walked at once
+
+
+@dataclass
+class _Run:
+    """One run_backfill call: its fixed inputs, and the tallies its workers share (behind
+    `lock`, which also serialises the throttle and the reporter)."""
+
+    step: BackfillStep
+    store: StateStore
+    migration: str
+    phase_idx: int
+    phase_name: str
+    steps_done: int
+    settings: Settings
+    planned: BatchPolicy
+    throttle: Throttle
+    reporter: Reporter
+    check: Callable[[psycopg.Connection[Any]], None] | None
+    rows_done: int
+    rows_total: int | None
+    started: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+    done_here: int = 0
+    begun: int = 0
+    batches: int = 0
+    slowest: float = 0.0
+    conflicts: int = 0
+
+    def policy(self) -> BatchPolicy:
+        """Wait for the throttle; then the batch policy in force (`migrate set` changes, read by
+        the wait, win over the phase's own options)."""
+        with self.lock:
+            self.throttle.wait()
+            return self.planned.overridden(self.throttle.settings, self.throttle.overrides)
+
+    def number(self) -> int:
+        """The next batch's number, counted over all workers (failpoints name it)."""
+        with self.lock:
+            self.begun += 1
+            return self.begun
+
+    def batch_done(self, count: int, seconds: float, size: int, conflicted: bool) -> int:
+        with self.lock:
+            self.slowest = max(self.slowest, seconds)
+            self.batches += 1
+            self.done_here += count
+            self.rows_done += count
+            self.conflicts += conflicted
+            elapsed = time.monotonic() - self.started
+            self.reporter.batch(
+                self.phase_name,
+                BatchReport(
+                    rows_done=self.rows_done,
+                    rows_total=self.rows_total,
+                    batch_rows=count,
+                    batch_seconds=seconds,
+                    batch_size=size,
+                    rows_per_second=self.done_here / elapsed if elapsed > 0 else 0.0,
+                ),
+            )
+            return self.batches
+
+
+def _at_or_past(
+    conn: psycopg.Connection[Any], step: BackfillStep, key: list[str], hi: list[str]
+) -> bool:
+    """Whether `key` >= `hi` in the key's own order (types, collations: the server decides)."""
+    row = conn.execute(
+        psycopg.sql.SQL("SELECT {} >= {}").format(step.key_value(key), step.key_value(hi))
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _walk(
+    run: _Run,
+    conn: psycopg.Connection[Any],
+    key_range: KeyRange,
+    size: int,
+    range_index: int | None,
+) -> None:
+    """Walk one key range batch by batch, from its last key (or its lower end) to its upper
+    end. `range_index` None: the whole key in one walk, the checkpoint is the walk's own (the
+    form of one worker); otherwise the walk writes entry `range_index` of the ranges."""
+    step = run.step
+    last = key_range.last if key_range.last is not None else key_range.lo
+    hi = key_range.hi
+    recent: deque[tuple[int, float]] = deque(maxlen=RECENT_BATCHES - 1)
+    # a table copy's batches run without ON CONFLICT first, and again with it on a conflict
+    on_conflict = step.on_conflict if isinstance(step, CopyStep) else None
+    while not run.stop.is_set():
+        policy = run.policy()
+        size = policy.size or size
+        if run.check is not None:
+            run.check(conn)
+        t0 = time.monotonic()
+        number = run.number()
+
+        def one_batch(
+            size: int = size,
+            last: list[str] | None = last,
+            number: int = number,
+            safe: bool = False,
+        ) -> tuple[list[str] | None, int, bool]:
+            with conn.transaction():
+                # a batch is bounded by batch_time, not by the server's statement_timeout
+                set_timeouts(conn, run.settings.lock_timeout, timedelta(0), local=True)
+                # No wait for the WAL flush at commit: a crash can lose only the last batches,
+                # and each takes its checkpoint with it, so they are simply redone.
+                conn.execute("SET LOCAL synchronous_commit = off")
+                for name, value in step.session_settings:
+                    conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+                if last is None:
+                    row = conn.execute(step.first_bounds, (size - 1,)).fetchone()
+                else:
+                    row = conn.execute(step.bounds, (*last, size - 1)).fetchone()
+                upper = list(row) if row else None
+                if hi is not None and (upper is None or _at_or_past(conn, step, upper, hi)):
+                    upper = hi  # the range's end: the next range goes on from there
+                finished = upper is None or upper == hi  # the open end, or the range's own
+                condition = step.condition(
+                    step.key_value(last) if last is not None else None,
+                    step.key_value(upper) if upper is not None else None,
+                )
+                form = on_conflict if safe and on_conflict is not None else step.statement
+                cur = conn.execute(form(condition))
+                count = max(cur.rowcount, 0)
+                failpoint(f"{run.phase_name}:batch:{number}:in-transaction")
+                reached = upper if upper is not None else last
+                if range_index is None:
+                    run.store.checkpoint(
+                        conn,
+                        run.migration,
+                        run.phase_idx,
+                        {"last": reached, "size": size, "finished": finished},
+                        count,
+                        run.steps_done + 1 if finished else None,
+                    )
+                else:
+                    run.store.checkpoint(
+                        conn,
+                        run.migration,
+                        run.phase_idx,
+                        {**key_range.entry(), "last": reached, "finished": finished},
+                        count,
+                        None,
+                        range_index=range_index,
+                        size=size,
+                    )
+            return upper, count, finished
+
+        conflicted = False
+        try:
+            upper, count, finished = with_lock_retries(
+                one_batch,
+                attempts=run.settings.lock_retries,
+                what=f"{run.phase_name} batch",
+                lock_timeout=run.settings.lock_timeout,
+            )
+        except psycopg.errors.UniqueViolation:
+            if on_conflict is None:
+                raise
+            # a copy the trigger committed meanwhile: the same range again, whole, in the form
+            # that lets such copies win (see phases/backfill.py's CopyStep)
+            conflicted = True
+            upper, count, finished = with_lock_retries(
+                lambda: one_batch(safe=True),
+                attempts=run.settings.lock_retries,
+                what=f"{run.phase_name} batch",
+                lock_timeout=run.settings.lock_timeout,
+            )
+        seconds = time.monotonic() - t0
+        done = run.batch_done(count, seconds, size, conflicted)
+        failpoint(f"{run.phase_name}:batch:{done}")
+        if finished:
+            return
+        last = upper
+        size = policy.next_size(size, count, seconds, recent)
+        recent.append((count, seconds))
+        run.throttle.nice(seconds)
+        if policy.pause > timedelta(0):
+            time.sleep(policy.pause.total_seconds())
 
 
 def run_backfill(
@@ -111,126 +309,123 @@ def run_backfill(
     throttle: Throttle,
     reporter: Reporter,
     check: Callable[[psycopg.Connection[Any]], None] | None = None,
+    workers: int = 1,
+    connect: Callable[[], psycopg.Connection[Any]] | None = None,
 ) -> BackfillOutcome:
     """`check` runs before every batch (the rows the triggers could not map: one indexed
-    query) and stops the backfill by raising."""
-    last: list[str] | None = checkpoint.get("last") if isinstance(checkpoint, dict) else None
-    planned = policy
-    size = policy.size or int(
-        checkpoint.get("size", AUTO_START) if isinstance(checkpoint, dict) else AUTO_START
+    query) and stops the backfill by raising. With `workers` above 1 and `connect` (a new
+    connection to the same database), key ranges are walked side by side."""
+    saved = checkpoint if isinstance(checkpoint, dict) else {}
+    size = policy.size or int(saved.get("size", AUTO_START))
+    run = _Run(
+        step=step,
+        store=store,
+        migration=migration,
+        phase_idx=phase_idx,
+        phase_name=phase_name,
+        steps_done=steps_done,
+        settings=settings,
+        planned=policy,
+        throttle=throttle,
+        reporter=reporter,
+        check=check,
+        rows_done=rows_done,
+        rows_total=rows_total,
     )
-    started = time.monotonic()
-    done_here = 0
-    batches = 0
-    slowest = 0.0
-    recent: deque[tuple[int, float]] = deque(maxlen=RECENT_BATCHES - 1)
-    # a table copy's batches run without ON CONFLICT first, and again with it on a conflict
-    on_conflict = step.on_conflict if isinstance(step, CopyStep) else None
-    conflicts = 0
     reporter.backfill_started(phase_name, rows_done, rows_total)
+    used = 1
     try:
-        while True:
-            throttle.wait()
-            # `migrate set` changes, read by the wait: they win over the phase's own options
-            policy = planned.overridden(throttle.settings, throttle.overrides)
-            size = policy.size or size
-            if check is not None:
-                check(conn)
-            t0 = time.monotonic()
-
-            def one_batch(
-                size: int = size,
-                last: list[str] | None = last,
-                number: int = batches + 1,
-                safe: bool = False,
-            ) -> tuple[list[str] | None, int]:
+        ranges: list[KeyRange] | None = None
+        if "ranges" in saved:
+            ranges = [KeyRange.of(entry) for entry in saved["ranges"]]
+        elif not saved and workers > 1 and connect is not None:
+            ranges = split_key_ranges(conn, step, workers * 2)
+            if len(ranges) > 1:
+                # the ranges are kept before any batch, so a resume walks the same ones
                 with conn.transaction():
-                    # a batch is bounded by batch_time, not by the server's statement_timeout
-                    set_timeouts(conn, settings.lock_timeout, timedelta(0), local=True)
-                    # No wait for the WAL flush at commit: a crash can lose only the last
-                    # batches, and each takes its checkpoint with it, so they are simply redone.
-                    conn.execute("SET LOCAL synchronous_commit = off")
-                    for name, value in step.session_settings:
-                        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-                    if last is None:
-                        row = conn.execute(step.first_bounds, (size - 1,)).fetchone()
-                    else:
-                        row = conn.execute(step.bounds, (*last, size - 1)).fetchone()
-                    upper = list(row) if row else None
-                    condition = step.condition(
-                        step.key_value(last) if last is not None else None,
-                        step.key_value(upper) if upper is not None else None,
-                    )
-                    form = on_conflict if safe and on_conflict is not None else step.statement
-                    cur = conn.execute(form(condition))
-                    count = max(cur.rowcount, 0)
-                    finished = upper is None
-                    failpoint(f"{phase_name}:batch:{number}:in-transaction")
-                    store.checkpoint(
+                    store.set_checkpoint(
                         conn,
                         migration,
                         phase_idx,
-                        {
-                            "last": upper if upper is not None else last,
-                            "size": size,
-                            "finished": finished,
-                        },
-                        count,
-                        steps_done + 1 if finished else None,
+                        {"ranges": [r.entry() for r in ranges], "size": size},
                     )
-                return upper, count
-
-            try:
-                upper, count = with_lock_retries(
-                    one_batch,
-                    attempts=settings.lock_retries,
-                    what=f"{phase_name} batch",
-                    lock_timeout=settings.lock_timeout,
-                )
-            except psycopg.errors.UniqueViolation:
-                if on_conflict is None:
-                    raise
-                # a copy the trigger committed meanwhile: the same range again, whole, in the
-                # form that lets such copies win (see phases/backfill.py's CopyStep)
-                conflicts += 1
-                upper, count = with_lock_retries(
-                    lambda: one_batch(safe=True),
-                    attempts=settings.lock_retries,
-                    what=f"{phase_name} batch",
-                    lock_timeout=settings.lock_timeout,
-                )
-            seconds = time.monotonic() - t0
-            slowest = max(slowest, seconds)
-            batches += 1
-            done_here += count
-            rows_done += count
-            failpoint(f"{phase_name}:batch:{batches}")
-            elapsed = time.monotonic() - started
-            reporter.batch(
-                phase_name,
-                BatchReport(
-                    rows_done=rows_done,
-                    rows_total=rows_total,
-                    batch_rows=count,
-                    batch_seconds=seconds,
-                    batch_size=size,
-                    rows_per_second=done_here / elapsed if elapsed > 0 else 0.0,
-                ),
-            )
-            if upper is None:
-                break
-            last = upper
-            size = policy.next_size(size, count, seconds, recent)
-            recent.append((count, seconds))
-            throttle.nice(seconds)
-            if policy.pause > timedelta(0):
-                time.sleep(policy.pause.total_seconds())
+            else:
+                ranges = None  # too small to split
+        if ranges is None:
+            # one walk over the whole key, its checkpoint the walk's own (as it always was)
+            whole = KeyRange(lo=None, hi=None, last=saved.get("last"), finished=False)
+            if not saved.get("finished"):
+                _walk(run, conn, whole, size, None)
+        else:
+            used = _walk_ranges(run, conn, ranges, size, workers, connect)
+            with conn.transaction():
+                store.step_done(conn, migration, phase_idx, steps_done + 1)
     finally:
         reporter.backfill_finished()
     return BackfillOutcome(
-        rows=done_here,
-        batches=batches,
-        seconds=time.monotonic() - started,
-        slowest_batch_seconds=slowest,
-        conflict_retries=conflicts,
+        rows=run.done_here,
+        batches=run.batches,
+        seconds=time.monotonic() - run.started,
+        slowest_batch_seconds=run.slowest,
+        conflict_retries=run.conflicts,
+        workers=used,
     )
+
+
+def _walk_ranges(
+    run: _Run,
+    conn: psycopg.Connection[Any],
+    ranges: list[KeyRange],
+    size: int,
+    workers: int,
+    connect: Callable[[], psycopg.Connection[Any]] | None,
+) -> int:
+    """Walk the unfinished `ranges` with up to `workers` threads, each on a connection of its
+    own (the main one stays the throttle's); how many walked. The first failure stops the
+    others after their current batch and is raised."""
+    todo = deque((i, r) for i, r in enumerate(ranges) if not r.finished)
+    if not todo:
+        return 0
+    with ExitStack() as stack:
+        conns: list[psycopg.Connection[Any]] = []
+        opener = connect
+        for _ in range(min(workers, len(todo)) if opener is not None else 0):
+            try:
+                assert opener is not None
+                conns.append(stack.enter_context(opener()))
+            except psycopg.OperationalError as error:
+                # too many connections, say: fewer workers, only slower
+                log.warning(
+                    "backfill worker connection refused",
+                    migration=run.migration,
+                    reason=str(error).strip().splitlines()[0],
+                    workers=len(conns),
+                )
+                break
+        if not conns:
+            # no connection to spare: the ranges one after another on the main connection
+            while todo:
+                index, key_range = todo.popleft()
+                _walk(run, conn, key_range, size, index)
+            return 1
+        queue_lock = threading.Lock()
+
+        def work(own: psycopg.Connection[Any]) -> None:
+            while not run.stop.is_set():
+                with queue_lock:
+                    if not todo:
+                        return
+                    index, key_range = todo.popleft()
+                try:
+                    _walk(run, own, key_range, size, index)
+                except BaseException:
+                    run.stop.set()
+                    raise
+
+        pool = stack.enter_context(ThreadPoolExecutor(len(conns), "pgshift-backfill"))
+        futures = [pool.submit(work, own) for own in conns]
+        failures = [f.exception() for f in futures]
+        for failure in failures:
+            if failure is not None:
+                raise failure
+        return len(conns)

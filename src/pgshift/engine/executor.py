@@ -404,6 +404,8 @@ class Executor:
                         throttle=Throttle(conn, self.store, self.name, self.settings),
                         reporter=self.reporter,
                         check=self._rows_check(compiled, phase, number),
+                        workers=phase.options.get("workers") or self.settings.workers,
+                        connect=lambda: connect(self.dsn, role=f"apply {self.name} backfill"),
                     )
                     self.reporter.event(
                         "backfill finished",
@@ -412,6 +414,7 @@ class Executor:
                         batches=outcome.batches,
                         seconds=round(outcome.seconds, 2),
                         slowest_batch_ms=round(outcome.slowest_batch_seconds * 1000),
+                        workers=outcome.workers,
                     )
                 elif isinstance(step, DataCheckStep):
                     run_data_check(

@@ -4,6 +4,7 @@ throttle and progress change, right after writing it."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import psycopg
@@ -46,6 +47,7 @@ class ObservedStore(StateStore):
     def __init__(self, inner: StateStore, listeners: list[StoreListener]) -> None:
         self.__dict__.update(vars(inner))  # schema, actor, and whatever else the store keeps
         self.listeners = listeners
+        self._lock = threading.Lock()
 
     def event(
         self,
@@ -95,10 +97,16 @@ class ObservedStore(StateStore):
         checkpoint: Any,
         rows: int,
         steps_done: int | None,
+        *,
+        range_index: int | None = None,
+        size: int | None = None,
     ) -> None:
-        super().checkpoint(conn, name, idx, checkpoint, rows, steps_done)
-        for listener in self.listeners:
-            listener.on_rows(name, idx, rows, added=True)
+        super().checkpoint(
+            conn, name, idx, checkpoint, rows, steps_done, range_index=range_index, size=size
+        )
+        with self._lock:  # backfill workers write checkpoints from several threads
+            for listener in self.listeners:
+                listener.on_rows(name, idx, rows, added=True)
 
     def save_result(
         self, conn: psycopg.Connection[Any], name: str, idx: int, data: Any, rows: int

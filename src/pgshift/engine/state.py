@@ -445,9 +445,31 @@ class StateStore:
         checkpoint: Any,
         rows: int,
         steps_done: int | None,
+        *,
+        range_index: int | None = None,
+        size: int | None = None,
     ) -> None:
         """Called inside the batch's transaction: the batch and its checkpoint commit together.
-        `steps_done` is set with the last batch, so a finished backfill is never run again."""
+        `steps_done` is set with the last batch, so a finished backfill is never run again.
+
+        With `range_index` (backfill workers), `checkpoint` is that key range's entry and only
+        it (and the batch `size`) is written: under READ COMMITTED an UPDATE that waited for
+        another worker's batch recomputes jsonb_set on the row as that batch left it, so the
+        workers' entries compose."""
+        if range_index is not None:
+            conn.execute(
+                self._q(
+                    """
+                    UPDATE {s}.phases SET checkpoint = jsonb_set(
+                            jsonb_set(checkpoint, ARRAY['ranges', %s::text], %s), '{{size}}', %s),
+                        rows_done = rows_done + %s, batches = batches + 1,
+                        steps_done = coalesce(%s, steps_done)
+                    WHERE migration = %s AND idx = %s
+                    """
+                ),
+                (range_index, Jsonb(checkpoint), Jsonb(size), rows, steps_done, name, idx),
+            )
+            return
         conn.execute(
             self._q(
                 """
@@ -457,6 +479,15 @@ class StateStore:
                 """
             ),
             (Jsonb(checkpoint), rows, steps_done, name, idx),
+        )
+
+    def set_checkpoint(
+        self, conn: psycopg.Connection[Any], name: str, idx: int, checkpoint: Any
+    ) -> None:
+        """A phase's checkpoint before its first batch (the backfill workers' key ranges)."""
+        conn.execute(
+            self._q("UPDATE {s}.phases SET checkpoint = %s WHERE migration = %s AND idx = %s"),
+            (Jsonb(checkpoint), name, idx),
         )
 
     def approve(self, conn: psycopg.Connection[Any], name: str, gate: str, by: str) -> bool:

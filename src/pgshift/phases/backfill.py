@@ -163,11 +163,20 @@ def _index_builds(ctx: CompileContext) -> list[SqlStep]:
     ]
 
 
+def _workers(ctx: CompileContext, spec: Any) -> str:
+    """How the batches are spread, for the phase's summary."""
+    workers = spec.workers or ctx.plan.settings.workers
+    return f" by {workers} workers (key ranges split up front)" if workers > 1 else ""
+
+
 def compile_backfill(ctx: CompileContext, index: int, spec: Any) -> Phase:
     options = {k: v for k, v in spec.model_dump().items() if k != "kind" and v is not None}
     if ctx.plan.target == "new_table":
         builds = _index_builds(ctx)
-        summary = f"copy ~{max(ctx.table.row_estimate, 0):,} rows in key order, in batches"
+        summary = (
+            f"copy ~{max(ctx.table.row_estimate, 0):,} rows in key order, in batches"
+            + _workers(ctx, spec)
+        )
         if builds:
             summary += f", then build {len(builds)} index(es) of `create` concurrently"
         return Phase(
@@ -221,7 +230,8 @@ def compile_backfill(ctx: CompileContext, index: int, spec: Any) -> Phase:
             ),
         ),
         rollback=(),
-        summary=f"update ~{max(rows, 0):,} rows in key order, in batches, then build"
+        summary=f"update ~{max(rows, 0):,} rows in key order, in batches{_workers(ctx, spec)},"
+        " then build"
         f" {len(shape.indexes)} index copy(ies) on the shadow columns concurrently",
         options={k: v for k, v in spec.model_dump().items() if k != "kind" and v is not None},
     )

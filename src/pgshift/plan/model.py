@@ -78,7 +78,8 @@ class Settings(Strict):
     # wait while more of the database's sessions than this are active, pgshift's own apart; 0: off
     max_active_sessions: int = Field(default=0, ge=0)
     on_failure: Literal["rollback", "pause"] = "rollback"
-    # key ranges compared at once by verify (each on two connections sharing one snapshot)
+    # key ranges walked at once: by the backfill (a connection each) and by verify (two
+    # connections each, sharing one snapshot)
     workers: int = Field(default=1, ge=1, le=32)
     # cutover of a table migration: after this many lock timeouts of one step, terminate the
     # sessions holding a lock on the migrated table(s) that block it (0: never)
@@ -224,6 +225,8 @@ class BackfillPhase(PhaseBase):
     batch_size: BatchSize | None = None
     batch_time: Duration | None = None
     batch_pause: Duration | None = None
+    # key ranges walked at once (the plan's `workers` setting when not given)
+    workers: int | None = Field(default=None, ge=1, le=32)
 
     @field_validator("batch_time")
     @classmethod
