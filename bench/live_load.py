@@ -9,6 +9,9 @@ In a scratch database (dropped afterwards): `pgbench -i -s SCALE` once, then per
 - the single statement (the bar for the backfill): on a fresh table `t (id bigint primary
   key, v int, pad text)` of `--rows` rows, `ALTER TABLE t ADD COLUMN v2 bigint` and ONE
   `UPDATE t SET v2 = v`, timed alone on the otherwise idle server;
+- the same backfill on the idle server (a fresh table, nothing else running): what the
+  defaults cost when there is no load to make room for (`nice_ratio` sleeps only while other
+  sessions of the database are active, so here it should not sleep at all);
 - on a fresh table again, `pgbench -M prepared -c CLIENTS -j THREADS -P 1` starts (its
   TPC-B-like script, on its own tables); after a warm-up its tps over BEFORE seconds is the
   baseline; then pgshift applies a plan widening `v` to bigint (expand, dual_write, backfill)
@@ -17,8 +20,8 @@ In a scratch database (dropped afterwards): `pgbench -i -s SCALE` once, then per
   timestamps, so both windows are cut from the same pgbench run.
 
 Prints per run and medians: pgbench tps before and during (and their ratio, bar >= 0.7), the
-average latency of both, and the backfill under load against the single statement (bar
->= 0.4).
+average latency of both, the backfill under load against the single statement (bar >= 0.4),
+the idle backfill against it, and the nice_ratio sleeps each backfill took (count, seconds).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import psycopg
 import structlog
 from common import scratch_database, server, server_arguments  # bench/ is on sys.path
 
+from pgshift.engine import throttle
 from pgshift.engine.executor import Executor
 from pgshift.engine.state import StateStore
 from pgshift.plan.load import load_plan_text
@@ -82,6 +86,49 @@ def fresh_table(conn: psycopg.Connection[Any], rows: int) -> None:
     )
     conn.execute("VACUUM ANALYZE t")
     conn.execute("CHECKPOINT")
+
+
+class Sleeps:
+    """The nice_ratio sleeps taken (through throttle._sleep), counted and summed."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.sleep = throttle._sleep
+
+    def __call__(self, seconds: float) -> None:
+        self.count += 1
+        self.seconds += seconds
+        self.sleep(seconds)
+
+    def take(self) -> tuple[int, float]:
+        taken = (self.count, self.seconds)
+        self.count, self.seconds = 0, 0.0
+        return taken
+
+
+SLEEPS = Sleeps()
+throttle._sleep = SLEEPS
+
+
+def backfill_seconds(conn: psycopg.Connection[Any]) -> tuple[float, float]:
+    """The backfill phase's start and end (epoch seconds)."""
+    row = conn.execute(
+        "SELECT extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8"
+        " FROM pgshift.phases WHERE migration = 'live_load' AND kind = 'backfill'"
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def idle_backfill(dsn: str, conn: psycopg.Connection[Any], args: argparse.Namespace) -> float:
+    fresh_table(conn, args.rows)
+    SLEEPS.take()
+    Executor(dsn, load_plan_text(PLAN.format(settings=args.settings)), StateStore()).apply(
+        until="backfill"
+    )
+    started, finished = backfill_seconds(conn)
+    return finished - started
 
 
 def single_statement(conn: psycopg.Connection[Any], rows: int) -> float:
@@ -131,7 +178,10 @@ class Pgbench:
 @dataclass
 class Run:
     single: float
+    idle: float
+    idle_sleeps: tuple[int, float]
     backfill: float
+    sleeps: tuple[int, float]
     tps_before: float
     tps_during: float
     lat_before: float
@@ -145,9 +195,15 @@ class Run:
     def backfill_ratio(self) -> float:
         return self.single / self.backfill
 
+    @property
+    def idle_ratio(self) -> float:
+        return self.single / self.idle
+
 
 def one_run(dsn: str, conn: psycopg.Connection[Any], args: argparse.Namespace) -> Run:
     single = single_statement(conn, args.rows)
+    idle = idle_backfill(dsn, conn, args)
+    idle_sleeps = SLEEPS.take()
     fresh_table(conn, args.rows)
     loaded = load_plan_text(PLAN.format(settings=args.settings))
     bench = Pgbench(args.pgbench, dsn, args.clients, args.threads)
@@ -155,18 +211,25 @@ def one_run(dsn: str, conn: psycopg.Connection[Any], args: argparse.Namespace) -
         time.sleep(WARM_UP + args.before + 1)
         before_end = time.time() - 1
         tps_before, lat_before = bench.window(before_end - args.before, before_end)
+        SLEEPS.take()
         Executor(dsn, loaded, StateStore()).apply(until="backfill")
-        row = conn.execute(
-            "SELECT extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8"
-            " FROM pgshift.phases WHERE migration = 'live_load' AND kind = 'backfill'"
-        ).fetchone()
-        assert row is not None
-        started, finished = row
+        sleeps = SLEEPS.take()
+        started, finished = backfill_seconds(conn)
         time.sleep(1.5)  # the last second's progress line
         tps_during, lat_during = bench.window(started, finished)
     finally:
         bench.stop()
-    return Run(single, finished - started, tps_before, tps_during, lat_before, lat_during)
+    return Run(
+        single,
+        idle,
+        idle_sleeps,
+        finished - started,
+        sleeps,
+        tps_before,
+        tps_during,
+        lat_before,
+        lat_during,
+    )
 
 
 def main() -> None:
@@ -201,6 +264,7 @@ def main() -> None:
             f"live load: PostgreSQL {version[0] if version else '?'}, {args.rows:,} rows,"
             f" pgbench -c {args.clients} -j {args.threads} scale {args.scale},"
             f" settings {args.settings} over the defaults nice_ratio {defaults.nice_ratio},"
+            f" nice_min_active_sessions {defaults.nice_min_active_sessions},"
             f" max_active_sessions {defaults.max_active_sessions},"
             f" batch_time {defaults.batch_time.total_seconds() * 1000:.0f}ms"
         )
@@ -212,8 +276,10 @@ def main() -> None:
                 f"run {number}: pgbench {run.tps_before:,.0f} tps before,"
                 f" {run.tps_during:,.0f} during ({run.tps_ratio:.2f}),"
                 f" latency {run.lat_before:.1f} -> {run.lat_during:.1f} ms;"
-                f" backfill {run.backfill:.2f} s under load, single UPDATE"
-                f" {run.single:.2f} s idle ({run.backfill_ratio:.2f})",
+                f" backfill {run.backfill:.2f} s under load ({run.sleeps[0]} sleeps,"
+                f" {run.sleeps[1]:.2f} s), single UPDATE {run.single:.2f} s idle"
+                f" ({run.backfill_ratio:.2f}); idle backfill {run.idle:.2f} s"
+                f" ({run.idle_ratio:.2f}, {run.idle_sleeps[0]} sleeps)",
                 flush=True,
             )
     median = statistics.median
@@ -224,7 +290,9 @@ def main() -> None:
         f" latency {median(r.lat_before for r in runs):.1f} ->"
         f" {median(r.lat_during for r in runs):.1f} ms; backfill at {speed:.2f} of the single"
         f" statement (bar >= {BACKFILL_BAR}); single UPDATE {median(r.single for r in runs):.2f}"
-        f" s, backfill {median(r.backfill for r in runs):.2f} s"
+        f" s, backfill {median(r.backfill for r in runs):.2f} s; idle backfill at"
+        f" {median(r.idle_ratio for r in runs):.2f} of the single statement"
+        f" ({sum(r.idle_sleeps[0] for r in runs)} sleeps in all)"
     )
     met = tps >= TPS_BAR and speed >= BACKFILL_BAR
     print(f"bars met: {'yes' if met else 'no'}")

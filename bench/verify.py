@@ -18,7 +18,13 @@ drops afterwards, plants 10 differences, then runs, interleaved `--runs` times:
   `--big-chunk-arm` adds w1 with chunks of 100,000 keys);
 - migrate verify: the whole command, a new process (`migrate verify PLAN --json`) on a
   `new_table` migration of `a` applied up to its backfill, with the same 10 differences planted
-  in the new table (`--no-cli` skips it; its set-up adds a backfill to the build).
+  in the new table (`--no-cli` skips it; its set-up adds a backfill to the build). Its
+  processes find Python's bytecode cached in a folder of the run, as an installed package has
+  it (else, with PYTHONDONTWRITEBYTECODE set and no bytecode beside the sources, every start
+  would compile pgshift's modules again); one untimed run writes it. `--cli-w2-arm` adds the
+  command with `--workers 2`; `--other-command CMD` adds the command run by CMD instead of
+  `migrate` (e.g. `env PYTHONPATH=/other/checkout/src python -m pgshift.cli`: another version
+  in the same session).
 
 With `--gap N`, both tables lose the keys of a gap of N rows in the middle (the issue's pair:
 `--rows 1000000 --gap 300000`, 700,000 rows per side). It prints each arm's median, its rows/s
@@ -35,6 +41,7 @@ import argparse
 import collections
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -125,14 +132,30 @@ def build(conn: psycopg.Connection[Any], rows: int, gap: int = 0) -> None:
     conn.execute("VACUUM ANALYZE b")
 
 
-def migrate(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    migrate_bin = Path(sys.executable).with_name("migrate")
+MIGRATE = [str(Path(sys.executable).with_name("migrate"))]
+
+
+def migrate(
+    dsn: str,
+    *args: str,
+    program: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(migrate_bin), "--dsn", dsn, "--log-format", "json", *args],
+        [*(program or MIGRATE), "--dsn", dsn, "--log-format", "json", *args],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
+
+
+def cached_bytecode(folder: str) -> dict[str, str]:
+    """The environment with Python's bytecode written to and read from `folder`: from the
+    second start on, no module is compiled from source, as with an installed package."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = folder
+    return env
 
 
 def build_migration(conn: psycopg.Connection[Any], dsn: str, plan: str, rows: int) -> None:
@@ -159,7 +182,14 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=100_000)
     parser.add_argument("--gap", type=int, default=0, help="keys missing from both tables")
     parser.add_argument("--join", action="store_true", help="add the full outer join arm")
-    parser.add_argument("--no-cli", action="store_true", help="skip the `migrate verify` arm")
+    parser.add_argument("--no-cli", action="store_true", help="skip the `migrate verify` arms")
+    parser.add_argument(
+        "--cli-w2-arm", action="store_true", help="add `migrate verify --workers 2`"
+    )
+    parser.add_argument(
+        "--other-command",
+        help="add `migrate verify` run by this command instead of `migrate` (another version)",
+    )
     parser.add_argument(
         "--big-chunk-arm",
         action="store_true",
@@ -196,7 +226,7 @@ def main() -> None:
             f"verify bench: PostgreSQL {version}, {args.rows - args.gap:,} rows per table, "
             f"built in {time.perf_counter() - started:.1f} s, {os.cpu_count()} CPUs"
         )
-        run_bench(conn, args, dsn, plan)
+        run_bench(conn, args, dsn, plan, str(Path(folder) / "bytecode"))
 
 
 def reladiff_arm(dsn: str, path: str | None) -> Callable[[], dict[str, int]] | None:
@@ -223,11 +253,28 @@ def reladiff_arm(dsn: str, path: str | None) -> Callable[[], dict[str, int]] | N
     return run
 
 
-def cli_arm(dsn: str, plan: str, chunk_size: int) -> Callable[[], dict[str, Any]]:
+def cli_arm(
+    dsn: str,
+    plan: str,
+    chunk_size: int,
+    *more: str,
+    program: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Callable[[], dict[str, Any]]:
     """`migrate verify PLAN --json` as a new process: what it found and its own seconds."""
 
     def run() -> dict[str, Any]:
-        done = migrate(dsn, "verify", plan, "--json", "--chunk-size", str(chunk_size))
+        done = migrate(
+            dsn,
+            "verify",
+            plan,
+            "--json",
+            "--chunk-size",
+            str(chunk_size),
+            *more,
+            program=program,
+            env=env,
+        )
         if done.returncode != 4:  # 4: differences found, as planted
             raise SystemExit(f"migrate verify exited {done.returncode}:\n{done.stderr}")
         report: dict[str, Any] = json.loads(done.stdout)
@@ -236,7 +283,26 @@ def cli_arm(dsn: str, plan: str, chunk_size: int) -> Callable[[], dict[str, Any]
     return run
 
 
-def run_bench(conn: psycopg.Connection[Any], args: argparse.Namespace, dsn: str, plan: str) -> None:
+def command_arms(
+    args: argparse.Namespace, dsn: str, plan: str, env: dict[str, str]
+) -> dict[str, Callable[[], dict[str, Any]]]:
+    """The `migrate verify` arms by name, each run once to write the bytecode it then reads."""
+    if args.no_cli:
+        return {}
+    arms = {"migrate verify": cli_arm(dsn, plan, args.chunk_size, env=env)}
+    if args.cli_w2_arm:
+        arms["migrate verify w2"] = cli_arm(dsn, plan, args.chunk_size, "--workers", "2", env=env)
+    if args.other_command:
+        program = shlex.split(args.other_command)
+        arms["other migrate verify"] = cli_arm(dsn, plan, args.chunk_size, program=program, env=env)
+    for run in arms.values():
+        run()
+    return arms
+
+
+def run_bench(
+    conn: psycopg.Connection[Any], args: argparse.Namespace, dsn: str, plan: str, bytecode: str
+) -> None:
     left = Side(sql.Identifier("a"), ["id"], COLUMNS)
     right = Side(sql.Identifier("b"), ["id"], COLUMNS)
     # pgshift's own row hash (values of some types hashed as they are, the rest rendered)
@@ -267,9 +333,10 @@ def run_bench(conn: psycopg.Connection[Any], args: argparse.Namespace, dsn: str,
     rela = None if args.no_reladiff else reladiff_arm(dsn, args.reladiff_path)
     if rela is None and not args.no_reladiff:
         print("reladiff is not importable: its arm is skipped (see --reladiff-path)")
-    command = None if args.no_cli else cli_arm(dsn, plan, args.chunk_size)
+    env = cached_bytecode(bytecode)
+    commands = command_arms(args, dsn, plan, env)
     times: dict[str, list[float]] = collections.defaultdict(list)
-    inside: list[float] = []  # migrate verify's own `seconds`: the comparison alone
+    inside: dict[str, list[float]] = collections.defaultdict(list)  # the comparison alone
 
     def pgshift(workers: int, binary_values: bool = True) -> VerifyResult:
         return compare_same_db(
@@ -310,12 +377,12 @@ def run_bench(conn: psycopg.Connection[Any], args: argparse.Namespace, dsn: str,
             seconds, result = timed(lambda: pgshift(1, binary_values=False))
             times["pgshift w1 text"].append(seconds)
             check(result)
-        if command is not None:
+        for name, command in commands.items():
             seconds, report = timed(command)
-            times["migrate verify"].append(seconds)
-            inside.append(float(report["seconds"]))
+            times[name].append(seconds)
+            inside[name].append(float(report["seconds"]))  # the command's own `seconds`
             if report["differences"] != PLANTED:
-                raise SystemExit(f"migrate verify found {report['differences']}")
+                raise SystemExit(f"{name} found {report['differences']}")
         line = "  ".join(f"{name} {values[-1]:5.2f} s" for name, values in times.items())
         print(f"run {run}: {line}")
 
@@ -325,34 +392,39 @@ def run_bench(conn: psycopg.Connection[Any], args: argparse.Namespace, dsn: str,
         versus = ""
         if "reladiff" in medians:
             versus = f"  reladiff/this {medians['reladiff'] / seconds:5.1f}x"
-        print(f"median {name:15} {seconds:6.2f} s {total / seconds:11,.0f} rows/s{versus}")
+        print(f"median {name:31} {seconds:6.2f} s {total / seconds:11,.0f} rows/s{versus}")
     print(f"pgshift w1 speed / floor:    {medians['floor'] / medians['pgshift w1']:.2f}")
     print(f"pgshift w1 speed / baseline: {medians['baseline'] / medians['pgshift w1']:.2f}")
     print(f"pgshift w2 time / w1:        {medians['pgshift w2'] / medians['pgshift w1']:.2f}")
     if "reladiff" in medians:
-        for name in ("pgshift w1", "pgshift w2", "migrate verify"):
+        for name in ("pgshift w1", "pgshift w2", *commands):
             if name in medians:
                 print(f"{name} is {medians['reladiff'] / medians[name]:.1f}x faster than reladiff")
     print()
     breakdown(conn, left, right, args.chunk_size, total)
-    if command is not None:
-        whole, comparison = medians["migrate verify"], statistics.median(inside)
+    imports = startup(env) if commands else 0.0
+    for name in commands:
+        whole, comparison = medians[name], statistics.median(inside[name])
+        of_which = "" if name.startswith("other") else f" (imports {imports:.2f} s)"
         print(
-            f"migrate verify (medians): whole command {whole:.2f} s = comparison"
-            f" {comparison:.2f} s + start-up, catalog and plan compile {whole - comparison:.2f} s"
-            f" (of which interpreter and imports {startup():.2f} s)"
+            f"{name} (medians): whole command {whole:.2f} s = comparison {comparison:.2f} s"
+            f" + start-up, catalog and plan compile {whole - comparison:.2f} s{of_which}"
         )
 
 
-# What `migrate verify` imports before it connects.
-IMPORTS = "import pgshift.cli, pgshift.engine.executor"
+# What `migrate verify` imports before it connects, as it imports them: without the cyclic
+# garbage collector, then everything loaded frozen (gc.freeze).
+IMPORTS = (
+    "import gc; gc.disable(); import pgshift.cli, pgshift.engine.executor, pgshift.engine.progress;"
+    " gc.enable(); gc.freeze()"
+)
 
 
-def startup() -> float:
+def startup(env: dict[str, str] | None = None) -> float:
     """Median seconds of a new interpreter importing the CLI, as `migrate` does on start."""
     runs = [
-        timed(lambda: subprocess.run([sys.executable, "-c", IMPORTS], check=True))[0]
-        for _ in range(3)
+        timed(lambda: subprocess.run([sys.executable, "-c", IMPORTS], check=True, env=env))[0]
+        for _ in range(5)
     ]
     return statistics.median(runs)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import importlib
 import json
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
@@ -24,7 +27,6 @@ from pgshift.errors import (
     UsageError,
     no_phase_named,
 )
-from pgshift.lint.command import lint_command
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,11 +76,11 @@ class Options:
     ) -> Executor | MoveExecutor:
         """The executor of the plan's target: a move runs on two servers. `metrics` hears
         what it records (--metrics-file, --metrics-port)."""
-        from pgshift.engine.executor import Executor
         from pgshift.engine.progress import Reporter
-        from pgshift.move.executor import MoveExecutor
 
         if loaded.plan.move is not None:
+            from pgshift.move.executor import MoveExecutor  # only a move: not on every command
+
             return MoveExecutor(
                 self.dsn,
                 self.destination_dsn,
@@ -88,6 +90,8 @@ class Options:
                 force=force,
                 metrics=metrics,
             )
+        from pgshift.engine.executor import Executor
+
         return Executor(self.dsn, loaded, self.store(), Reporter(), force=force, metrics=metrics)
 
 
@@ -147,7 +151,22 @@ def _message(error: BaseException) -> tuple[str, int]:
 
 
 class Group(click.Group):
-    """Turns every error into one line and an exit status."""
+    """Turns every error into one line and an exit status. The commands of LAZY_COMMANDS are
+    imported only when they run or a listing names them, so that no other command pays for
+    their imports at start-up (lint's: its rules and their configuration)."""
+
+    LAZY_COMMANDS = {"lint": "pgshift.lint.command:lint_command"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in self.LAZY_COMMANDS:
+            module, name = self.LAZY_COMMANDS[cmd_name].split(":")
+            command = getattr(importlib.import_module(module), name)
+            self.add_command(command)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -160,6 +179,22 @@ class Group(click.Group):
         except Exception as error:
             options = ctx.find_object(Options)
             fail(error, options.verbose if options else 0)
+
+
+@contextmanager
+def _start_up() -> Iterator[None]:
+    """A command's imports and plan loading, most of a short command's time: without the
+    cyclic garbage collector, which would walk the growing heap of modules, classes and
+    schemas again and again (and once more at exit) to find nothing to free. What start-up
+    made lives as long as the process; gc.freeze() leaves it out of later collections."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.freeze()
 
 
 def _load(path: str) -> LoadedPlan:
@@ -218,7 +253,8 @@ def main(
 ) -> None:
     """pgshift: zero-downtime migrations for PostgreSQL."""
     if ctx.invoked_subcommand != "lint":  # lint logs nothing: spare it structlog's import
-        from pgshift.log import configure
+        with _start_up():
+            from pgshift.log import configure
 
         configure(log_format, verbose)
     ctx.obj = Options(dsn, state_schema, verbose, destination_dsn, log_format)
@@ -555,11 +591,17 @@ def verify_command(
     options: Options, plan_file: str, as_json: bool, chunk_size: int, workers: int | None
 ) -> None:
     """Row-hash comparison of the new shape with the old, now; exit 4 on any difference."""
-    from pgshift.engine.checks import differences_message
-    from pgshift.report.verify_table import MOVE_SIDES, TABLE_SIDES, render_verify, verify_json
+    with _start_up():
+        from pgshift.engine.checks import differences_message
+        from pgshift.report.verify_table import (
+            MOVE_SIDES,
+            TABLE_SIDES,
+            render_verify,
+            verify_json,
+        )
 
-    loaded = _load(plan_file)
-    executor = options.executor(loaded)
+        loaded = _load(plan_file)
+        executor = options.executor(loaded)
     result = _with_plan_locations(loaded, lambda: executor.verify(chunk_size, workers))
     sides = MOVE_SIDES if loaded.plan.move is not None else TABLE_SIDES
     if as_json:
@@ -688,7 +730,8 @@ def _set_paused(options: Options, name: str, paused: bool) -> None:
 @pass_options
 def set_command(options: Options, name: str, assignments: tuple[str, ...]) -> None:
     """Change settings of a migration while it runs (batch_size, batch_time, batch_pause,
-    nice_ratio, max_active_sessions, max_replication_lag), from any shell; the run takes
+    nice_ratio, nice_min_active_sessions, max_active_sessions, max_replication_lag), from any
+    shell; the run takes
     them before its next batch. `KEY=` goes back to the plan's value; no KEY=VALUE shows them."""
     from pgshift.db import connect
     from pgshift.engine.live_settings import describe, parse_assignments
@@ -816,9 +859,6 @@ def runbook_command(options: Options, plan_file: str, output: str | None) -> Non
         return
     Path(output).write_text(text, encoding="utf-8")
     click.echo(f"runbook of {loaded.plan.name} written to {output}")
-
-
-main.add_command(lint_command)  # pgshift.lint.command: loads no database code
 
 
 @main.command("demo")

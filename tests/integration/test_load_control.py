@@ -1,5 +1,6 @@
-"""Live load under control: nice_ratio (sleep in proportion to each batch's time) and
-max_active_sessions (wait while the database is busy), on a real server."""
+"""Live load under control: nice_ratio (sleep in proportion to each batch's time, while other
+sessions of the database are active) and max_active_sessions (wait while the database is
+busy), on a real server."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ import pytest
 
 from pgshift.demo.seed import create_accounts
 from pgshift.engine import progress, throttle
+from pgshift.engine.state import StateStore
+from pgshift.plan.model import Settings
 from tests.integration.helpers import cli, write_plan
 
 PLAN = """version: 1
@@ -63,6 +67,56 @@ def _record_backfill(monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], list
     return sleeps, batches
 
 
+@contextlib.contextmanager
+def _app_sessions(dsn: str, count: int) -> Iterator[None]:
+    """`count` sessions of the database (application_name "app"), each running one statement
+    until the block ends, active from its start on. The statement sleeps in short transactions
+    (a DO block that commits every 0.1 s, for at most 2 minutes should the test be killed), so
+    it holds no snapshot that would keep pgshift's CREATE INDEX CONCURRENTLY waiting."""
+    pids: list[int] = []
+    ready = threading.Barrier(count + 1)
+
+    def busy() -> None:
+        with psycopg.connect(dsn, autocommit=True, application_name="app") as app:
+            pids.append(app.info.backend_pid)
+            ready.wait()
+            with contextlib.suppress(psycopg.errors.QueryCanceled):
+                app.execute(
+                    "DO $$ BEGIN FOR i IN 1..1200 LOOP PERFORM pg_sleep(0.1); COMMIT; END LOOP;"
+                    " END $$"
+                )
+
+    workers = [threading.Thread(target=busy) for _ in range(count)]
+    for worker in workers:
+        worker.start()
+    ready.wait()
+    with psycopg.connect(dsn, autocommit=True) as watcher:
+        try:
+            deadline = time.monotonic() + 30
+            while _active_apps(watcher) < count:
+                assert time.monotonic() < deadline, "the app sessions never became active"
+                time.sleep(0.01)
+            yield
+        finally:
+            for pid in pids:
+                watcher.execute("SELECT pg_cancel_backend(%s)", [pid])
+            for worker in workers:
+                worker.join(10)
+
+
+def _active_apps(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = 'app' AND state = 'active'"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_defaults_sleep_only_while_the_application_is_busy() -> None:
+    settings = Settings()
+    assert settings.nice_ratio > 0 and settings.nice_min_active_sessions == 1
+
+
 @pytest.mark.parametrize("ratio", [0, 0.5, 3])
 def test_nice_ratio_sleeps_in_proportion_to_each_batch(
     dsn: str,
@@ -71,8 +125,10 @@ def test_nice_ratio_sleeps_in_proportion_to_each_batch(
     monkeypatch: pytest.MonkeyPatch,
     ratio: float,
 ) -> None:
+    """With nice_min_active_sessions 0, after every batch, busy or not (gh-ost's nice-ratio)."""
     sleeps, batches = _record_backfill(monkeypatch)
-    path = write_plan(tmp_path, PLAN.format(settings=f"{{nice_ratio: {ratio}, batch_size: 250}}"))
+    settings = f"{{nice_ratio: {ratio}, nice_min_active_sessions: 0, batch_size: 250}}"
+    path = write_plan(tmp_path, PLAN.format(settings=settings))
     result = cli(dsn, "apply", path)
     assert result.exit_code == 0, result.output
     assert _status(dsn)["status"] == "done"
@@ -85,6 +141,89 @@ def test_nice_ratio_sleeps_in_proportion_to_each_batch(
     assert len(sleeps) == len(batches) - 1
     assert sleeps == pytest.approx([ratio * seconds for seconds in batches[:-1]])
     assert sum(sleeps) == pytest.approx(ratio * sum(batches[:-1]))
+
+
+def test_no_nice_sleep_on_an_idle_server(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No other session of the database runs a statement (pgshift's own do not count): the
+    batches follow each other without a sleep, whatever nice_ratio says."""
+    sleeps, batches = _record_backfill(monkeypatch)
+    path = write_plan(tmp_path, PLAN.format(settings="{nice_ratio: 3, batch_size: 250}"))
+    result = cli(dsn, "apply", path)
+    assert result.exit_code == 0, result.output
+    assert len(batches) == 3_000 // 250 + 1
+    assert sleeps == []
+
+
+def test_nice_sleeps_while_other_sessions_run_statements(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sessions of the application running a statement all along: a sleep after every batch
+    but the last, nice_ratio times its time, as with nice_min_active_sessions 0."""
+    sleeps, batches = _record_backfill(monkeypatch)
+    path = write_plan(tmp_path, PLAN.format(settings="{nice_ratio: 3, batch_size: 250}"))
+    with _app_sessions(dsn, 2):
+        result = cli(dsn, "apply", path)
+    assert result.exit_code == 0, result.output
+    assert len(batches) == 3_000 // 250 + 1
+    assert len(sleeps) == len(batches) - 1
+    assert sleeps == pytest.approx([3 * seconds for seconds in batches[:-1]])
+
+
+def test_nice_min_active_sessions_is_the_threshold(
+    dsn: str, accounts: psycopg.Connection[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two active sessions do not reach nice_min_active_sessions 3: no sleep; `migrate set` to 2
+    while the backfill runs, and the batches after it sleep."""
+    sleeps, batches = _record_backfill(monkeypatch)
+    settings = "{nice_ratio: 3, nice_min_active_sessions: 3, batch_size: 250}"
+    path = write_plan(tmp_path, PLAN.format(settings=settings))
+    assert cli(dsn, "apply", path, "--until", "dual_write").exit_code == 0
+    original = progress.Reporter.batch
+    lowered: list[int] = []
+
+    def batch(self: Any, phase: str, report: Any, work: str = "backfill") -> None:
+        original(self, phase, report, work)
+        if phase == "backfill" and len(batches) == 4:
+            # after the 4th batch's nice, before the 5th batch's wait (which reads it)
+            assert cli(dsn, "set", "load_test", "nice_min_active_sessions=2").exit_code == 0
+            lowered.append(len(sleeps))
+
+    monkeypatch.setattr(progress.Reporter, "batch", batch)
+    with _app_sessions(dsn, 2):
+        result = cli(dsn, "apply", path)
+    assert result.exit_code == 0, result.output
+    assert len(batches) == 3_000 // 250 + 1
+    assert lowered == [0]  # no sleep before
+    # the 4th batch's nice still has 3 (the next wait reads the change): from the 5th batch on,
+    # every batch but the last sleeps
+    assert len(sleeps) == len(batches) - 1 - 4
+
+
+def test_a_busy_sample_holds_for_a_second(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    """One sample that saw the application busy keeps nice sleeping for BUSY_HOLD_SECONDS (by
+    the throttle's clock), then idle samples end it; samples are at most BUSY_SAMPLE_SECONDS
+    apart."""
+    now = [0.0]
+    settings = Settings(nice_ratio=1)
+    gate = throttle.Throttle(conn, StateStore(), "m", settings, clock=lambda: now[0])
+    assert not gate.busy()
+    with _app_sessions(dsn, 1):
+        assert not gate.busy()  # too soon for another sample: the idle one still answers
+        now[0] += 2 * throttle.BUSY_SAMPLE_SECONDS
+        assert gate.busy()
+    deadline = time.monotonic() + 30
+    while _active_apps(conn):
+        assert time.monotonic() < deadline, "the app session stayed active"
+        time.sleep(0.01)
+    now[0] += throttle.BUSY_HOLD_SECONDS / 2
+    assert gate.busy()
+    now[0] += throttle.BUSY_HOLD_SECONDS
+    assert not gate.busy()
+    # nice_min_active_sessions 0: busy without looking
+    gate.settings = Settings(nice_ratio=1, nice_min_active_sessions=0)
+    assert gate.busy()
 
 
 def test_max_active_sessions_holds_the_backfill(

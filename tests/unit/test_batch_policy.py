@@ -58,8 +58,18 @@ def test_fixed_size_and_bounds() -> None:
 
 def test_nice_ratio_and_max_active_sessions_settings() -> None:
     settings = Settings()
-    assert (settings.nice_ratio, settings.max_active_sessions) == (0.0, 0)
+    # nice_ratio sleeps only while at least one other session is active
+    assert (
+        settings.nice_ratio,
+        settings.nice_min_active_sessions,
+        settings.max_active_sessions,
+    ) == (0.25, 1, 0)
     assert Settings(nice_ratio=0.5, max_active_sessions=8).nice_ratio == 0.5
-    for bad in ({"nice_ratio": -1}, {"nice_ratio": 101}, {"max_active_sessions": -1}):
+    for bad in (
+        {"nice_ratio": -1},
+        {"nice_ratio": 101},
+        {"max_active_sessions": -1},
+        {"nice_min_active_sessions": -1},
+    ):
         with pytest.raises(ValidationError):
             Settings(**bad)  # type: ignore[arg-type]

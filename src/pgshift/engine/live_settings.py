@@ -17,7 +17,9 @@ SETTABLE: dict[str, str] = {
     "batch_size": "rows per batch, or auto",
     "batch_time": "the target time of one batch when batch_size is auto",
     "batch_pause": "a sleep between batches",
-    "nice_ratio": "sleep this many times each batch's own time after it",
+    "nice_ratio": "sleep this many times each batch's own time after it, while the app is busy",
+    "nice_min_active_sessions": "nice_ratio sleeps while at least this many other sessions"
+    " are active (0: always)",
     "max_active_sessions": "wait while more of the database's sessions are active (0: off)",
     "max_replication_lag": "wait while a replica lags more than this",
 }

@@ -73,8 +73,11 @@ class Settings(Strict):
     batch_pause: Duration = timedelta(0)
     max_replication_lag: Duration = timedelta(seconds=30)
     throttle_query: str | None = None
-    # after each batch, sleep nice_ratio times that batch's own time (gh-ost's --nice-ratio)
-    nice_ratio: float = Field(default=0.0, ge=0, le=100)
+    # after each batch, sleep nice_ratio times that batch's own time (gh-ost's --nice-ratio),
+    # while at least nice_min_active_sessions other sessions of the database are active (one
+    # was in the last second); 0: after every batch, busy or not
+    nice_ratio: float = Field(default=0.25, ge=0, le=100)
+    nice_min_active_sessions: int = Field(default=1, ge=0)
     # wait while more of the database's sessions than this are active, pgshift's own apart; 0: off
     max_active_sessions: int = Field(default=0, ge=0)
     on_failure: Literal["rollback", "pause"] = "rollback"
