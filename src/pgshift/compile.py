@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pgshift.catalog import Table
@@ -37,11 +37,39 @@ COMPILERS: dict[str, PhaseCompiler] = {
 
 @dataclass(frozen=True)
 class CompiledPlan:
+    """A plan's phases of concrete steps. A plan with `tables` is compiled one table at a time
+    (`parts`, each a one-table CompiledPlan) and merged into one set of phases (tableset/):
+    `table`, `key` and `context` are then its first table's, and `owners` says which part each
+    forward step of a phase belongs to."""
+
     plan: Plan
     table: Table
     key: tuple[str, ...]
     phases: tuple[Phase, ...]
     context: CompileContext
+    parts: tuple[CompiledPlan, ...] = ()
+    owners: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    # several tables: how they were resolved, for the migration's snapshot (tableset/prepare)
+    recorded: dict[str, Any] = field(default_factory=dict)
+
+    def each(self) -> tuple[CompiledPlan, ...]:
+        """Every table's own compiled plan: the parts, or this one."""
+        return self.parts or (self,)
+
+    def part_of(self, phase: int, step: int) -> CompiledPlan:
+        """The table's plan that forward step `step` of phase `phase` belongs to."""
+        if not self.parts:
+            return self
+        return self.parts[self.owners[phase][step]]
+
+    @property
+    def tables(self) -> list[Table]:
+        """The migrated tables (their live tables, not the new ones of `new_table`)."""
+        return [p.table for p in self.each()]
+
+    @property
+    def display(self) -> str:
+        return ", ".join(t.display for t in self.tables)
 
     @property
     def new_table(self) -> Table | None:
@@ -76,7 +104,10 @@ def compile_plan(
     key: tuple[str, ...],
     state_schema: str,
     new_table: Table | None = None,
+    tag: str | None = None,
+    label: str = "",
 ) -> CompiledPlan:
+    """`tag` and `label`: one table of a plan with several (see CompileContext)."""
     check_available(plan)
     ctx = CompileContext(plan=plan, table=table, state_schema=state_schema)
     compilers = COMPILERS
@@ -90,10 +121,12 @@ def compile_plan(
     elif plan.new_table is not None:
         if new_table is None:
             raise PlanError("the new table's definition is unknown", path=("new_table",))
-        shape = build_table_shape(plan, table, new_table, ctx.view_schema, key)
+        shape = build_table_shape(plan, table, new_table, ctx.view_schema, key, tag)
     else:
-        shape = build_shape(plan, table, ctx.view_schema, key)
-    ctx = CompileContext(plan=plan, table=table, state_schema=state_schema, shape=shape)
+        shape = build_shape(plan, table, ctx.view_schema, key, tag)
+    ctx = CompileContext(
+        plan=plan, table=table, state_schema=state_schema, shape=shape, tag=tag, label=label
+    )
     phases = []
     for index, spec in enumerate(plan.phases):
         phases.append(_compiled(compilers[spec.kind], ctx, index, spec))

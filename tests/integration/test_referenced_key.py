@@ -84,7 +84,10 @@ def _orphans(conn: psycopg.Connection[Any]) -> int:
 
 
 class ChildWriter:
-    """Inserts into both referencing tables, and updates them, on its own connection."""
+    """Inserts into both referencing tables, and updates them, on its own connection. The
+    account a row references is locked first (FOR KEY SHARE, as the foreign key's own check
+    does), so the writers deleting and re-keying accounts meanwhile cannot fail its insert: any
+    error here is the migration's."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
@@ -107,17 +110,23 @@ class ChildWriter:
             while not self._stop.is_set():
                 try:
                     with conn.transaction():
-                        if rng.random() < 0.5:
+                        account = conn.execute(
+                            # the cast keeps the result's type across the swap: a prepared
+                            # statement returning the widened column itself fails once there
+                            "SELECT id::bigint FROM accounts WHERE id >= %s ORDER BY id LIMIT 1"
+                            " FOR KEY SHARE",
+                            (rng.randint(1, 2_000),),
+                        ).fetchone()
+                        if account is None:
+                            pass  # deleted or re-keyed before the lock: nothing to reference
+                        elif rng.random() < 0.5:
                             conn.execute(
-                                "INSERT INTO transfers (account_id, amount)"
-                                " SELECT id, 2 FROM accounts WHERE id >= %s ORDER BY id LIMIT 1",
-                                (rng.randint(1, 2_000),),
+                                "INSERT INTO transfers (account_id, amount) VALUES (%s, 2)",
+                                account,
                             )
                         else:
                             conn.execute(
-                                "INSERT INTO history (aid, note)"
-                                " SELECT id, 'y' FROM accounts WHERE id >= %s ORDER BY id LIMIT 1",
-                                (rng.randint(1, 2_000),),
+                                "INSERT INTO history (aid, note) VALUES (%s, 'y')", account
                             )
                         conn.execute(
                             "UPDATE transfers SET amount = amount + 1 WHERE id = %s",

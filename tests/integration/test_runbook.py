@@ -38,6 +38,17 @@ WIDEN = PLANS / "widen_account_balance.yaml"
 def accounts(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     create_accounts(conn, 2000)
     create_customers(conn, 500)  # the table of plans/split_full_name.yaml
+    # the tables referencing accounts, of the plans with several tables
+    conn.execute(
+        "CREATE TABLE transfers (id serial PRIMARY KEY, account_id int NOT NULL"
+        " REFERENCES accounts, amount int NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE history (id serial PRIMARY KEY, aid int REFERENCES accounts, note text)"
+    )
+    conn.execute("INSERT INTO transfers (account_id, amount) SELECT id, 1 FROM accounts")
+    conn.execute("INSERT INTO history (aid, note) SELECT id, 'x' FROM accounts WHERE id % 2 = 0")
+    conn.execute("ANALYZE transfers, history")
     return conn
 
 
@@ -81,10 +92,13 @@ def heading(section: str) -> str:
 def test_runbook_shows_every_step_rollback_and_the_point_of_no_return(
     dsn: str, accounts: psycopg.Connection[Any], plan: Path
 ) -> None:
-    table = load_plan(plan).plan.table
-    before = definition(accounts, table)
+    loaded = load_plan(plan).plan
+    tables = [e.table for e in loaded.tables] if loaded.tables else [loaded.table]
+    before = [definition(accounts, table) for table in tables]
     text = runbook(dsn, plan)
-    assert definition(accounts, table) == before, "generating a runbook must change nothing"
+    assert [definition(accounts, table) for table in tables] == before, (
+        "generating a runbook must change nothing"
+    )
     assert accounts.execute("SELECT to_regnamespace('pgshift')").fetchone() == (None,)
 
     compiled_plan = compiled(dsn, plan)
@@ -131,7 +145,7 @@ def test_runbook_shows_every_step_rollback_and_the_point_of_no_return(
     assert diagram.count(".->") == len(reversible)
 
     reltuples = accounts.execute(
-        "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (table,)
+        "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (tables[0],)
     ).fetchone()
     assert reltuples is not None
     assert f"Row estimate: **{reltuples[0]:,}** rows" in text

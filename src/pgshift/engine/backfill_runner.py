@@ -236,13 +236,20 @@ def _walk(
                 cur = conn.execute(form(condition))
                 count = max(cur.rowcount, 0)
                 failpoint(f"{run.phase_name}:batch:{number}:in-transaction")
+                # the same, naming the step: one of several tables' backfills
+                failpoint(f"{run.phase_name}:{run.steps_done}:batch:{number}:in-transaction")
                 reached = upper if upper is not None else last
                 if range_index is None:
                     run.store.checkpoint(
                         conn,
                         run.migration,
                         run.phase_idx,
-                        {"last": reached, "size": size, "finished": finished},
+                        {
+                            "last": reached,
+                            "size": size,
+                            "finished": finished,
+                            "step": run.steps_done,
+                        },
                         count,
                         run.steps_done + 1 if finished else None,
                     )
@@ -347,7 +354,7 @@ def run_backfill(
                         conn,
                         migration,
                         phase_idx,
-                        {"ranges": [r.entry() for r in ranges], "size": size},
+                        {"ranges": [r.entry() for r in ranges], "size": size, "step": steps_done},
                     )
             else:
                 ranges = None  # too small to split

@@ -18,10 +18,8 @@ import structlog
 from pgshift.catalog import load_table, resolve_table, table_from_snapshot, table_to_snapshot
 from pgshift.compile import CompiledPlan, compile_plan
 from pgshift.db import connect
-from pgshift.engine.backfill_runner import BatchPolicy, run_backfill
 from pgshift.engine.blockers import terminating_blockers
 from pgshift.engine.checks import Checks
-from pgshift.engine.data_check import run_data_check
 from pgshift.engine.failpoints import failpoint
 from pgshift.engine.hooks import observed_store
 from pgshift.engine.locks import (
@@ -63,7 +61,8 @@ from pgshift.plan.check import (
 )
 from pgshift.plan.load import LoadedPlan
 from pgshift.plan.model import Plan
-from pgshift.report.clients import client_impact
+from pgshift.report.preview import clients_data
+from pgshift.tableset.results import summed
 from pgshift.verify.rowhash import VerifyResult
 
 log = structlog.get_logger("pgshift.executor")
@@ -88,6 +87,11 @@ def prepare(
     state = store.get(conn, plan.name)
     new_table = None
     started = state is not None and state.started and bool(state.snapshot)
+    if plan.tables is not None:
+        from pgshift.tableset.prepare import prepare_tables  # only such a plan needs it
+
+        snapshot = state.snapshot if state is not None and started else None
+        return prepare_tables(conn, plan, store.schema, snapshot), state
     if state is not None and started:
         table = table_from_snapshot(state.snapshot["table"])
         if state.snapshot.get("new_table"):
@@ -264,8 +268,13 @@ class Executor:
         ):
             self._connected(conn)
             self.store.ensure_schema(conn)
-            self._one_migration_per_table(conn)
+            if self.plan.tables is None:
+                self._one_migration_per_table(conn, self.plan.table)
             compiled, state = prepare(conn, self.loaded, self.store)
+            if self.plan.tables is not None:
+                # the tables are known once resolved (with_references finds some)
+                for table in sorted(t.display for t in compiled.tables):
+                    self._one_migration_per_table(conn, table)
             if until is not None:
                 compiled.phase(until)  # an unknown name is a usage error before anything runs
             for gate in approve:
@@ -303,11 +312,11 @@ class Executor:
             self.store.event(conn, self.name, "done")
             return RunResult(self.name, "done", f"migration {self.name} done", None, run)
 
-    def _one_migration_per_table(self, conn: psycopg.Connection[Any]) -> None:
+    def _one_migration_per_table(self, conn: psycopg.Connection[Any], name: str) -> None:
         """Two migrations of one table would each compile against a table the other changes:
         the table's advisory lock keeps a second apply or rollback out while one runs, and a
         migration does not start while another of its table is unfinished."""
-        found = resolve_table(conn, self.plan.table)
+        found = resolve_table(conn, name)
         if found is None:
             return  # prepare says what is wrong with `table`
         table = f"{found[0]}.{found[1]}"
@@ -329,25 +338,29 @@ class Executor:
         """The migration's state row, created (or re-created after a full rollback) as needed;
         a plan changed since the migration started is refused unless forced."""
         if state is None or not state.started:
+            tables: dict[str, Any] = compiled.recorded or {
+                "table": table_to_snapshot(compiled.table),
+                "new_table": table_to_snapshot(compiled.new_table)
+                if compiled.new_table is not None
+                else None,
+            }
+            estimates = [t.row_estimate for t in compiled.tables]
             self.store.create(
                 conn,
                 self.name,
                 self.loaded.sha256,
-                compiled.table.display,
+                compiled.display,
                 [(p.kind, p.name) for p in compiled.phases],
                 {
-                    "table": table_to_snapshot(compiled.table),
-                    "new_table": table_to_snapshot(compiled.new_table)
-                    if compiled.new_table is not None
-                    else None,
+                    **tables,
                     # for `status`, which reads no plan
                     "application": {
                         "mode": self.plan.application.mode,
                         "schema": compiled.context.view_schema,
-                        "clients": [c.data() for c in client_impact(compiled)],
+                        "clients": clients_data(compiled),
                     },
                 },
-                compiled.table.row_estimate if compiled.table.row_estimate >= 0 else None,
+                sum(estimates) if all(e >= 0 for e in estimates) else None,
             )
         elif accept_plan_change(
             conn,
@@ -370,6 +383,10 @@ class Executor:
         phase: Phase,
         state: MigrationState,
     ) -> None:
+        # imported here: `migrate verify` and rollback never run a backfill or a data check
+        from pgshift.engine.backfill_runner import BatchPolicy, run_backfill
+        from pgshift.engine.data_check import run_data_check
+
         phase_state = state.phase(phase.index)
         if not phase.reversible and phase_state.steps_done == 0:
             self._before_no_return(conn, compiled, phase)
@@ -384,10 +401,14 @@ class Executor:
                 self._rows_check(compiled, phase, number)(conn)
                 failpoint(f"{label}:before")
                 self.reporter.event("step", phase=phase.name, step=step.description)
+                part = compiled.part_of(phase.index, number)
                 if isinstance(step, BackfillStep):
                     fresh = self.store.get(conn, self.name)
                     assert fresh is not None
                     ps = fresh.phase(phase.index)
+                    saved = ps.checkpoint if isinstance(ps.checkpoint, dict) else None
+                    if saved and saved.get("step", number) != number:
+                        saved = None  # another table's backfill step of this phase
                     outcome = run_backfill(
                         conn,
                         step,
@@ -396,7 +417,7 @@ class Executor:
                         phase_idx=phase.index,
                         phase_name=phase.name,
                         steps_done=number,
-                        checkpoint=ps.checkpoint,
+                        checkpoint=saved,
                         rows_done=ps.rows_done,
                         rows_total=ps.rows_total,
                         settings=self.settings,
@@ -410,6 +431,7 @@ class Executor:
                     self.reporter.event(
                         "backfill finished",
                         phase=phase.name,
+                        table=part.table.display,
                         rows=outcome.rows,
                         batches=outcome.batches,
                         seconds=round(outcome.seconds, 2),
@@ -419,7 +441,7 @@ class Executor:
                 elif isinstance(step, DataCheckStep):
                     run_data_check(
                         conn,
-                        compiled,
+                        part,
                         phase,
                         number,
                         step,
@@ -428,7 +450,7 @@ class Executor:
                         reporter=self.reporter,
                     )
                 elif isinstance(step, VerifyStep):
-                    self.checks.verify_phase(conn, compiled, phase, step)
+                    self.checks.verify_phase(conn, part, phase, step, number)
                     with conn.transaction():
                         self.store.step_done(conn, self.name, phase.index, number + 1)
                 elif isinstance(step, ShadowReadStep):
@@ -487,7 +509,12 @@ class Executor:
         the plan opts in (terminate_blockers_after)."""
         if phase.kind != "cutover":
             return nullcontext()
-        tables = [t.display for t in (compiled.table, compiled.new_table) if t is not None]
+        tables = [
+            t.display
+            for part in compiled.each()
+            for t in (part.table, part.new_table)
+            if t is not None
+        ]
 
         def record(detail: dict[str, Any]) -> None:
             self.store.event(conn, self.name, "blocker terminated", phase=phase.name, detail=detail)
@@ -596,13 +623,21 @@ class Executor:
                     " counts the rows a new constraint would reject (migrate apply --until verify)"
                 )
             throttle = Throttle(conn, self.store, self.name, self.settings) if state else None
-            result = run_verify(
-                conn,
-                compiled,
-                chunk_size=chunk_size,
-                throttle=throttle,
-                reporter=self.reporter,
-                workers=workers,
+            result = summed(
+                [
+                    (
+                        part.table.display,
+                        run_verify(
+                            conn,
+                            part,
+                            chunk_size=chunk_size,
+                            throttle=throttle,
+                            reporter=self.reporter,
+                            workers=workers,
+                        ),
+                    )
+                    for part in compiled.each()
+                ]
             )
             if state is not None:
                 detail = {k: v for k, v in result.to_json().items() if k != "examples"}
@@ -624,7 +659,8 @@ class Executor:
                 raise UsageError(
                     f"migration {self.name} has never been applied here; nothing to roll back"
                 )
-            table_lock(conn, compiled.table.display)  # the snapshot's name: it may be renamed
+            for table in sorted(t.display for t in compiled.tables):
+                table_lock(conn, table)  # the snapshot's names: they may be renamed
             if state.plan_hash != self.loaded.sha256 and not self.force:
                 raise UsageError(
                     f"plan {self.name} changed since this migration started: rollback would run"

@@ -206,7 +206,10 @@ def _try_lock(conn: psycopg.Connection[Any], classid: int, name: str) -> str | N
     deadline = time.monotonic() + DEAD_HOLDER_WAIT
     while True:
         holder = _lock_or_holder(conn, classid, name)
-        if holder is None or time.monotonic() > deadline or not _gone(holder[1] or ""):
+        if holder is None or time.monotonic() > deadline:
+            break
+        # a holder no longer seen (its session ended between the two queries) is tried again
+        if holder[0] is not None and not _gone(holder[1] or ""):
             break
         time.sleep(0.1)
     if holder is None:

@@ -224,7 +224,9 @@ def read_preflight(
 def preflight(
     conn: psycopg.Connection[Any], compiled: CompiledPlan, lock_timeout: timedelta
 ) -> dict[str, Any]:
-    """`migrate plan`'s pre-flight data for `compiled`'s table, read now."""
+    """`migrate plan`'s pre-flight data for `compiled`'s table (each of its tables), read now."""
+    if compiled.parts:
+        return _several(conn, compiled, lock_timeout)
     pre = read_preflight(conn, compiled, lock_timeout)
     size = pre.size
     # reltuples is -1 for a table never vacuumed or analyzed: unknown, not empty
@@ -266,6 +268,33 @@ def preflight(
     }
 
 
+def _several(
+    conn: psycopg.Connection[Any], compiled: CompiledPlan, lock_timeout: timedelta
+) -> dict[str, Any]:
+    """Each table's figures (under `tables`), and their sums; a long transaction once, holding
+    a lock on the tables if it holds one on any."""
+    each = [preflight(conn, part, lock_timeout) for part in compiled.parts]
+    rows = [d["rows_estimate"] for d in each]
+    transactions: dict[int, dict[str, Any]] = {}
+    for d in each:
+        for t in d["long_transactions"]:
+            seen = transactions.setdefault(t["pid"], t)
+            seen["holds_table_lock"] = seen["holds_table_lock"] or t["holds_table_lock"]
+    keys = ("table", "table_bytes", "total_bytes", "rows_estimate", "free_disk_needed_bytes")
+    return {
+        **each[0],
+        "table": compiled.display,
+        "table_bytes": sum(d["table_bytes"] for d in each),
+        "total_bytes": sum(d["total_bytes"] for d in each),
+        "rows_estimate": None if None in rows else sum(rows),
+        "free_disk_needed_bytes": sum(d["free_disk_needed_bytes"] for d in each),
+        "free_disk_for": [f"{d['table']}: {w}" for d in each for w in d["free_disk_for"]],
+        "rebuilt_index_bytes": {k: v for d in each for k, v in d["rebuilt_index_bytes"].items()},
+        "long_transactions": list(transactions.values()),
+        "tables": [{k: d[k] for k in (*keys, "free_disk_for")} for d in each],
+    }
+
+
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -284,15 +313,16 @@ def _size(n: int) -> str:
 def render_preflight(data: dict[str, Any]) -> list[str]:
     """The text lines `migrate plan` prints for `preflight()`'s data; warnings start with
     `warning:`."""
-    rows = data["rows_estimate"]
-    lines = [
-        "pre-flight:",
-        f"  table {data['table']}: {_size(data['table_bytes'])}"
-        f" ({_size(data['total_bytes'])} with indexes and TOAST),"
-        + (f" ~{rows:,} rows" if rows is not None else " row count unknown (never analyzed)"),
-        f"  free disk needed: ~{_size(data['free_disk_needed_bytes'])}"
-        f" ({'; '.join(data.get('free_disk_for') or ['see the steps'])}; WAL comes on top)",
-    ]
+    lines = ["pre-flight:"]
+    for table in data.get("tables") or [data]:
+        rows = table["rows_estimate"]
+        lines += [
+            f"  table {table['table']}: {_size(table['table_bytes'])}"
+            f" ({_size(table['total_bytes'])} with indexes and TOAST),"
+            + (f" ~{rows:,} rows" if rows is not None else " row count unknown (never analyzed)"),
+            f"  free disk needed: ~{_size(table['free_disk_needed_bytes'])}"
+            f" ({'; '.join(table.get('free_disk_for') or ['see the steps'])}; WAL comes on top)",
+        ]
     limit = data["max_replication_lag_seconds"]
     if not data["replicas"]:
         lines.append("  replicas: none")

@@ -140,18 +140,28 @@ def remap(
     assert row is not None
     started: datetime = row[0]
     taken = 0
-    for direction, trigger, key in _sources(compiled):
+    sources = [
+        (part, direction, trigger, key)
+        for part in compiled.each()
+        for direction, trigger, key in _sources(part)
+    ]
+    for part, direction, trigger, key in sources:
         if direction not in directions:
             continue
-        table = _trigger_table(conn, trigger, compiled.table.schema)
+        table = _trigger_table(conn, trigger, part.table.schema)
         if table is None:  # that trigger is gone: only a rollback clears these
             continue
         touch = _touch(conn, table, key)
+        label = part.context.label
 
-        def chunk_of(direction: str = direction, touch: sql.Composed = touch) -> int:
+        def chunk_of(
+            direction: str = direction, touch: sql.Composed = touch, label: str = label
+        ) -> int:
             with conn.transaction():
                 set_timeouts(conn, settings.lock_timeout, settings.statement_timeout or None, True)
-                keys = store.take_row_errors(conn, name, direction, started, REMAP_CHUNK)
+                keys = store.take_row_errors(
+                    conn, name, direction, started, REMAP_CHUNK, table=label
+                )
                 if keys:
                     conn.execute(touch, (Jsonb(keys),))
             return len(keys)

@@ -261,18 +261,22 @@ class StateStore:
         direction: str,
         before: datetime,
         limit: int,
+        table: str = "",
     ) -> list[list[str]]:
         """Delete up to `limit` of the oldest records of `direction` made before `before`, and
-        return their keys' values (to give those rows another pass in the same transaction)."""
+        return their keys' values (to give those rows another pass in the same transaction).
+        `table`: only the rows of that table of a plan with several (their keys start with
+        it)."""
         return [
             r[0]
             for r in conn.execute(
                 self._q(
                     "DELETE FROM {s}.row_errors WHERE migration = %s AND direction = %s AND key IN"
                     " (SELECT key FROM {s}.row_errors WHERE migration = %s AND direction = %s"
-                    " AND at <= %s ORDER BY at LIMIT %s) RETURNING key_values"
+                    " AND at <= %s AND (%s = '' OR starts_with(key, %s || ' ('))"
+                    " ORDER BY at LIMIT %s) RETURNING key_values"
                 ),
-                (name, direction, name, direction, before, limit),
+                (name, direction, name, direction, before, table, table, limit),
             )
         ]
 
@@ -296,11 +300,12 @@ class StateStore:
         rows = conn.execute(
             self._q(
                 "SELECT m.name, m.status FROM {s}.migrations m"
-                " WHERE m.table_name = %s AND m.name <> %s AND m.status <> 'done'"
+                " WHERE (m.table_name = %s OR %s = ANY(string_to_array(m.table_name, ', ')))"
+                " AND m.name <> %s AND m.status <> 'done'"
                 " AND EXISTS (SELECT 1 FROM {s}.phases p WHERE p.migration = m.name"
                 " AND p.status IN ('running', 'done', 'failed')) ORDER BY m.created_at"
             ),
-            (table, other_than),
+            (table, table, other_than),
         ).fetchall()
         return [(r[0], r[1]) for r in rows]
 

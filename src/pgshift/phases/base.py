@@ -269,6 +269,10 @@ class CompileContext:
     state_schema: str
     # set by the columns target: the derived names and expressions every phase shares
     shape: Any = None
+    # one of several tables of a plan: names its objects apart (see compile.py), and its rows
+    # in row errors, whose keys it prefixes ("public.transfers (id)=(42)")
+    tag: str | None = None
+    label: str = ""
 
     @property
     def view_schema(self) -> str:

@@ -106,7 +106,11 @@ class ColumnsShape:
         return out + [(c.name, c.shadow) for c in self.columns if c.is_new]
 
 
-def build_shape(plan: Plan, table: Table, view_schema: str, key: tuple[str, ...]) -> ColumnsShape:
+def build_shape(
+    plan: Plan, table: Table, view_schema: str, key: tuple[str, ...], tag: str | None = None
+) -> ColumnsShape:
+    """`tag` names the trigger and its function (the plan's name; one of several tables' adds
+    the table's)."""
     assert plan.columns is not None
     columns = tuple(_column(name, spec, table) for name, spec in plan.columns.items())
     changed = {c.name: c for c in columns if not c.is_new}
@@ -119,9 +123,9 @@ def build_shape(plan: Plan, table: Table, view_schema: str, key: tuple[str, ...]
         columns=columns,
         indexes=indexes,
         key=key,
-        function=sql.Identifier(view_schema, "sync_" + plan.name),
+        function=sql.Identifier(view_schema, "sync_" + (tag or plan.name)),
         # BEFORE triggers fire in name order: ours last, so it sees the values other triggers set
-        trigger=derived_name(TRIGGER_PREFIX, plan.name),
+        trigger=derived_name(TRIGGER_PREFIX, tag or plan.name),
         moved=moved,
     )
 
@@ -291,7 +295,14 @@ def _moved_constraints(
     could not be referenced by, or reference, the other side's)."""
     moved: list[MovedConstraint] = []
     own = [c for c in table.constraints if c.type in ("c", "f") and set(c.columns) & changed.keys()]
-    theirs = [f for f in table.referencing_fks if set(f.columns) & changed.keys()]
+    mine = {c.name for c in own if c.type == "f"}
+    theirs = [
+        f
+        for f in table.referencing_fks
+        if set(f.columns) & changed.keys()
+        # a self-referencing key over a changed column on both sides: moved once, as its own
+        and not (f.name in mine and split_name(f.referenced_table or "")[1] == table.name)
+    ]
     for con in [*own, *theirs]:
         hit = set(con.columns) & changed.keys()
         mismatched = sorted(c for c in hit if not _keeps_keys_comparable(changed[c]))

@@ -11,6 +11,7 @@ and sequence ownership, and turns the trigger around so the old columns follow t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from psycopg import sql
@@ -24,7 +25,12 @@ from pgshift.phases.base import (
     index_build,
     index_drop,
 )
-from pgshift.phases.columns_shape import ColumnsShape, RebuiltIndex, ShadowColumn
+from pgshift.phases.columns_shape import (
+    ColumnsShape,
+    MovedConstraint,
+    RebuiltIndex,
+    ShadowColumn,
+)
 from pgshift.phases.dual_write import (
     RowErrorSink,
     drop_copy_triggers,
@@ -100,33 +106,49 @@ def _lock_moved(ctx: CompileContext) -> list[Query]:
     ]
 
 
-def _drop_moved(shape: ColumnsShape) -> list[Query]:
+def _drop_moved(moved: Sequence[MovedConstraint]) -> list[Query]:
     return [
         sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
             m.owner, sql.Identifier(m.name)
         )
-        for m in shape.moved
+        for m in moved
     ]
 
 
-def _add_moved(shape: ColumnsShape) -> list[Query]:
+def _add_moved(moved: Sequence[MovedConstraint]) -> list[Query]:
     """Added again NOT VALID: checked for every new write at once, without a scan inside the
     swap; `moved_validations` proves the existing rows afterwards."""
     return [
         sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
             m.owner, sql.Identifier(m.name), sql.SQL(m.definition)
         )
-        for m in shape.moved
+        for m in moved
     ]
+
+
+def _once(moved: Sequence[MovedConstraint]) -> list[MovedConstraint]:
+    """Each constraint once: a foreign key between two tables of one plan is moved for both
+    (their catalogs may name its table with or without its schema)."""
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for m in moved:
+        key = (m.name, m.table[-1], m.definition)
+        if key not in seen:
+            seen.add(key)
+            out.append(m)
+    return out
 
 
 def moved_validations(ctx: CompileContext) -> list[SqlStep]:
     """VALIDATE each constraint the swap moved (one scan of its table; reads and writes go on);
     skipped when it is validated already, as it is when the swap never ran."""
-    shape: ColumnsShape = ctx.shape
+    return _validations(ctx.shape.moved)
+
+
+def _validations(moved: Sequence[MovedConstraint]) -> list[SqlStep]:
     return [
         SqlStep(
-            description=f"validate {m.display} on the columns holding the live names",
+            description=f"validate {m.display}, moved by the swap",
             statements=(
                 sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
                     m.owner, sql.Identifier(m.name)
@@ -142,7 +164,7 @@ def moved_validations(ctx: CompileContext) -> list[SqlStep]:
             ),
             hold=f"one scan of {'.'.join(m.table)} (reads and writes continue)",
         )
-        for m in shape.moved
+        for m in moved
         if m.validated
     ]
 
@@ -175,17 +197,52 @@ def _carried_text(parts: list[tuple[Sequence[str], str]]) -> str:
     return f" ({'; '.join(said)})" if said else ""
 
 
+@dataclass(frozen=True)
+class SwapPieces:
+    """One table's swap (or swap back) in the pieces a swap of several tables interleaves:
+    every table's moved constraints are dropped before any rename and added again after the
+    last, since a foreign key between two of them names columns both renames move."""
+
+    locked: tuple[tuple[str, ...], ...]  # the tables it locks: its own, then the others
+    moved: tuple[MovedConstraint, ...]  # dropped first, added again NOT VALID after the renames
+    carry: tuple[Query, ...]  # views and policies recorded and dropped
+    renames: tuple[Query, ...]
+    tail: tuple[Query, ...]  # the trigger turned round, the carried objects created again
+
+    def statements(self, lock: tuple[Query, ...]) -> tuple[Query, ...]:
+        """One table's swap on its own, after `lock`."""
+        return (
+            *lock,
+            *self.carry,
+            *_drop_moved(_once(self.moved)),
+            *self.renames,
+            *_add_moved(_once(self.moved)),
+            *self.tail,
+        )
+
+
+def lock_statements(ctx: CompileContext) -> tuple[Query, ...]:
+    return tuple(_lock_moved(ctx))
+
+
 def swap_statements(ctx: CompileContext, turn_trigger: bool = True) -> tuple[Query, ...]:
     """The renames (and what follows them: constraints, NOT NULL, defaults, sequences, carried
     views and policies). With `turn_trigger`, the sync trigger then fills the old columns."""
+    return swap_pieces(ctx, turn_trigger).statements(lock_statements(ctx))
+
+
+def _locked(ctx: CompileContext) -> tuple[tuple[str, ...], ...]:
+    shape: ColumnsShape = ctx.shape
+    own = (ctx.table.schema, ctx.table.name)
+    return (own, *sorted({m.table for m in shape.moved} - {own}))
+
+
+def swap_pieces(ctx: CompileContext, turn_trigger: bool = True) -> SwapPieces:
+    """`swap_statements` in pieces."""
     shape: ColumnsShape = ctx.shape
     # constraints over the changed columns go first: a foreign key depends on the index of
     # the key it references, which moves below
-    out: list[Query] = [
-        *_lock_moved(ctx),
-        *_carry(ctx),
-        *_drop_moved(shape),
-    ]
+    out: list[Query] = []
     for ix in shape.indexes:
         if ix.constraint:
             out.append(
@@ -242,23 +299,29 @@ def swap_statements(ctx: CompileContext, turn_trigger: bool = True) -> tuple[Que
                     sql.Identifier(ctx.table.schema, ctx.table.name, col.name),
                 )
             )
-    out += _add_moved(shape)
+    tail: list[Query] = []
     if turn_trigger:
-        out.append(function_ddl(shape, reverse_body(shape, errors=RowErrorSink.of(ctx))))
-    out.append(recreate())
-    return tuple(out)
+        tail.append(function_ddl(shape, reverse_body(shape, errors=RowErrorSink.of(ctx))))
+    tail.append(recreate())
+    return SwapPieces(
+        locked=_locked(ctx),
+        moved=shape.moved,
+        carry=tuple(_carry(ctx)),
+        renames=tuple(out),
+        tail=tuple(tail),
+    )
 
 
 def unswap_statements(ctx: CompileContext) -> tuple[Query, ...]:
     """The inverse of `swap_statements`. Constraints move back first: a column cannot lose
     NOT NULL while a primary key still stands on it."""
+    return unswap_pieces(ctx).statements(lock_statements(ctx))
+
+
+def unswap_pieces(ctx: CompileContext) -> SwapPieces:
+    """`unswap_statements` in pieces."""
     shape: ColumnsShape = ctx.shape
-    out: list[Query] = [
-        *_lock_moved(ctx),
-        *_carry(ctx),
-        *_drop_moved(shape),
-        function_ddl(shape, forward_body(shape, errors=RowErrorSink.of(ctx))),
-    ]
+    out: list[Query] = [function_ddl(shape, forward_body(shape, errors=RowErrorSink.of(ctx)))]
     for ix in reversed(shape.indexes):
         if ix.constraint:
             # the constraint's index on the new column goes with it; backfill's copy is rebuilt
@@ -311,9 +374,13 @@ def unswap_statements(ctx: CompileContext) -> tuple[Query, ...]:
                         ),
                     )
                 )
-    out += _add_moved(shape)
-    out.append(recreate())
-    return tuple(out)
+    return SwapPieces(
+        locked=_locked(ctx),
+        moved=shape.moved,
+        carry=tuple(_carry(ctx)),
+        renames=tuple(out),
+        tail=(recreate(),),
+    )
 
 
 def _rename_index(ctx: CompileContext, old: str, new: str) -> Query:
@@ -404,15 +471,23 @@ def analyze_step(ctx: CompileContext) -> SqlStep:
     )
 
 
-def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
-    if ctx.plan.target == "new_table":
-        return _compile_swap(ctx, index)
+@dataclass(frozen=True)
+class _Around:
+    """A `columns` table's cutover around its swap: the slow steps before it, the validations
+    after it, and after the swap back what rollback takes away."""
+
+    before: tuple[SqlStep, ...]
+    after: tuple[SqlStep, ...]
+    undo_after: tuple[SqlStep, ...]
+
+
+def _around(ctx: CompileContext) -> _Around:
     shape: ColumnsShape = ctx.shape
     table = ctx.table
-    forward, drop_checks = not_null_steps(ctx)
+    before, drop_checks = not_null_steps(ctx)
     for ix in shape.indexes:
         if ix.constraint and ix.spare is not None:
-            forward.append(
+            before.append(
                 index_build(
                     f"keep a unique index on the old column(s) for rollback ({ix.old})",
                     ix.spare,
@@ -420,7 +495,7 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
                     done_if=swapped_query(ctx),
                 )
             )
-            forward.append(
+            before.append(
                 index_build(
                     f"make sure {ix.shadow} exists (a rollback of cutover drops it)",
                     ix.definition,
@@ -429,31 +504,10 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
                     hold="nothing when backfill's index copy exists; else the index build",
                 )
             )
-    forward.append(analyze_step(ctx))
-    forward.append(
-        SqlStep(
-            description="swap: the new columns take the live names"
-            f"{_carried_columns(ctx)}; the trigger now fills the old ones",
-            statements=swap_statements(ctx),
-            lock="ACCESS EXCLUSIVE",
-            done_if=swapped_query(ctx),
-            hold="milliseconds (catalog changes only)",
-        )
-    )
-    forward += moved_validations(ctx)
-    rollback = [
-        SqlStep(
-            description="swap back: the old columns take the live names again"
-            + _carried_text([([m.display for m in shape.moved], "{} moved back NOT VALID")]),
-            statements=unswap_statements(ctx),
-            lock="ACCESS EXCLUSIVE",
-            done_if=_column_exists(ctx, shape.columns[0].shadow, True),
-            hold="milliseconds (catalog changes only)",
-        ),
-        *moved_validations(ctx),
-    ]
+    before.append(analyze_step(ctx))
+    undo_after: list[SqlStep] = []
     if drop_checks is not None:
-        rollback.append(
+        undo_after.append(
             SqlStep(
                 description="drop the NOT NULL checks",
                 statements=(drop_checks,),
@@ -462,19 +516,148 @@ def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
         )
     for ix in shape.indexes:
         if ix.constraint:
-            rollback.append(
+            undo_after.append(
                 index_drop(
                     f"drop the spare index {ix.old} if cutover stopped before the swap",
                     (table.schema, ix.old),
                 )
             )
+    return _Around(
+        before=tuple(before), after=tuple(moved_validations(ctx)), undo_after=tuple(undo_after)
+    )
+
+
+def compile_cutover(ctx: CompileContext, index: int, spec: Any) -> Phase:
+    if ctx.plan.target == "new_table":
+        return _compile_swap(ctx, index)
+    shape: ColumnsShape = ctx.shape
+    around = _around(ctx)
+    swap = SqlStep(
+        description="swap: the new columns take the live names"
+        f"{_carried_columns(ctx)}; the trigger now fills the old ones",
+        statements=swap_statements(ctx),
+        lock="ACCESS EXCLUSIVE",
+        done_if=swapped_query(ctx),
+        hold="milliseconds (catalog changes only)",
+    )
+    unswap = SqlStep(
+        description="swap back: the old columns take the live names again"
+        + _carried_text([([m.display for m in shape.moved], "{} moved back NOT VALID")]),
+        statements=unswap_statements(ctx),
+        lock="ACCESS EXCLUSIVE",
+        done_if=_column_exists(ctx, shape.columns[0].shadow, True),
+        hold="milliseconds (catalog changes only)",
+    )
     return Phase(
         index=index,
         kind="cutover",
         name="cutover",
-        forward=tuple(forward),
-        rollback=tuple(rollback),
+        forward=(*around.before, swap, *around.after),
+        rollback=(unswap, *around.after, *around.undo_after),
         summary="new columns take the live names in one short transaction; old ones stay in step",
+    )
+
+
+def _several(pieces: Sequence[SwapPieces], reverse: bool) -> tuple[Query, ...]:
+    """One transaction for the swaps (or swaps back) of several tables: every table locked
+    first, in one fixed order (by name); the moved constraints dropped before any rename and
+    added again after the last; each table's own renames in between."""
+    tables = sorted({t for p in pieces for t in p.locked}, key=lambda t: (t[-1], t))
+    moved = _once([m for p in pieces for m in p.moved])
+    ordered = list(reversed(pieces)) if reverse else list(pieces)
+    return (
+        *(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(*t))
+            for t in tables
+        ),
+        *_drop_moved(moved),
+        *(q for p in ordered for q in (*p.carry, *p.renames, *p.tail)),
+        *_add_moved(moved),
+    )
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One table's share of a cutover of several: around the one swap, and its pieces."""
+
+    around: _Around
+    swap: SwapPieces
+    unswap: SwapPieces
+    swapped: Query  # true once the swap committed
+    unswapped: Query  # true once it is undone (or never happened)
+
+
+def _part(ctx: CompileContext) -> _Part:
+    if ctx.plan.target == "new_table":
+        shape: TableShape = ctx.shape
+        done = _table_swapped(shape, True)
+        return _Part(
+            _Around(before=(analyze_new_table(shape, done_if=done),), after=(), undo_after=()),
+            table_swap_pieces(ctx),
+            table_unswap_pieces(ctx),
+            done,
+            _table_swapped(shape, False),
+        )
+    columns: ColumnsShape = ctx.shape
+    return _Part(
+        _around(ctx),
+        swap_pieces(ctx),
+        unswap_pieces(ctx),
+        swapped_query(ctx),
+        _column_exists(ctx, columns.columns[0].shadow, True),
+    )
+
+
+def compile_several_cutovers(ctxs: Sequence[CompileContext], index: int) -> Phase:
+    """The cutover of several tables (each `columns` or `new_table`): each table's slow steps,
+    then ONE swap transaction for all of them, then the validations; its rollback swaps all of
+    them back in one transaction too."""
+    parts = [_part(ctx) for ctx in ctxs]
+    names = ", ".join(ctx.table.display for ctx in ctxs)
+    moved = _once([m for p in parts for m in p.swap.moved])
+    shown = [m.display for m in moved]
+
+    def named(steps: Sequence[SqlStep], ctx: CompileContext) -> list[SqlStep]:
+        return [replace(s, description=f"{ctx.table.display}: {s.description}") for s in steps]
+
+    swap = SqlStep(
+        description=f"swap: the new shapes of {names} take the live names in one transaction"
+        + _carried_text([(shown, "{} moved onto them NOT VALID")])
+        + "; the triggers now keep the old shapes in step",
+        statements=_several([p.swap for p in parts], reverse=False),
+        lock="ACCESS EXCLUSIVE",
+        done_if=parts[0].swapped,
+        hold="milliseconds (catalog changes only)",
+    )
+    unswap = SqlStep(
+        description=f"swap back: the old shapes of {names} take the live names again in one"
+        " transaction" + _carried_text([(shown, "{} moved back NOT VALID")]),
+        statements=_several([p.unswap for p in parts], reverse=True),
+        lock="ACCESS EXCLUSIVE",
+        done_if=parts[0].unswapped,
+        hold="milliseconds (catalog changes only)",
+    )
+    after = _validations(moved)
+    return Phase(
+        index=index,
+        kind="cutover",
+        name="cutover",
+        forward=(
+            *(s for p, ctx in zip(parts, ctxs, strict=True) for s in named(p.around.before, ctx)),
+            swap,
+            *after,
+        ),
+        rollback=(
+            unswap,
+            *after,
+            *(
+                s
+                for p, ctx in reversed(list(zip(parts, ctxs, strict=True)))
+                for s in named(p.around.undo_after, ctx)
+            ),
+        ),
+        summary=f"the new shapes of {names} take the live names in one short transaction;"
+        " the old ones stay in step",
     )
 
 
@@ -618,36 +801,75 @@ def table_swap_statements(ctx: CompileContext, fk_swap: list[Query]) -> list[Que
     ]
 
 
-def _compile_swap(ctx: CompileContext, index: int) -> Phase:
+def _table_moved(shape: TableShape) -> tuple[MovedConstraint, ...]:
+    """Other tables' foreign keys on the live table, which follow its name: dropped before the
+    renames and added again NOT VALID after them (their definitions name the table, which the
+    new one then holds), then validated under a weak lock."""
+    return tuple(
+        MovedConstraint(
+            fk.name,
+            tuple(p for p in split_name(fk.referenced_table or "") if p),
+            fk.definition.removesuffix(" NOT VALID"),
+            "f",
+            fk.validated,
+        )
+        for fk in shape.foreign_keys
+    )
+
+
+def _table_locked(shape: TableShape) -> tuple[tuple[str, ...], ...]:
+    old, new = shape.old, shape.new
+    own = ((old.schema, old.name), (new.schema, new.name))
+    return (*own, *sorted({m.table for m in _table_moved(shape)} - set(own)))
+
+
+def table_swap_pieces(ctx: CompileContext) -> SwapPieces:
+    """The new table takes the live name (see `table_swap_statements`), in pieces."""
     shape: TableShape = ctx.shape
     old, new = shape.old, shape.new
-    schema = old.schema
-    fk_swap, fk_validate = foreign_keys(shape)
-    live_after = sql.Identifier(schema, old.name)
-    old_after = sql.Identifier(schema, shape.old_name)
-    old_exists = exists_query(
-        "SELECT 1 WHERE to_regclass({}) IS NOT NULL", _regclass_text(schema, shape.old_name)
-    )
-    old_gone = exists_query(
-        "SELECT 1 WHERE to_regclass({}) IS NULL", _regclass_text(schema, shape.old_name)
-    )
-    swap = SqlStep(
-        description=f"swap: {new.display} takes the name {old.name}{_carried(shape)}; writes"
-        f" now flow back to {shape.old_name}",
-        statements=(
+    live_after = sql.Identifier(old.schema, old.name)
+    old_after = sql.Identifier(old.schema, shape.old_name)
+    return SwapPieces(
+        locked=_table_locked(shape),
+        moved=_table_moved(shape),
+        carry=(
             *drop_copy_triggers(shape.forward_trigger, old.qualified),
-            *table_swap_statements(ctx, fk_swap),
+            # views and policies follow the name, not the table: recorded and dropped here,
+            # created again once the names are swapped
+            drop_policies(new.qualified),
+            capture_and_drop(
+                old.qualified,
+                ctx.view_schema,
+                copy_policies=True,
+                triggers=TriggerMove(old_after, drop=False),
+            ),
+        ),
+        renames=(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                old.qualified, sql.Identifier(shape.old_name)
+            ),
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(new.qualified, sql.Identifier(old.name)),
+            *_feed_statements(shape, old.name, shape.old_name, forward=True),
+        ),
+        tail=(
             *reverse_copy(shape, live_after, old_after, errors=RowErrorSink.of(ctx)),
             recreate(),
         ),
-        lock="ACCESS EXCLUSIVE",
-        done_if=old_exists,
-        hold="milliseconds (catalog changes only)",
     )
-    unswap = SqlStep(
-        description=f"swap back: {shape.old_name} takes the name {old.name} again, with every"
-        " write made since cutover",
-        statements=(
+
+
+def table_unswap_pieces(ctx: CompileContext) -> SwapPieces:
+    """The old table takes the live name again, in pieces."""
+    shape: TableShape = ctx.shape
+    old, new = shape.old, shape.new
+    live_after = sql.Identifier(old.schema, old.name)
+    old_after = sql.Identifier(old.schema, shape.old_name)
+    # the tables as they are named after the swap: the new one live, the old one aside
+    after = ((old.schema, old.name), (old.schema, shape.old_name))
+    return SwapPieces(
+        locked=(*after, *_table_locked(shape)[2:]),
+        moved=_table_moved(shape),
+        carry=(
             *drop_copy_triggers(shape.reverse_trigger, live_after),
             *_feed_statements(shape, old.name, shape.old_name, forward=False),
             # the old table kept its own policies; what reads the live name follows it back
@@ -657,23 +879,49 @@ def _compile_swap(ctx: CompileContext, index: int) -> Phase:
                 copy_policies=False,
                 triggers=TriggerMove(new.qualified, drop=True),
             ),
+        ),
+        renames=(
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(live_after, sql.Identifier(new.name)),
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(old_after, sql.Identifier(old.name)),
-            *fk_swap,
-            *forward_copy(shape, errors=RowErrorSink.of(ctx)),
-            recreate(),
         ),
+        tail=(*forward_copy(shape, errors=RowErrorSink.of(ctx)), recreate()),
+    )
+
+
+def _table_swapped(shape: TableShape, swapped: bool) -> Query:
+    """True once the swap committed (`swapped`), or once it is undone."""
+    name = _regclass_text(shape.old.schema, shape.old_name)
+    test = "IS NOT NULL" if swapped else "IS NULL"
+    return exists_query("SELECT 1 WHERE to_regclass({}) " + test, name)
+
+
+def _compile_swap(ctx: CompileContext, index: int) -> Phase:
+    shape: TableShape = ctx.shape
+    old, new = shape.old, shape.new
+    swap = SqlStep(
+        description=f"swap: {new.display} takes the name {old.name}{_carried(shape)}; writes"
+        f" now flow back to {shape.old_name}",
+        statements=table_swap_pieces(ctx).statements(()),
         lock="ACCESS EXCLUSIVE",
-        done_if=old_gone,
+        done_if=_table_swapped(shape, True),
         hold="milliseconds (catalog changes only)",
     )
-    analyze = analyze_new_table(shape, done_if=old_exists)
+    unswap = SqlStep(
+        description=f"swap back: {shape.old_name} takes the name {old.name} again, with every"
+        " write made since cutover",
+        statements=table_unswap_pieces(ctx).statements(()),
+        lock="ACCESS EXCLUSIVE",
+        done_if=_table_swapped(shape, False),
+        hold="milliseconds (catalog changes only)",
+    )
+    analyze = analyze_new_table(shape, done_if=_table_swapped(shape, True))
+    validate = _validations(_table_moved(shape))
     return Phase(
         index=index,
         kind="cutover",
         name="cutover",
-        forward=(analyze, swap, *fk_validate),
-        rollback=(unswap, *fk_validate),
+        forward=(analyze, swap, *validate),
+        rollback=(unswap, *validate),
         summary=f"{new.display} takes the name {old.name} in one short transaction; the old table"
         " stays in step through the reverse trigger",
     )

@@ -44,15 +44,17 @@ class RowErrorSink:
 
     function: sql.Identifier
     migration: str
+    label: str = ""  # the table, for one of several tables of a plan
 
     @classmethod
     def of(cls, ctx: CompileContext) -> RowErrorSink:
-        return cls(sql.Identifier(ctx.state_schema, "record_row_error"), ctx.plan.name)
+        return cls(sql.Identifier(ctx.state_schema, "record_row_error"), ctx.plan.name, ctx.label)
 
     def record(self, direction: str, row: str, key: tuple[str, ...]) -> str:
         """`PERFORM <state>.record_row_error(...)`: `row` (NEW or OLD) named by its `key`
         columns, with the error being handled (only valid in an exception handler)."""
-        literals = (self.migration, direction, f"({', '.join(key)})")
+        named = f"{self.label} ({', '.join(key)})" if self.label else f"({', '.join(key)})"
+        literals = (self.migration, direction, named)
         args = ", ".join(sql.Literal(v).as_string() for v in literals)
         # JSON's text of a value does not depend on the session's DateStyle or IntervalStyle
         values = ", ".join(f"to_jsonb({row}.{_ident(k)}) #>> '{{}}'" for k in key)

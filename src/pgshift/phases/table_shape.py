@@ -124,8 +124,15 @@ def _mapping(
 
 
 def build_table_shape(
-    plan: Plan, old: Table, new: Table, view_schema: str, key: tuple[str, ...]
+    plan: Plan,
+    old: Table,
+    new: Table,
+    view_schema: str,
+    key: tuple[str, ...],
+    tag: str | None = None,
 ) -> TableShape:
+    """`tag` names the copy functions and triggers (the plan's name; one of several tables'
+    adds the table's)."""
     assert plan.new_table is not None
     spec = plan.new_table
     if new.schema != old.schema:
@@ -194,10 +201,10 @@ def build_table_shape(
             if d.kind == "view" and not d.name.startswith(view_schema + ".")
         ),
         policies=tuple(d.name for d in old.dependents if d.kind == "policy"),
-        forward_function=sql.Identifier(view_schema, "copy_" + plan.name),
-        reverse_function=sql.Identifier(view_schema, "copy_back_" + plan.name),
-        forward_trigger=derived_name(TRIGGER_PREFIX, plan.name),
-        reverse_trigger=derived_name(TRIGGER_PREFIX + "back_", plan.name),
+        forward_function=sql.Identifier(view_schema, "copy_" + (tag or plan.name)),
+        reverse_function=sql.Identifier(view_schema, "copy_back_" + (tag or plan.name)),
+        forward_trigger=derived_name(TRIGGER_PREFIX, tag or plan.name),
+        reverse_trigger=derived_name(TRIGGER_PREFIX + "back_", tag or plan.name),
     )
 
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -128,6 +129,28 @@ class NewTable(Strict):
     create: str
     columns: dict[str, str] = Field(default_factory=dict)
     reverse: dict[str, str] = Field(default_factory=dict)
+
+
+def _some_columns(value: dict[str, ColumnChange]) -> dict[str, ColumnChange]:
+    if not value:
+        raise ValueError("columns needs at least one column")
+    return value
+
+
+Columns = Annotated[dict[str, ColumnChange], AfterValidator(_some_columns)]
+
+
+class TableEntry(Strict):
+    """One table of a plan with `tables`: its own target (`columns` or `new_table`), all of them
+    compiled into one set of phases with one cutover. `with_references` (a `columns` entry):
+    every column of any table whose foreign key references one of the changed columns is
+    changed to the same type too, found in the catalog when the plan is applied."""
+
+    table: str
+    key: list[str] | None = Field(default=None, min_length=1)
+    columns: Columns | None = None
+    new_table: NewTable | None = None
+    with_references: bool = False
 
 
 SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -325,10 +348,12 @@ class Plan(Strict):
     description: str | None = None
     table: str = ""  # required, except by the `move` target
     key: list[str] | None = Field(default=None, min_length=1)
-    columns: dict[str, ColumnChange] | None = None
+    columns: Columns | None = None
     new_table: NewTable | None = None
     move: Move | None = None
     operations: list[OperationSpec] | None = Field(default=None, min_length=1)
+    # several tables, each with its own target, migrated together with one cutover
+    tables: list[TableEntry] | None = Field(default=None, min_length=1)
     application: Application = Field(default_factory=Application)
     settings: Settings = Field(default_factory=Settings)
     hooks: Hooks = Field(default_factory=Hooks)
@@ -370,17 +395,14 @@ class Plan(Strict):
             )
         return value
 
-    @field_validator("columns")
-    @classmethod
-    def _columns(cls, value: dict[str, ColumnChange] | None) -> dict[str, ColumnChange] | None:
-        if value is not None and not value:
-            raise ValueError("columns needs at least one column")
-        return value
-
     @model_validator(mode="after")
     def _target_and_order(self) -> Plan:
         if self.move is not None:
             check_move(self)
+            return self
+        if self.tables is not None:
+            check_tables(self)
+            check_phase_order(self.phases, versions=self.versions)
             return self
         if not self.table:
             raise PlanRuleError("missing required key 'table'")
@@ -412,15 +434,75 @@ class Plan(Strict):
         return self.application.version_schema or f"pgshift_{self.name}"
 
     @property
-    def target(self) -> Literal["columns", "new_table", "move", "operations"]:
+    def target(self) -> Literal["columns", "new_table", "move", "operations", "tables"]:
         if self.move is not None:
             return "move"
+        if self.tables is not None:
+            return "tables"
         if self.operations is not None:
             return "operations"
         return "columns" if self.columns is not None else "new_table"
 
     def phase_names(self) -> list[str]:
         return [p.name for p in self.phases]
+
+    def part(self, entry: TableEntry) -> Plan:
+        """The plan of one entry of `tables`, as a one-table plan: same name, settings and
+        phases (its objects are told apart by a tag, see compile.py)."""
+        return self.model_copy(
+            update={
+                "tables": None,
+                "table": entry.table,
+                "key": entry.key,
+                "columns": entry.columns,
+                "new_table": entry.new_table,
+            }
+        )
+
+
+def check_tables(plan: Plan) -> None:
+    """What a plan with `tables` may hold: the tables only there, each once, no versions."""
+    for key in ("table", "key", "columns", "new_table", "operations"):
+        if getattr(plan, key):
+            raise PlanRuleError(
+                f"a plan with `tables` names each table's change there: move `{key}` into an"
+                " entry of `tables`",
+                (key,),
+            )
+    if plan.versions:
+        raise PlanRuleError(
+            "application mode versions serves one table's two shapes; with several tables use"
+            " mode rename (one cutover for all), or one plan per table",
+            ("application", "mode"),
+        )
+    assert plan.tables is not None
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(plan.tables):
+        at = ("tables", index)
+        if entry.columns is not None and entry.new_table is not None:
+            raise PlanRuleError(
+                "a table entry needs exactly one of `columns` or `new_table`, not both",
+                (*at, "new_table"),
+            )
+        if entry.columns is None and entry.new_table is None:
+            raise PlanRuleError(
+                "a table entry needs one of `columns` (change in place) or `new_table`", at
+            )
+        if entry.with_references and entry.columns is None:
+            raise PlanRuleError(
+                "with_references widens the referencing columns in place: it goes with"
+                " `columns`, not `new_table` (list each referencing table as an entry of its"
+                " own)",
+                (*at, "with_references"),
+            )
+        name = entry.table.strip().lower()
+        if name in seen:
+            raise PlanRuleError(
+                f"table {entry.table} has two entries ({seen[name] + 1} and {index + 1}); put"
+                " all its changes in one",
+                ("tables", index, "table"),
+            )
+        seen[name] = index
 
 
 MOVE_PHASES = ("expand", "dual_write", "backfill", "verify", "gate", "cutover", "contract")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pgshift.db import split_name
 from pgshift.lint import Finding, LintConfig, format_finding, lint_sql
 from pgshift.plan.load import LoadedPlan
+from pgshift.plan.model import NewTable
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,22 @@ def lint_plan(loaded: LoadedPlan, config: LintConfig | None = None) -> list[Plan
     """The plan's raw SQL against the rules, at `config`'s severities (the defaults without)."""
     plan = loaded.plan
     found: list[PlanFinding] = []
-    new_tables: frozenset[str] = frozenset()
+    # the new tables of `new_table`, or of each entry of `tables`, with where their DDL is
+    creates: list[tuple[NewTable, tuple[str | int, ...]]] = []
     if plan.new_table is not None:
-        schema, name = split_name(plan.new_table.name)
-        new_tables = frozenset({name, f"{schema}.{name}"} if schema else {name})
+        creates.append((plan.new_table, ("new_table",)))
+    for index, entry in enumerate(plan.tables or []):
+        if entry.new_table is not None:
+            creates.append((entry.new_table, ("tables", index, "new_table")))
+    names: set[str] = set()
+    for new_table, _ in creates:
+        schema, name = split_name(new_table.name)
+        names |= {name, f"{schema}.{name}"} if schema else {name}
+    new_tables = frozenset(names)
+    for new_table, at in creates:
         findings = lint_sql(
-            plan.new_table.create,
-            first_line=_first_line(loaded, ("new_table", "create")),
+            new_table.create,
+            first_line=_first_line(loaded, (*at, "create")),
             new_tables=new_tables,
             require_lock_timeout=False,
             config=config,

@@ -98,7 +98,10 @@ def step_data(
 def phase_data(
     phase: Phase, compiled: CompiledPlan, rows_per_second: float | None = None
 ) -> dict[str, Any]:
-    forward = [step_data(s, compiled, rows_per_second) for s in phase.forward]
+    forward = [
+        step_data(s, compiled.part_of(phase.index, i), rows_per_second)
+        for i, s in enumerate(phase.forward)
+    ]
     return {
         "index": phase.index,
         "kind": phase.kind,
@@ -112,23 +115,66 @@ def phase_data(
 
 
 def preview_data(compiled: CompiledPlan, rows_per_second: float | None = None) -> dict[str, Any]:
-    table = compiled.table
-    return {
+    tables = [table_data(part) for part in compiled.each()]
+    estimates = [t["rows_estimate"] for t in tables]
+    data = {
         "migration": compiled.plan.name,
         "description": compiled.plan.description,
-        "table": table.display,
+        "table": compiled.display,
         "key": list(compiled.key),
-        "rows_estimate": table.row_estimate if table.row_estimate >= 0 else None,
-        "table_bytes": table.table_bytes,
-        "total_bytes": table.total_bytes,
+        "rows_estimate": None if None in estimates else sum(estimates),
+        "table_bytes": sum(t["table_bytes"] for t in tables),
+        "total_bytes": sum(t["total_bytes"] for t in tables),
         "application": {
             "mode": compiled.plan.application.mode,
             "schema": compiled.context.view_schema,
         },
-        "clients": [c.data() for c in client_impact(compiled)],
+        "clients": clients_data(compiled),
         "phases": [phase_data(p, compiled, rows_per_second) for p in compiled.phases],
-        "warnings": warnings(compiled),
+        "warnings": [w for part in compiled.each() for w in warnings(part, compiled)],
         "operator": operator_notes(compiled),
+    }
+    if compiled.parts:
+        data["tables"] = tables
+    return data
+
+
+def clients_data(compiled: CompiledPlan) -> list[dict[str, Any]]:
+    """The application clients each step breaks; of several tables, what holds for all of
+    them once, the rest with its table named."""
+    each = [[c.data() for c in client_impact(part)] for part in compiled.each()]
+    if len(each) == 1:
+        return each[0]
+    out: list[dict[str, Any]] = []
+    for part, items in zip(compiled.each(), each, strict=True):
+        for item in items:
+            if all(item in other for other in each):
+                if item not in out:
+                    out.append(item)
+            else:
+                out.append({**item, "when": f"{item['when']} ({part.table.display})"})
+    return out
+
+
+def table_data(part: CompiledPlan) -> dict[str, Any]:
+    """One table of the plan: what changes and how big it is."""
+    table = part.table
+    plan = part.plan
+    if plan.columns is not None:
+        change = ", ".join(
+            f"{name} {spec.type}" if spec.type else name for name, spec in plan.columns.items()
+        )
+    elif plan.new_table is not None:
+        change = f"copied into {plan.new_table.name}"
+    else:
+        change = ""
+    return {
+        "table": table.display,
+        "key": list(part.key),
+        "change": change,
+        "rows_estimate": table.row_estimate if table.row_estimate >= 0 else None,
+        "table_bytes": table.table_bytes,
+        "total_bytes": table.total_bytes,
     }
 
 
@@ -149,7 +195,8 @@ def operator_notes(compiled: CompiledPlan) -> list[str]:
     return notes
 
 
-def warnings(compiled: CompiledPlan) -> list[str]:
+def warnings(compiled: CompiledPlan, whole: CompiledPlan | None = None) -> list[str]:
+    """`compiled`'s table's warnings; `whole`: the plan it is one table of."""
     table = compiled.table
     out = []
     if table.triggers and compiled.plan.target == "columns":
@@ -178,26 +225,51 @@ def warnings(compiled: CompiledPlan) -> list[str]:
                 " columns after cutover"
             )
     out += partial_column_roles(compiled)
-    out += referencing_columns(compiled)
+    out += referencing_columns(compiled, whole or compiled)
     return out
 
 
-def referencing_columns(compiled: CompiledPlan) -> list[str]:
+def _changed_by(whole: CompiledPlan) -> set[tuple[str, str]]:
+    """(table name, column) of every column the plan changes."""
+    return {
+        (part.table.name, c.name)
+        for part in whole.each()
+        if isinstance(part.context.shape, ColumnsShape)
+        for c in part.context.shape.columns
+    }
+
+
+def referencing_columns(compiled: CompiledPlan, whole: CompiledPlan | None = None) -> list[str]:
     """A widened key's foreign keys move with it, but the columns that reference it keep their
-    type: each needs a migration of its own before values outgrow it."""
+    type: each needs a migration of its own before values outgrow it (or the plan's
+    `with_references`), unless the plan (`whole`) changes them too."""
     shape = compiled.context.shape
     if not isinstance(shape, ColumnsShape):
         return []
     own = (compiled.table.schema, compiled.table.name)
-    theirs = [m for m in shape.moved if m.kind == "f" and m.table != own]
+    changed = _changed_by(whole or compiled)
+    theirs = [
+        m
+        for m in shape.moved
+        if m.kind == "f"
+        and m.table != own
+        and not all((m.table[-1], c) in changed for c in foreign_key_columns(m.definition))
+    ]
     if not theirs:
         return []
     named = ", ".join(f"{'.'.join(m.table)} ({m.name})" for m in theirs)
     return [
         f"foreign keys of other tables reference a changed column and move with it: {named};"
         " their own columns keep their type, so widen them with migrations of their own"
-        " before the key's values outgrow them"
+        " before the key's values outgrow them (or in this one: `tables` with"
+        " `with_references: true`)"
     ]
+
+
+def foreign_key_columns(definition: str) -> list[str]:
+    """The referencing columns of a `FOREIGN KEY (a, "B") REFERENCES ...` definition."""
+    inside = definition.partition("(")[2].partition(")")[0]
+    return [c.strip().strip('"').replace('""', '"') for c in inside.split(",")]
 
 
 def partial_column_roles(compiled: CompiledPlan) -> list[str]:
@@ -239,12 +311,23 @@ def render_text(data: dict[str, Any], sql: bool = False) -> str:
     """The plan for a person: one line per step and per rollback step; with `sql`, each step's
     SQL under it (the internal catalog queries included)."""
     rows = data["rows_estimate"]
-    lines = [
-        f"migration {data['migration']} on {data['table']} (key: {', '.join(data['key'])};"
-        f" ~{rows:,} rows, {data['table_bytes'] / 1048576:,.1f} MiB)"
-        if rows is not None
-        else f"migration {data['migration']} on {data['table']} (key: {', '.join(data['key'])})",
-    ]
+    if data.get("tables"):
+        lines = [f"migration {data['migration']} on {len(data['tables'])} tables, one cutover:"]
+        for t in data["tables"]:
+            size = (
+                f"; ~{t['rows_estimate']:,} rows, {t['table_bytes'] / 1048576:,.1f} MiB"
+                if t["rows_estimate"] is not None
+                else ""
+            )
+            lines.append(f"  {t['table']}: {t['change']} (key: {', '.join(t['key'])}{size})")
+    else:
+        lines = [
+            f"migration {data['migration']} on {data['table']} (key: {', '.join(data['key'])};"
+            f" ~{rows:,} rows, {data['table_bytes'] / 1048576:,.1f} MiB)"
+            if rows is not None
+            else f"migration {data['migration']} on {data['table']}"
+            f" (key: {', '.join(data['key'])})",
+        ]
     if data.get("description"):
         lines.append(data["description"])
     for warning in data["warnings"]:

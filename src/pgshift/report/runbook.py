@@ -45,7 +45,6 @@ from pgshift.plan.durations import format_duration
 from pgshift.plan.load import LoadedPlan
 from pgshift.plan.plan_lint import lint_plan
 from pgshift.report import preview
-from pgshift.report.clients import client_impact
 from pgshift.report.report import phase_report
 
 POINT_OF_NO_RETURN = "POINT OF NO RETURN"
@@ -114,6 +113,8 @@ class Runbook:
     measured: dict[int, Measured]  # by phase index
     notes: list[str]
     generated_at: datetime
+    # several tables: each one's pre-flight read (the first is `preflight`)
+    others: tuple[Preflight, ...] = ()
 
 
 def measured_backfills(compiled: CompiledPlan, state: MigrationState | None) -> dict[int, Measured]:
@@ -162,7 +163,7 @@ def collect(
 ) -> Runbook:
     notes = refuse_lint_errors(loaded)
     compiled, state = prepare(conn, loaded, store)
-    notes += preview.warnings(compiled)
+    notes += [w for part in compiled.each() for w in preview.warnings(part, compiled)]
     notes += preview.operator_notes(compiled)
     if state is not None and state.plan_hash != loaded.sha256:
         notes.append(
@@ -174,10 +175,11 @@ def collect(
         loaded=loaded,
         compiled=compiled,
         state=state,
-        preflight=read_preflight(conn, compiled),
+        preflight=read_preflight(conn, compiled.each()[0]),
         measured=measured_backfills(compiled, state),
         notes=notes,
         generated_at=now or datetime.now(UTC),
+        others=tuple(read_preflight(conn, part) for part in compiled.parts[1:]),
     )
 
 
@@ -375,7 +377,7 @@ class _Renderer:
             self.add(self.plan.description, "")
         self.add(
             f"- **Migration:** `{self.name}`",
-            f"- **Table:** `{self.table.display}` (key: {', '.join(f'`{k}`' for k in self.compiled.key)})",
+            *self.tables_lines(),
             f"- **Plan:** `{self.plan_arg}` (hash `{book.loaded.sha256[:12]}`)",
             f"- **Generated:** {book.generated_at.strftime('%Y-%m-%d %H:%M:%S %Z')} by pgshift"
             f" {__version__}, against database `{pre.database}` ({pre.server_version})",
@@ -394,6 +396,16 @@ class _Renderer:
         )
         for note in book.notes:
             self.add(f"> **Note:** {note}", "")
+
+    def tables_lines(self) -> list[str]:
+        if not self.compiled.parts:
+            keys = ", ".join(f"`{k}`" for k in self.compiled.key)
+            return [f"- **Table:** `{self.table.display}` (key: {keys})"]
+        lines = [f"- **Tables** ({len(self.compiled.parts)}, one cutover for all):"]
+        for part in (preview.table_data(p) for p in self.compiled.parts):
+            keys = ", ".join(f"`{k}`" for k in part["key"])
+            lines.append(f"  - `{part['table']}`: {part['change']} (key: {keys})")
+        return lines
 
     def state_line(self) -> str:
         state = self.book.state
@@ -451,7 +463,7 @@ class _Renderer:
 
     def clients(self) -> None:
         """Which application clients see an error at which step, and what to do."""
-        impact = client_impact(self.compiled)
+        impact = preview.clients_data(self.compiled)
         if not impact:
             return
         mode = self.plan.application.mode
@@ -459,7 +471,7 @@ class _Renderer:
         self.add(
             *_table(
                 ["when", "who", "sees", "what to do"],
-                [[c.when, c.who.rstrip(";"), c.error, c.action] for c in impact],
+                [[c["when"], c["who"].rstrip(";"), c["error"], c["action"]] for c in impact],
             ),
             "",
         )
@@ -527,6 +539,13 @@ class _Renderer:
                 if rows is not None and rows >= 0
                 else "- Row estimate: **unknown**: the table was never analyzed; run"
                 f" `ANALYZE {self.table.regclass};` first so the estimates below mean something"
+            ),
+            "",
+            *(
+                f"- Table `{part.table.display}`: **{_bytes(other.size['table_bytes'])}**"
+                f" ({_bytes(other.size['total_bytes'])} with its indexes), row estimate"
+                f" **{max(other.size['row_estimate'], 0):,}**"
+                for part, other in zip(self.compiled.parts[1:], self.book.others, strict=True)
             ),
             "",
             self.preflight_query("size"),
@@ -675,10 +694,15 @@ class _Renderer:
         timeout = format_duration(self.settings.lock_timeout)
         new = self.compiled.new_table
         other = f" (or `{new.display}` where named)" if new is not None else ""
+        where = (
+            "the table each step starts with (the swap's: on all of them)"
+            if self.compiled.parts
+            else f"`{self.table.display}`{other}"
+        )
         self.add(
             "## How to read the steps",
             "",
-            f"- Locks are on `{self.table.display}`{other}. While a lock that **blocks reads** is"
+            f"- Locks are on {where}. While a lock that **blocks reads** is"
             " held or awaited, new queries on the table queue behind it. Effect none: reads and"
             " writes continue (`ROW EXCLUSIVE` locks the rows changed, `ROW SHARE` the rows read"
             " against deletes and key changes).",
