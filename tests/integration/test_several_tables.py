@@ -336,3 +336,46 @@ def test_a_self_referencing_key_moves_once(
         "SELECT count(*) FROM accounts a WHERE parent_id IS NOT NULL"
         " AND NOT EXISTS (SELECT 1 FROM accounts p WHERE p.id = a.parent_id)"
     ).fetchone() == (0,)
+
+
+def test_a_cycle_of_foreign_keys_widens_in_one_swap(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """teams.owner_id references people.id and people.team_id references teams.id: both keys
+    widened with their references. One swap moves every foreign key at once, so the cycle needs
+    no order between the tables."""
+    conn.execute("CREATE TABLE people (id serial PRIMARY KEY, team_id int)")
+    conn.execute("CREATE TABLE teams (id serial PRIMARY KEY, owner_id int REFERENCES people)")
+    conn.execute("ALTER TABLE people ADD FOREIGN KEY (team_id) REFERENCES teams")
+    conn.execute("INSERT INTO people (team_id) SELECT NULL FROM generate_series(1, 200)")
+    conn.execute("INSERT INTO teams (owner_id) SELECT id FROM people WHERE id <= 50")
+    conn.execute("UPDATE people SET team_id = 1 + id % 50")
+    plan = write_plan(
+        tmp_path,
+        """version: 1
+name: cycle_keys
+tables:
+  - table: people
+    columns: {id: {type: bigint}}
+    with_references: true
+  - table: teams
+    columns: {id: {type: bigint}}
+    with_references: true
+phases: [expand, dual_write, backfill, verify, cutover, contract]
+""",
+    )
+    planned = cli(dsn, "plan", plan)
+    assert planned.exit_code == 0, planned.output
+    assert "public.people: id bigint, team_id bigint" in planned.stdout
+    assert "public.teams: id bigint, owner_id bigint" in planned.stdout
+    result = cli(dsn, "apply", plan)
+    assert result.exit_code == 0, result.output
+    assert conn.execute(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid IN ('people'::regclass,"
+        " 'teams'::regclass) AND attnum > 0 AND NOT attisdropped"
+        " AND format_type(atttypid, NULL) <> 'bigint'"
+    ).fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated"
+        " AND conrelid IN ('people'::regclass, 'teams'::regclass)"
+    ).fetchone() == (2,)
