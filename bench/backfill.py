@@ -6,10 +6,12 @@ In a scratch database it creates on the `--dsn` server (or on an embedded server
 two timestamps; indexes on email and balance), loaded and `VACUUM ANALYZE`d before the clock
 starts:
 
-- pgshift: a plan widening balance to bigint (expand, dual_write, backfill), applied with
+- pgshift wN, one arm per `--workers` count (default 1 and 2): a plan widening balance to
+  bigint (expand, dual_write, backfill) with `settings: {workers: N}`, applied with
   `--until backfill` semantics through the Executor. Only the backfill phase is timed: by the
   phase's started_at/finished_at in the state schema (the number reported) and by the wall
-  clock around the batch loop (a cross-check). The slowest batch comes from the runner.
+  clock around the batch loop (a cross-check). The slowest batch comes from the runner, the
+  workers that actually walked from its `backfill finished` event.
 - baseline: `ALTER TABLE accounts ADD COLUMN new bigint`, then ONE
   `UPDATE accounts SET new = balance::bigint` over the whole table, timed alone: what an
   operator would run by hand.
@@ -23,12 +25,14 @@ With `--table narrow` the table is `t (id bigint primary key, v int, pad text)` 
 key) and `v` is widened; its context arm is baseline+trigger (the column has no index to copy).
 
 Every arm ends with a check that each row's new value is the old one as bigint, outside the
-timing.
+timing. The pgshift arms run first in each run, their order swapped from one run to the next.
 Autovacuum is off on the scratch table and a CHECKPOINT runs before each timed part, so no arm
 pays for another's leftovers. When the server runs on this machine, the CPU time of the server
-processes doing the work is shown too: on a busy machine it moves less than the wall clock.
-Prints rows/s per run and the medians, the ratio pgshift/baseline, the slowest batch, and
-whether the bar is met (ratio >= 0.8 and slowest batch < 500 ms).
+processes doing the work is shown too (with workers: the main connection's and each worker's,
+sampled from /proc while the batches run): on a busy machine it moves less than the wall
+clock. Prints rows/s per run and the medians, the ratio of each pgshift arm to each baseline,
+the slowest batch, and per pgshift arm whether the bar is met (ratio >= 0.8 and slowest batch
+< 500 ms). With 2 workers pgshift uses 2 server processes; the single statement uses one.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import argparse
 import contextlib
 import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +78,7 @@ settings:
   lock_timeout: 1s
   batch_size: {batch_size}
   batch_time: {batch_time}
+  workers: {workers}
 phases:
   - expand
   - dual_write
@@ -94,14 +100,85 @@ class ServerCpu:
     def read(self, pids: list[int]) -> float | None:
         if not self.local or not pids:
             return None
-        total = 0
+        ticks = [self.ticks_of(pid) for pid in pids]
+        known = [t for t in ticks if t is not None]
+        return sum(known) / self.ticks if len(known) == len(ticks) else None
+
+    def ticks_of(self, pid: int) -> int | None:
         try:
-            for pid in pids:
-                fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime
+            fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime, stime
         except (OSError, IndexError, ValueError):
             return None
-        return total / self.ticks
+
+
+class CpuSampler:
+    """The CPU seconds the pgshift backends of the bench's migration use while the batches run,
+    workers included: those connect after the batch loop starts and are gone when it ends, so
+    a thread finds them in pg_stat_activity (until `expected` more are known, for at most
+    FIND_SECONDS) and reads each one's /proc counters every EVERY seconds, keeping the last
+    reading of each (a backend that has exited keeps its last one: at most EVERY seconds of its
+    CPU are missed). Backends found after the start count from zero (their start-up is a few
+    milliseconds)."""
+
+    EVERY = 0.02
+    FIND_SECONDS = 3.0
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], cpu: ServerCpu, pattern: str, expected: int
+    ) -> None:
+        self.conn, self.cpu, self.pattern, self.expected = conn, cpu, pattern, expected
+        self.first: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="bench-cpu", daemon=True)
+        self.failed = False
+
+    def _find(self, initial: bool) -> None:
+        for (pid,) in self.conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s", (self.pattern,)
+        ):
+            if pid not in self.first:
+                ticks = self.cpu.ticks_of(pid)
+                if ticks is not None:
+                    self.first[pid] = ticks if initial else 0
+                    self.last[pid] = ticks
+
+    def _read(self) -> None:
+        for pid in self.first:
+            ticks = self.cpu.ticks_of(pid)
+            if ticks is not None:
+                self.last[pid] = ticks
+
+    def start(self) -> None:
+        self._find(initial=True)
+        self.expected += len(self.first)  # the migration's own connections, there already
+        self.thread.start()
+
+    def _loop(self) -> None:
+        started = time.monotonic()
+        try:
+            while not self.done.wait(self.EVERY):
+                if (
+                    len(self.first) < self.expected
+                    and time.monotonic() - started < self.FIND_SECONDS
+                ):
+                    self._find(initial=False)
+                self._read()
+        except Exception:  # a lost sample must not break the measurement
+            self.failed = True
+
+    def stop(self) -> float | None:
+        self.done.set()
+        self.thread.join()
+        self._read()
+        if self.failed or not self.first:
+            return None
+        return sum(self.last[pid] - self.first[pid] for pid in self.first) / self.cpu.ticks
+
+    @property
+    def backends(self) -> int:
+        return len(self.first)
 
 
 @dataclass
@@ -111,14 +188,15 @@ class BenchReporter(Reporter):
 
     conn: psycopg.Connection[Any] | None = None  # the bench's own connection, to find the pids
     cpu: ServerCpu | None = None
+    workers: int = 1  # the plan's: how many worker backends the CPU sampler looks for
     bar: bool = False
     batches: list[BatchReport] = field(default_factory=list)
     finished: dict[str, Any] = field(default_factory=dict)
     loop_started: float = 0.0
     loop_finished: float = 0.0
-    pids: list[int] = field(default_factory=list)
-    cpu_started: float | None = None
-    cpu_finished: float | None = None
+    sampler: CpuSampler | None = None
+    cpu_seconds: float | None = None
+    backends: int = 0  # server processes whose CPU was counted
     active: bool = False  # between the backfill phase's start and end
 
     def event(self, message: str, **fields: object) -> None:
@@ -129,15 +207,11 @@ class BenchReporter(Reporter):
         self.active = phase == "backfill"  # dual_write's data check reports through here too
         if not self.active:
             return
-        if self.conn is not None and self.cpu is not None:
-            pattern = f"pgshift apply {NAME} %"
-            self.pids = [
-                r[0]
-                for r in self.conn.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s", (pattern,)
-                )
-            ]
-            self.cpu_started = self.cpu.read(self.pids)
+        if self.conn is not None and self.cpu is not None and self.cpu.local:
+            # the migration's connections, and with workers their own ones, opened next
+            expected = self.workers if self.workers > 1 else 0
+            self.sampler = CpuSampler(self.conn, self.cpu, f"pgshift apply {NAME} %", expected)
+            self.sampler.start()
         self.loop_started = time.perf_counter()
 
     def batch(self, phase: str, report: BatchReport, work: str = "backfill") -> None:
@@ -147,8 +221,9 @@ class BenchReporter(Reporter):
     def backfill_finished(self) -> None:
         if self.active and self.loop_started and not self.loop_finished:
             self.loop_finished = time.perf_counter()
-            if self.cpu is not None:
-                self.cpu_finished = self.cpu.read(self.pids)
+            if self.sampler is not None:
+                self.cpu_seconds = self.sampler.stop()
+                self.backends = self.sampler.backends
 
 
 @dataclass
@@ -160,6 +235,8 @@ class Run:
     batches: int = 0
     slowest_ms: float = 0.0
     sizes: list[int] = field(default_factory=list)
+    workers: int = 0  # pgshift: the workers that walked (the runner's `backfill finished`)
+    backends: int = 0  # pgshift: the server processes whose CPU was counted
 
     @property
     def rate(self) -> float:
@@ -286,11 +363,11 @@ def run_baseline(conn: psycopg.Connection[Any], rows: int, cpu: ServerCpu, arm: 
 
 
 def run_pgshift(
-    conn: psycopg.Connection[Any], dsn: str, rows: int, plan_text: str, cpu: ServerCpu
+    conn: psycopg.Connection[Any], dsn: str, rows: int, plan_text: str, cpu: ServerCpu, workers: int
 ) -> Run:
     fresh_table(conn, rows)
     settle(conn)
-    reporter = BenchReporter(conn=conn, cpu=cpu)
+    reporter = BenchReporter(conn=conn, cpu=cpu, workers=workers)
     executor = Executor(dsn, load_plan_text(plan_text), StateStore(STATE_SCHEMA), reporter)
     result = executor.apply(until="backfill")
     if result.status != "paused":
@@ -307,19 +384,17 @@ def run_pgshift(
     check_filled(conn, f"_pgshift_{shape.column}", rows)
     slowest = max((b.batch_seconds for b in reporter.batches), default=0.0) * 1000
     logged = reporter.finished.get("slowest_batch_ms", 0)
-    used = (
-        reporter.cpu_finished - reporter.cpu_started
-        if reporter.cpu_finished is not None and reporter.cpu_started is not None
-        else None
-    )
+    walked = reporter.finished.get("workers", 1)
     return Run(
         seconds=seconds,
         rows=rows_done,
-        cpu_seconds=used,
+        cpu_seconds=reporter.cpu_seconds,
         wall_seconds=reporter.loop_finished - reporter.loop_started,
         batches=batches,
         slowest_ms=max(slowest, float(logged) if isinstance(logged, int | float) else 0.0),
         sizes=[b.batch_size for b in reporter.batches],
+        workers=int(walked) if isinstance(walked, int) else 0,
+        backends=reporter.backends,
     )
 
 
@@ -335,20 +410,35 @@ def median_or_none(values: list[float | None]) -> float | None:
     return statistics.median(known) if len(known) == len(values) and known else None
 
 
+def load_average() -> str:
+    path = Path("/proc/loadavg")
+    return " ".join(path.read_text().split()[:3]) if path.exists() else "?"
+
+
 def bench(dsn: str, args: argparse.Namespace) -> bool:
-    plan_text = PLAN.format(
-        name=NAME,
-        table=shape.table,
-        column=shape.column,
-        batch_size=args.batch_size,
-        batch_time=args.batch_time,
-    )
+    plans = {
+        f"pgshift w{n}": (
+            n,
+            PLAN.format(
+                name=NAME,
+                table=shape.table,
+                column=shape.column,
+                batch_size=args.batch_size,
+                batch_time=args.batch_time,
+                workers=n,
+            ),
+        )
+        for n in args.workers
+    }
+    shifted_arms = list(plans)
     with db.connect(dsn, role="bench") as conn:
         row = conn.execute("SHOW server_version").fetchone()
         cpu = ServerCpu(conn)
         print(
-            f"backfill bench: PostgreSQL {row[0] if row else '?'}, {args.rows:,} rows,"
-            f" {args.runs} runs, batch_size {args.batch_size}, batch_time {args.batch_time}"
+            f"backfill bench: PostgreSQL {row[0] if row else '?'}, {shape.table}, {args.rows:,}"
+            f" rows, {args.runs} runs, batch_size {args.batch_size}, batch_time"
+            f" {args.batch_time}, workers {', '.join(map(str, args.workers))};"
+            f" {os.cpu_count()} cpus, load average {load_average()}"
         )
         # context: the single UPDATE with pgshift's per-row work (the shadow index copy where
         # the column has an index, the skipped dual-write trigger) in place
@@ -357,43 +447,75 @@ def bench(dsn: str, args: argparse.Namespace) -> bool:
             if shape.table == "accounts"
             else ["baseline+trigger"]
         )
-        arms = ["pgshift", "baseline", *(context if args.context else [])]
+        baselines = ["baseline", *(context if args.context else [])]
+        arms = [*shifted_arms, *baselines]
         runs: dict[str, list[Run]] = {arm: [] for arm in arms}
         for number in range(1, args.runs + 1):
-            shifted = run_pgshift(conn, dsn, args.rows, plan_text, cpu)
-            runs["pgshift"].append(shifted)
-            for arm in arms[1:]:
+            # the pgshift arms first, their order swapped every run
+            order = shifted_arms if number % 2 else shifted_arms[::-1]
+            for arm in order:
+                workers, plan_text = plans[arm]
+                runs[arm].append(run_pgshift(conn, dsn, args.rows, plan_text, cpu, workers))
+            for arm in baselines:
                 runs[arm].append(run_baseline(conn, args.rows, cpu, arm))
-            print(f"run {number}:")
-            print(f"  {'pgshift':22} {shifted.line(runs['baseline'][-1])}")
-            print(
-                f"  {'':22} wall around the batch loop {shifted.wall_seconds:.2f} s;"
-                f" {shifted.batches} batches, size {sizes_summary(shifted.sizes)};"
-                f" slowest {shifted.slowest_ms:.0f} ms"
-            )
-            for arm in arms[1:]:
+            print(f"run {number} (load average {load_average()}):")
+            for arm in shifted_arms:
+                shifted = runs[arm][-1]
+                print(f"  {arm:22} {shifted.line(runs['baseline'][-1])}")
+                cpu_note = (
+                    f"; cpu of {shifted.backends} server processes" if shifted.backends else ""
+                )
+                print(
+                    f"  {'':22} wall around the batch loop {shifted.wall_seconds:.2f} s;"
+                    f" {shifted.batches} batches by {shifted.workers} worker(s), size"
+                    f" {sizes_summary(shifted.sizes)}; slowest {shifted.slowest_ms:.0f} ms"
+                    + cpu_note
+                )
+            for arm in baselines:
                 print(f"  {arm:22} {runs[arm][-1].line()}")
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(shape.table)))
 
     rates = {arm: statistics.median(r.rate for r in rs) for arm, rs in runs.items()}
     cpu_rates = {arm: median_or_none([r.cpu_rate for r in rs]) for arm, rs in runs.items()}
-    print("medians:")
+    print(f"medians (load average {load_average()}):")
     for arm, rate in rates.items():
         per_cpu = cpu_rates[arm]
         extra = f" ({per_cpu:,.0f} rows per server cpu second)" if per_cpu else ""
         print(f"  {arm:22} {rate:10,.0f} rows/s{extra}")
-    ratio = rates["pgshift"] / rates["baseline"]
-    for arm in arms[1:]:
-        pg, base = cpu_rates["pgshift"], cpu_rates[arm]
-        label = f"ratio pgshift/{arm}:"
-        note = f" (bar: >= {RATIO_BAR})" if arm == "baseline" else " (context)"
-        cpu_note = f"; on server cpu time {pg / base:.2f}" if pg and base else ""
-        print(f"{label:38} {rates['pgshift'] / rates[arm]:.2f}{note}{cpu_note}")
-    slowest = max(r.slowest_ms for r in runs["pgshift"])
-    print(f"{'slowest batch:':38} {slowest:.0f} ms over all runs (bar: < {SLOWEST_BAR_MS:.0f} ms)")
-    met = ratio >= RATIO_BAR and slowest < SLOWEST_BAR_MS
-    print(f"bar met: {'yes' if met else 'no'}")
-    return met
+    met_all = True
+    for shifted_arm in shifted_arms:
+        for arm in baselines:
+            pg, base = cpu_rates[shifted_arm], cpu_rates[arm]
+            label = f"ratio {shifted_arm}/{arm}:"
+            note = f" (bar: >= {RATIO_BAR})" if arm == "baseline" else " (context)"
+            cpu_note = f"; on server cpu time {pg / base:.2f}" if pg and base else ""
+            print(f"{label:42} {rates[shifted_arm] / rates[arm]:.2f}{note}{cpu_note}")
+    for shifted_arm in shifted_arms:
+        ratio = rates[shifted_arm] / rates["baseline"]
+        slowest = max(r.slowest_ms for r in runs[shifted_arm])
+        print(
+            f"{'slowest batch, ' + shifted_arm + ':':42} {slowest:.0f} ms over all runs"
+            f" (bar: < {SLOWEST_BAR_MS:.0f} ms)"
+        )
+        met = ratio >= RATIO_BAR and slowest < SLOWEST_BAR_MS
+        met_all = met_all and met
+        print(f"bar met, {shifted_arm}: {'yes' if met else 'no'} (ratio {ratio:.2f})")
+    if len(shifted_arms) > 1:
+        first, *others = shifted_arms
+        for arm in others:
+            print(f"{arm + ' / ' + first + ':':42} {rates[arm] / rates[first]:.2f}")
+    return met_all
+
+
+def worker_counts(text: str) -> list[int]:
+    """`--workers 1,2`: the worker counts, one pgshift arm each."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not counts or any(not 1 <= n <= 32 for n in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"distinct worker counts from 1 to 32: {text!r}")
+    return counts
 
 
 def main() -> None:
@@ -404,6 +526,12 @@ def main() -> None:
     parser.add_argument("--table", choices=sorted(SHAPES), default="accounts")
     parser.add_argument("--batch-size", default="auto", help="'auto' or a number of rows")
     parser.add_argument("--batch-time", default="200ms", help="the batch time 'auto' aims at")
+    parser.add_argument(
+        "--workers",
+        type=worker_counts,
+        default=[1, 2],
+        help="comma-separated worker counts, one pgshift arm each (default 1,2)",
+    )
     parser.add_argument(
         "--context",
         action="store_true",
@@ -424,7 +552,7 @@ def main() -> None:
             from table_copy import measure  # bench/ is this script's own folder on sys.path
 
             print("\ntable copy:")
-            measure(dsn, args.rows, args.runs, args.table)
+            measure(dsn, args.rows, args.runs, args.table, args.workers)
 
 
 if __name__ == "__main__":

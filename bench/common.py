@@ -35,6 +35,8 @@ def server(args: argparse.Namespace) -> Iterator[str]:
     from pgshift.embedded import EmbeddedServer
 
     with tempfile.TemporaryDirectory(prefix="pgshift-bench-") as folder:
+        # run as root, the server runs as `nobody`, which must be able to enter the folder
+        os.chmod(folder, 0o755)
         embedded = EmbeddedServer(Path(folder) / "pgdata")
         embedded.start()
         try:

@@ -2,6 +2,7 @@
 process's memory flat and the state schema's size independent of the row count.
 
     python bench/scale.py [--dsn DSN | --embedded] [--rows 1000000 --rows 10000000]
+        [--workers 1,2]
 
 `--rows` may be given several times (default: 100,000 and 1,000,000; 10,000,000 is opt-in: it
 takes a while). For each row count, on a fresh table `t (id bigint primary key, v int, pad
@@ -16,11 +17,13 @@ v2 = v` after adding `v2`; `INSERT INTO t2 SELECT ...` into `t2` with only its k
 growing cost per row that is the server's own (the table outgrowing shared_buffers,
 checkpoints during a long write) shows in both.
 
-Each plan is applied in a process of its own, which reports its peak resident memory
+Each plan is applied once per `--workers` count (default 1 and 2: the plan's `settings:
+{workers: N}`, which the backfill and the verify both use), each time in a process of its own, which reports its peak resident memory
 (`getrusage` ru_maxrss); the phases' times come from the state schema, and the state schema's
 size (every relation in it, indexes and TOAST included) is read when the plan is done.
 Prints, per row count, seconds and rows/s of each phase, the peak memory and the state size,
-then each phase's seconds per million rows at every count (linear: the same figure).
+then each phase's seconds per million rows at every count (linear: the same figure). With 2
+workers pgshift uses 2 server processes, the single statements one.
 """
 
 from __future__ import annotations
@@ -108,10 +111,17 @@ def baseline(conn: psycopg.Connection[Any], rows: int, work: str) -> float:
     return time.perf_counter() - started
 
 
-def child(dsn: str, work: str) -> None:
+def plan_text(work: str, workers: int) -> str:
+    """The plan of `work` with `settings: {workers: N}`."""
+    head, tail = PLANS[work].split("\nphases:", 1)
+    return f"{head}\nsettings:\n  workers: {workers}\nphases:{tail}"
+
+
+def child(dsn: str, work: str, workers: int) -> None:
     """Apply one plan in this process; print its phases' seconds, peak memory, state size."""
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
-    result = Executor(dsn, load_plan_text(PLANS[work]), StateStore()).apply(until="verify")
+    loaded = load_plan_text(plan_text(work, workers))
+    result = Executor(dsn, loaded, StateStore()).apply(until="verify")
     if result.status != "paused":
         raise SystemExit(f"{work}: apply ended {result.status}: {result.message}")
     with psycopg.connect(dsn) as conn:
@@ -124,20 +134,29 @@ def child(dsn: str, work: str) -> None:
         }
         size = conn.execute(STATE_SIZE).fetchone()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"phases": phases, "peak_mib": peak_kib / 1024, "state_bytes": size[0]}))
+    print(
+        json.dumps(
+            {"phases": phases, "peak_mib": peak_kib / 1024, "state_bytes": size[0] if size else 0}
+        )
+    )
 
 
-def measure(dsn: str, conn: psycopg.Connection[Any], rows: int, work: str) -> dict[str, Any]:
+def measure(
+    dsn: str, conn: psycopg.Connection[Any], rows: int, work: str, workers: int
+) -> dict[str, Any]:
     fresh_table(conn, rows)
     started = time.perf_counter()
+    script = str(Path(__file__).resolve())
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", work, "--dsn", dsn],
+        [sys.executable, script, "--child", work, "--dsn", dsn, "--workers", str(workers)],
         capture_output=True,
         text=True,
         check=False,
     )
     if done.returncode != 0:
-        raise SystemExit(f"{work} at {rows:,} rows failed:\n{done.stdout}{done.stderr}")
+        raise SystemExit(
+            f"{work} at {rows:,} rows, {workers} workers, failed:\n{done.stdout}{done.stderr}"
+        )
     out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     out["process_seconds"] = time.perf_counter() - started
     return out
@@ -147,13 +166,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     server_arguments(parser)
     parser.add_argument("--rows", type=int, action="append", help="a row count (repeatable)")
+    parser.add_argument(
+        "--workers",
+        type=worker_counts,
+        default=[1, 2],
+        help="comma-separated worker counts, one pgshift arm each (default 1,2)",
+    )
     parser.add_argument("--child", choices=sorted(PLANS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.dsn, args.child)
+        child(args.dsn, args.child, args.workers[0])
         return
     counts = sorted(args.rows or [100_000, 1_000_000])
-    results: dict[tuple[int, str], dict[str, Any]] = {}
+    results: dict[tuple[int, str, int], dict[str, Any]] = {}
+    singles: dict[tuple[int, str], float] = {}
     with (
         server(args) as dsn,
         scratch_database(dsn, "scale") as scratch,
@@ -167,36 +193,49 @@ def main() -> None:
         for rows in counts:
             for work in PLANS:
                 single = baseline(conn, rows, work)
-                got = measure(scratch, conn, rows, work)
-                got["single"] = single
-                results[rows, work] = got
-                phases = got["phases"]
-                print(
-                    f"{rows:>11,} rows {work:8}: "
-                    + ", ".join(
-                        f"{kind} {seconds:.2f} s ({rows / seconds:,.0f} rows/s)"
-                        for kind, seconds in sorted(phases.items())
+                singles[rows, work] = single
+                for workers in args.workers:
+                    got = measure(scratch, conn, rows, work, workers)
+                    results[rows, work, workers] = got
+                    phases = got["phases"]
+                    print(
+                        f"{rows:>11,} rows {work:8} w{workers}: "
+                        + ", ".join(
+                            f"{kind} {seconds:.2f} s ({rows / seconds:,.0f} rows/s)"
+                            for kind, seconds in sorted(phases.items())
+                        )
+                        + f"; single statement {single:.2f} s"
+                        f" (backfill / single {single / phases['backfill']:.2f})"
+                        + f"; peak memory {got['peak_mib']:.0f} MiB;"
+                        f" state schema {got['state_bytes'] / 1024:.0f} KiB",
+                        flush=True,
                     )
-                    + f"; single statement {single:.2f} s"
-                    f" (backfill / single {single / phases['backfill']:.2f})"
-                    + f"; peak memory {got['peak_mib']:.0f} MiB;"
-                    f" state schema {got['state_bytes'] / 1024:.0f} KiB",
-                    flush=True,
-                )
         load = (
             Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
         )
         print(f"load average at the end {' '.join(load)}")
     print("seconds per million rows (linear in rows: the same figure on every line):")
     for work in PLANS:
-        per = [f"{rows:,}: {results[rows, work]['single'] / rows * 1e6:.2f}" for rows in counts]
-        print(f"  {work:8} {'single':8} " + "  ".join(per))
-        for kind in ("backfill", "verify"):
-            per = [
-                f"{rows:,}: {results[rows, work]['phases'][kind] / rows * 1e6:.2f}"
-                for rows in counts
-            ]
-            print(f"  {work:8} {kind:8} " + "  ".join(per))
+        per = [f"{rows:,}: {singles[rows, work] / rows * 1e6:.2f}" for rows in counts]
+        print(f"  {work:8} {'single':11} " + "  ".join(per))
+        for workers in args.workers:
+            for kind in ("backfill", "verify"):
+                per = [
+                    f"{rows:,}: {results[rows, work, workers]['phases'][kind] / rows * 1e6:.2f}"
+                    for rows in counts
+                ]
+                print(f"  {work:8} {kind + ' w' + str(workers):11} " + "  ".join(per))
+
+
+def worker_counts(text: str) -> list[int]:
+    """`--workers 1,2`: the worker counts, one pgshift arm each."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not counts or any(not 1 <= n <= 32 for n in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"distinct worker counts from 1 to 32: {text!r}")
+    return counts
 
 
 if __name__ == "__main__":

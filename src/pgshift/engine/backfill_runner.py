@@ -188,10 +188,11 @@ def _walk(
     key_range: KeyRange,
     size: int,
     range_index: int | None,
-) -> None:
+) -> int:
     """Walk one key range batch by batch, from its last key (or its lower end) to its upper
     end. `range_index` None: the whole key in one walk, the checkpoint is the walk's own (the
-    form of one worker); otherwise the walk writes entry `range_index` of the ranges."""
+    form of one worker); otherwise the walk writes entry `range_index` of the ranges. Returns
+    the batch size the next range of this worker starts with (the one this walk arrived at)."""
     step = run.step
     last = key_range.last if key_range.last is not None else key_range.lo
     hi = key_range.hi
@@ -289,14 +290,15 @@ def _walk(
         seconds = time.monotonic() - t0
         done = run.batch_done(count, seconds, size, conflicted)
         failpoint(f"{run.phase_name}:batch:{done}")
-        if finished:
-            return
-        last = upper
         size = policy.next_size(size, count, seconds, recent)
+        if finished:
+            return size
+        last = upper
         recent.append((count, seconds))
         run.throttle.nice(seconds)
         if policy.pause > timedelta(0):
             time.sleep(policy.pause.total_seconds())
+    return size
 
 
 def run_backfill(
@@ -413,18 +415,19 @@ def _walk_ranges(
             # no connection to spare: the ranges one after another on the main connection
             while todo:
                 index, key_range = todo.popleft()
-                _walk(run, conn, key_range, size, index)
+                size = _walk(run, conn, key_range, size, index)
             return 1
         queue_lock = threading.Lock()
 
         def work(own: psycopg.Connection[Any]) -> None:
+            mine = size  # each worker's batch size carries over from one range to its next
             while not run.stop.is_set():
                 with queue_lock:
                     if not todo:
                         return
                     index, key_range = todo.popleft()
                 try:
-                    _walk(run, own, key_range, size, index)
+                    mine = _walk(run, own, key_range, mine, index)
                 except BaseException:
                     run.stop.set()
                     raise
