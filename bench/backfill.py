@@ -49,7 +49,12 @@ from typing import Any
 
 import psycopg
 import structlog
-from common import scratch_database, server, server_arguments  # bench/ is on sys.path
+from common import (  # bench/ is on sys.path
+    scratch_database,
+    server,
+    server_arguments,
+    worker_counts,
+)
 from psycopg import sql
 
 from pgshift import db
@@ -505,17 +510,6 @@ def bench(dsn: str, args: argparse.Namespace) -> bool:
         for arm in others:
             print(f"{arm + ' / ' + first + ':':42} {rates[arm] / rates[first]:.2f}")
     return met_all
-
-
-def worker_counts(text: str) -> list[int]:
-    """`--workers 1,2`: the worker counts, one pgshift arm each."""
-    try:
-        counts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
-    if not counts or any(not 1 <= n <= 32 for n in counts) or len(set(counts)) != len(counts):
-        raise argparse.ArgumentTypeError(f"distinct worker counts from 1 to 32: {text!r}")
-    return counts
 
 
 def main() -> None:

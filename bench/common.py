@@ -58,3 +58,14 @@ def scratch_database(dsn: str, what: str) -> Iterator[str]:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+def worker_counts(text: str) -> list[int]:
+    """`--workers 1,2`: the worker counts, one pgshift arm each."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not counts or any(not 1 <= n <= 32 for n in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"distinct worker counts from 1 to 32: {text!r}")
+    return counts
