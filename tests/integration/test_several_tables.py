@@ -379,3 +379,31 @@ phases: [expand, dual_write, backfill, verify, cutover, contract]
         "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated"
         " AND conrelid IN ('people'::regclass, 'teams'::regclass)"
     ).fetchone() == (2,)
+
+
+def test_a_not_valid_foreign_key_stays_not_valid_when_re_pointed(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """Another table's foreign key left NOT VALID by its owner is re-pointed to the new table
+    at the swap and stays NOT VALID (it holds rows that break it); a valid one is validated."""
+    _schema(conn, rows=50)
+    conn.execute("CREATE TABLE notes (id serial PRIMARY KEY, account int)")
+    conn.execute("INSERT INTO notes (account) VALUES (1), (999999)")  # the second breaks it
+    conn.execute(
+        "ALTER TABLE notes ADD CONSTRAINT notes_account_fkey FOREIGN KEY (account)"
+        " REFERENCES accounts NOT VALID"
+    )
+    plan = write_plan(tmp_path, COPIED)
+    result = cli(dsn, "apply", plan, "--until", "cutover")
+    assert result.exit_code == 0, result.output
+    rows = conn.execute(
+        "SELECT conname, confrelid::regclass::text, convalidated FROM pg_constraint"
+        " WHERE conname IN ('notes_account_fkey', 'transfers_account_id_fkey') ORDER BY 1"
+    ).fetchall()
+    assert rows == [
+        ("notes_account_fkey", "accounts", False),
+        ("transfers_account_id_fkey", "accounts", True),
+    ]
+    assert conn.execute("SELECT to_regclass('accounts_pgshift_old') IS NOT NULL").fetchone() == (
+        True,
+    )

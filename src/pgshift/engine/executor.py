@@ -61,7 +61,7 @@ from pgshift.plan.check import (
 )
 from pgshift.plan.load import LoadedPlan
 from pgshift.plan.model import Plan
-from pgshift.report.preview import clients_data
+from pgshift.report.clients import clients_data
 from pgshift.tableset.results import summed
 from pgshift.verify.rowhash import VerifyResult
 

@@ -7,6 +7,7 @@ live database (does the table exist, does the expression compile) is checked by 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -320,6 +321,19 @@ PhaseSpec = Annotated[
 ]
 
 
+def _each_normalized(value: Any, normalize: Callable[[Any], Any], key: str) -> Any:
+    """A list's entries each in their long form, an entry that cannot be shown at its place."""
+    if not isinstance(value, list):
+        return value
+    normalized = []
+    for index, entry in enumerate(value):
+        try:
+            normalized.append(normalize(entry))
+        except ValueError as exc:
+            raise PlanRuleError(str(exc), (key, index)) from None
+    return normalized
+
+
 def _normalize_phase(entry: Any) -> Any:
     """A bare kind (`expand`) or a one-key mapping (`{backfill: {batch_size: 10}}`) becomes
     `{kind: ..., **options}`, so that error locations read phases.N.KIND.OPTION like the file."""
@@ -362,28 +376,12 @@ class Plan(Strict):
     @field_validator("phases", mode="before")
     @classmethod
     def _phases(cls, value: Any) -> Any:
-        if not isinstance(value, list):
-            return value
-        normalized = []
-        for index, entry in enumerate(value):
-            try:
-                normalized.append(_normalize_phase(entry))
-            except ValueError as exc:
-                raise PlanRuleError(str(exc), ("phases", index)) from None
-        return normalized
+        return _each_normalized(value, _normalize_phase, "phases")
 
     @field_validator("operations", mode="before")
     @classmethod
     def _operations(cls, value: Any) -> Any:
-        if not isinstance(value, list):
-            return value
-        normalized = []
-        for index, entry in enumerate(value):
-            try:
-                normalized.append(normalize_operation(entry))
-            except ValueError as exc:
-                raise PlanRuleError(str(exc), ("operations", index)) from None
-        return normalized
+        return _each_normalized(value, normalize_operation, "operations")
 
     @field_validator("name")
     @classmethod

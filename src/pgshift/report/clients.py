@@ -203,3 +203,20 @@ def client_impact(compiled: CompiledPlan) -> list[ClientImpact]:
             )
         )
     return out
+
+
+def clients_data(compiled: CompiledPlan) -> list[dict[str, Any]]:
+    """The application clients each step breaks; of several tables, what holds for all of
+    them once, the rest with its table named."""
+    each = [[c.data() for c in client_impact(part)] for part in compiled.each()]
+    if len(each) == 1:
+        return each[0]
+    out: list[dict[str, Any]] = []
+    for part, items in zip(compiled.each(), each, strict=True):
+        for item in items:
+            if all(item in other for other in each):
+                if item not in out:
+                    out.append(item)
+            else:
+                out.append({**item, "when": f"{item['when']} ({part.table.display})"})
+    return out

@@ -22,7 +22,7 @@ from pgshift.phases.base import (
 )
 from pgshift.phases.columns_shape import ColumnsShape
 from pgshift.plan.durations import format_duration
-from pgshift.report.clients import client_impact
+from pgshift.report.clients import clients_data
 
 # Rough speeds for estimates before anything was measured on this server.
 BACKFILL_ROWS_PER_SECOND = 50_000
@@ -137,23 +137,6 @@ def preview_data(compiled: CompiledPlan, rows_per_second: float | None = None) -
     if compiled.parts:
         data["tables"] = tables
     return data
-
-
-def clients_data(compiled: CompiledPlan) -> list[dict[str, Any]]:
-    """The application clients each step breaks; of several tables, what holds for all of
-    them once, the rest with its table named."""
-    each = [[c.data() for c in client_impact(part)] for part in compiled.each()]
-    if len(each) == 1:
-        return each[0]
-    out: list[dict[str, Any]] = []
-    for part, items in zip(compiled.each(), each, strict=True):
-        for item in items:
-            if all(item in other for other in each):
-                if item not in out:
-                    out.append(item)
-            else:
-                out.append({**item, "when": f"{item['when']} ({part.table.display})"})
-    return out
 
 
 def table_data(part: CompiledPlan) -> dict[str, Any]:

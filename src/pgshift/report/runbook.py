@@ -45,6 +45,7 @@ from pgshift.plan.durations import format_duration
 from pgshift.plan.load import LoadedPlan
 from pgshift.plan.plan_lint import lint_plan
 from pgshift.report import preview
+from pgshift.report.clients import clients_data
 from pgshift.report.report import phase_report
 
 POINT_OF_NO_RETURN = "POINT OF NO RETURN"
@@ -463,7 +464,7 @@ class _Renderer:
 
     def clients(self) -> None:
         """Which application clients see an error at which step, and what to do."""
-        impact = preview.clients_data(self.compiled)
+        impact = clients_data(self.compiled)
         if not impact:
             return
         mode = self.plan.application.mode
