@@ -74,7 +74,7 @@ def test_plan_and_runbook_show_the_builds_under_backfill(
     expand_sql = "\n".join(s for step in phases["expand"]["steps"] for s in step["sql"])
     assert "PRIMARY KEY" in expand_sql and "CREATE INDEX" not in expand_sql
     copy, *builds = phases["backfill"]["steps"]
-    assert "INSERT INTO" in copy["sql"][-1]
+    assert "INSERT INTO" in copy["sql"][2] and "copy_batch_fence" in copy["sql"][4]
     assert [b["sql"] for b in builds] == [
         [f"CREATE INDEX CONCURRENTLY {name} ON public.accounts_v2 ({column});"]
         for name, column in (

@@ -8,6 +8,8 @@ compounding, and the size grows back only once the slow spell has left the windo
 A table copy's batch (CopyStep) runs first without ON CONFLICT; when it meets a copy the
 trigger wrote meanwhile (a unique violation), its transaction, checkpoint included, rolls back
 and the same range runs again with ON CONFLICT DO NOTHING. Why that is safe: phases/backfill.py.
+Before it commits, each copy batch closes the delete fence and, when rows were deleted since
+this walk's previous fence, sweeps their copies from its key range (phases/delete_fence.py).
 
 With `workers` above 1 the key is split up front into key ranges (engine/key_ranges.py), kept
 in the phase's checkpoint, each with its own last key; that many threads, each on a connection
@@ -41,6 +43,7 @@ from pgshift.engine.state import StateStore
 from pgshift.engine.throttle import Throttle
 from pgshift.phases.backfill import CopyStep
 from pgshift.phases.base import BackfillStep
+from pgshift.phases.delete_fence import DeleteFence
 from pgshift.plan.model import Settings
 
 log = structlog.get_logger("pgshift.backfill")
@@ -199,6 +202,9 @@ def _walk(
     recent: deque[tuple[int, float]] = deque(maxlen=RECENT_BATCHES - 1)
     # a table copy's batches run without ON CONFLICT first, and again with it on a conflict
     on_conflict = step.on_conflict if isinstance(step, CopyStep) else None
+    fence = step.fence if isinstance(step, CopyStep) else None
+    # the deletes counter as this walk's last fence saw it (phases/delete_fence.py)
+    seen = _fence_opened(run, conn, fence) if fence is not None else 0
     while not run.stop.is_set():
         policy = run.policy()
         size = policy.size or size
@@ -211,8 +217,9 @@ def _walk(
             size: int = size,
             last: list[str] | None = last,
             number: int = number,
+            seen: int = seen,
             safe: bool = False,
-        ) -> tuple[list[str] | None, int, bool]:
+        ) -> tuple[list[str] | None, int, bool, int]:
             with conn.transaction():
                 # a batch is bounded by batch_time, not by the server's statement_timeout
                 set_timeouts(conn, run.settings.lock_timeout, timedelta(0), local=True)
@@ -239,6 +246,19 @@ def _walk(
                 failpoint(f"{run.phase_name}:batch:{number}:in-transaction")
                 # the same, naming the step: one of several tables' backfills
                 failpoint(f"{run.phase_name}:{run.steps_done}:batch:{number}:in-transaction")
+                if fence is not None:
+                    closed = _fence_value(conn, fence, run.settings)
+                    if closed != seen:
+                        # rows deleted meanwhile: the batch's own ghosts go before it commits
+                        swept = max(conn.execute(fence.sweep(condition)).rowcount, 0)
+                        count -= swept
+                        if swept:
+                            log.info(
+                                "backfill swept deleted rows",
+                                migration=run.migration,
+                                rows=swept,
+                            )
+                    seen = closed
                 reached = upper if upper is not None else last
                 if range_index is None:
                     run.store.checkpoint(
@@ -265,11 +285,11 @@ def _walk(
                         range_index=range_index,
                         size=size,
                     )
-            return upper, count, finished
+            return upper, count, finished, seen
 
         conflicted = False
         try:
-            upper, count, finished = with_lock_retries(
+            upper, count, finished, seen = with_lock_retries(
                 one_batch,
                 attempts=run.settings.lock_retries,
                 what=f"{run.phase_name} batch",
@@ -281,7 +301,7 @@ def _walk(
             # a copy the trigger committed meanwhile: the same range again, whole, in the form
             # that lets such copies win (see phases/backfill.py's CopyStep)
             conflicted = True
-            upper, count, finished = with_lock_retries(
+            upper, count, finished, seen = with_lock_retries(
                 lambda: one_batch(safe=True),
                 attempts=run.settings.lock_retries,
                 what=f"{run.phase_name} batch",
@@ -299,6 +319,43 @@ def _walk(
         if policy.pause > timedelta(0):
             time.sleep(policy.pause.total_seconds())
     return size
+
+
+def _fence_value(conn: psycopg.Connection[Any], fence: DeleteFence, settings: Settings) -> int:
+    """Close the delete fence in the current transaction: its lock, tried until lock_timeout
+    (then lock_not_available, retried like any lock wait); the deletes counter."""
+    timeout = max(int(settings.lock_timeout.total_seconds() * 1000), 1)
+    row = conn.execute(fence.close, (timeout,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _fence_opened(run: _Run, conn: psycopg.Connection[Any], fence: DeleteFence) -> int:
+    """The deletes counter before a walk's first batch, read under the fence's lock in a
+    transaction of its own: every deleter still running then counts after it."""
+
+    def read() -> int:
+        with conn.transaction():
+            set_timeouts(conn, run.settings.lock_timeout, timedelta(0), local=True)
+            return _fence_value(conn, fence, run.settings)
+
+    return with_lock_retries(
+        read,
+        attempts=run.settings.lock_retries,
+        what=f"{run.phase_name} delete fence",
+        lock_timeout=run.settings.lock_timeout,
+    )
+
+
+def _unfenced_if_older(conn: psycopg.Connection[Any], step: BackfillStep) -> BackfillStep:
+    """The copy with row locks when the live table's copy trigger does not call the delete
+    fence (installed by a pgshift without it, for a migration begun before)."""
+    if not isinstance(step, CopyStep) or step.fence is None or step.unfenced is None:
+        return step
+    row = conn.execute(step.fence.installed).fetchone()
+    if row and row[0]:
+        return step
+    log.info("copy trigger predates the delete fence: the batches lock the rows they copy")
+    return step.unfenced
 
 
 def run_backfill(
@@ -326,6 +383,7 @@ def run_backfill(
     connection to the same database), key ranges are walked side by side."""
     saved = checkpoint if isinstance(checkpoint, dict) else {}
     size = policy.size or int(saved.get("size", AUTO_START))
+    step = _unfenced_if_older(conn, step)
     run = _Run(
         step=step,
         store=store,

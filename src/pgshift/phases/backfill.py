@@ -13,7 +13,7 @@ the shadow columns' index copies (`columns`), the plain indexes of `create` (`ne
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from psycopg import sql
@@ -28,6 +28,7 @@ from pgshift.phases.base import (
     index_build,
 )
 from pgshift.phases.columns_shape import ColumnsShape
+from pgshift.phases.delete_fence import DeleteFence, delete_fence
 from pgshift.phases.dual_write import BACKFILL_SETTING
 from pgshift.phases.keys import bounds_queries, key_range
 from pgshift.phases.table_shape import TableShape
@@ -37,17 +38,24 @@ from pgshift.plan.check import deferred_indexes
 @dataclass(frozen=True)
 class CopyStep(BackfillStep):
     """A table copy's batches: `statement` is the fast form, without ON CONFLICT; a batch it
-    fails on with a unique violation runs again, whole, as `on_conflict` (the runner)."""
+    fails on with a unique violation runs again, whole, as `on_conflict` (the runner). With a
+    `fence` the forms read the live rows without locking them and each batch closes the fence
+    before it commits (phases/delete_fence.py); `unfenced` is the step with row locks instead,
+    for a copy trigger installed without the fence."""
 
     on_conflict: Callable[[Query], Query] | None = None
+    fence: DeleteFence | None = None
+    unfenced: CopyStep | None = None
 
 
-def _copy_step(ctx: CompileContext) -> BackfillStep:
-    """new_table: INSERT ... SELECT ... FOR KEY SHARE per key range.
+def _copy_step(ctx: CompileContext) -> CopyStep:
+    """new_table: INSERT ... SELECT per key range, closed by the delete fence.
 
-    FOR KEY SHARE closes the delete race: a concurrent DELETE of a row being copied waits for
-    the batch and its trigger then deletes the copy, or it committed first and the locking read
-    skips the row.
+    The delete race (a row the application deletes while a batch copies it) is closed by the
+    fence: phases/delete_fence.py. A copy whose new key is not the live key as it is has no
+    fence; its batches lock the rows they copy (FOR KEY SHARE) instead: a concurrent DELETE of
+    a row being copied waits for the batch and its trigger then deletes the copy, or it
+    committed first and the locking read skips the row.
 
     A copy the trigger wrote is always newer and must win. The safe form says so with ON
     CONFLICT DO NOTHING, but speculative insertion costs about as much per row as the insert
@@ -62,20 +70,39 @@ def _copy_step(ctx: CompileContext) -> BackfillStep:
     index of the new table fails the fast form, then the safe one, and stops the backfill
     instead of being skipped."""
     shape: TableShape = ctx.shape
+    fence = delete_fence(shape, ctx.state_schema)
+    locked = _copy_forms(ctx, lock=True)
+    if fence is None:
+        return locked
+    return replace(
+        _copy_forms(ctx, lock=False),
+        fence=fence,
+        unfenced=locked,
+        lock="ACCESS SHARE",
+        hold="one batch (batch_time); the copied rows stay updatable and deletable (deletes"
+        " wait only for a batch's commit)",
+    )
+
+
+def _copy_forms(ctx: CompileContext, *, lock: bool) -> CopyStep:
+    """The copy's batches, reading the live rows FOR KEY SHARE when `lock`."""
+    shape: TableShape = ctx.shape
     table = ctx.table
     k = key_range(table, shape.key)
     after, first = bounds_queries(table, shape.key)
+    locking = sql.SQL(" FOR KEY SHARE" if lock else "")
     common = {
         "new": shape.new.qualified,
         "columns": shape.forward_columns(),
         "overriding": sql.SQL(" OVERRIDING SYSTEM VALUE" if shape.overriding else ""),
         "old": table.qualified,
+        "locking": locking,
     }
 
     def safe(condition: Query) -> Query:
         return sql.SQL(
             "INSERT INTO {new} ({columns}){overriding} SELECT {values} FROM {old} WHERE {condition}"
-            " FOR KEY SHARE ON CONFLICT ({key}) DO NOTHING"
+            "{locking} ON CONFLICT ({key}) DO NOTHING"
         ).format(
             key=sql.SQL(", ").join(sql.Identifier(c) for c in shape.new_key),
             values=shape.forward_select(),
@@ -87,9 +114,6 @@ def _copy_step(ctx: CompileContext) -> BackfillStep:
     # then the NOT EXISTS looks only at the batch's own key range of the new table, as the same
     # condition in the subquery names the new table's key columns (the inner scope comes first).
     # Otherwise every batch runs in the safe form.
-    same_key = shape.new_key == shape.key and all(
-        shape.forward.get(c) == sql.Identifier(c).as_string() for c in shape.key
-    )
     # The mapped rows as a derived table, so the NOT EXISTS compares the new table's key with
     # the copied one: the plan's expressions use bare column names, which inside a subquery
     # over the new table would mean its columns.
@@ -105,7 +129,7 @@ def _copy_step(ctx: CompileContext) -> BackfillStep:
     def fast(condition: Query) -> Query:
         return sql.SQL(
             "INSERT INTO {new} ({columns}){overriding} SELECT {picked} FROM"
-            " (SELECT {named} FROM {old} WHERE {condition} FOR KEY SHARE) AS {row}"
+            " (SELECT {named} FROM {old} WHERE {condition}{locking}) AS {row}"
             " WHERE NOT EXISTS (SELECT FROM {new} AS {copy} WHERE {condition} AND {match})"
         ).format(
             picked=sql.SQL(", ").join(
@@ -123,8 +147,8 @@ def _copy_step(ctx: CompileContext) -> BackfillStep:
         description=f"copy the rows into {shape.new.display}, one key range per batch",
         table=table.qualified,
         key=shape.key,
-        statement=fast if same_key else safe,
-        on_conflict=safe if same_key else None,
+        statement=fast if shape.copies_key else safe,
+        on_conflict=safe if shape.copies_key else None,
         key_columns=k["cols"],
         key_params=k["params"],
         key_types=tuple(table.columns[c].type for c in shape.key),

@@ -884,7 +884,10 @@ def table_unswap_pieces(ctx: CompileContext) -> SwapPieces:
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(live_after, sql.Identifier(new.name)),
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(old_after, sql.Identifier(old.name)),
         ),
-        tail=(*forward_copy(shape, errors=RowErrorSink.of(ctx)), recreate()),
+        tail=(
+            *forward_copy(shape, errors=RowErrorSink.of(ctx), state_schema=ctx.state_schema),
+            recreate(),
+        ),
     )
 
 

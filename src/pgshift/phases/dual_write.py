@@ -25,6 +25,7 @@ from pgshift.db import Query, derived_name
 from pgshift.phases.base import CompileContext, Phase, SqlStep, Step
 from pgshift.phases.columns_shape import ColumnsShape, ShadowColumn
 from pgshift.phases.data_check import data_check_step
+from pgshift.phases.delete_fence import trigger_call
 from pgshift.phases.table_shape import TableShape
 
 BACKFILL_SETTING = "pgshift.backfill"
@@ -277,6 +278,7 @@ def copy_body(
     direction: str,
     source_key: tuple[str, ...],
     taken: frozenset[str] = frozenset(),
+    fence: str = "",
 ) -> str:
     """AFTER INSERT/UPDATE/DELETE: upsert the mapped row into `target`, delete it there when the
     row goes away or its key changes; AFTER TRUNCATE (a statement trigger on the same
@@ -290,7 +292,8 @@ def copy_body(
     block; the DELETE and the upsert use the variables after it. A row the mapping fails on is
     recorded by its `source_key` and nothing is written for it (a DELETE still deletes the copy
     when the old key is computable). Variable names avoid the columns in `taken`, which
-    `#variable_conflict use_column` would otherwise prefer."""
+    `#variable_conflict use_column` would otherwise prefer. `fence` runs before a copy is
+    deleted (the table copy's delete fence, phases/delete_fence.py)."""
     prefix = "pgshift_"
     while any(n.startswith(prefix) for n in taken):
         prefix = "_" + prefix
@@ -343,7 +346,8 @@ def copy_body(
         + guarded(compute, on_error)
         + f"  IF {old_mapped} AND (TG_OP = 'DELETE'"
         f" OR ({mapped} AND ROW({old_key}) IS DISTINCT FROM ROW({new_key}))) THEN\n"
-        f"    DELETE FROM {table} WHERE ({key_cols}) = ({old_key});\n"
+        + textwrap.indent(fence, "    ")
+        + f"    DELETE FROM {table} WHERE ({key_cols}) = ({old_key});\n"
         "  END IF;\n"
         f"  IF {mapped} THEN\n"
         f"    INSERT INTO {table} ({columns}){' OVERRIDING SYSTEM VALUE' if overriding else ''}\n"
@@ -410,9 +414,10 @@ def _columns(shape: TableShape) -> frozenset[str]:
 
 
 def forward_copy(
-    shape: TableShape, guard: bool = False, *, errors: RowErrorSink
+    shape: TableShape, guard: bool = False, *, errors: RowErrorSink, state_schema: str
 ) -> tuple[Query, ...]:
-    """Live table -> new table, before cutover."""
+    """Live table -> new table, before cutover; it calls the delete fence of the state schema
+    when the copy keeps the live key (phases/delete_fence.py)."""
     body = copy_body(
         shape.new.qualified,
         shape.forward,
@@ -423,6 +428,7 @@ def forward_copy(
         direction="up",
         source_key=shape.key,
         taken=_columns(shape),
+        fence=trigger_call(state_schema) if shape.copies_key else "",
     )
     return copy_trigger(
         shape.forward_function, body, shape.forward_trigger, shape.old.qualified, guard
@@ -459,7 +465,12 @@ def _compile_copy(ctx: CompileContext, index: int) -> Phase:
     install = SqlStep(
         description=f"install the copy trigger: every write to {old.display} is applied to"
         f" {new.display} in the writer's transaction",
-        statements=forward_copy(shape, guard=ctx.versions, errors=RowErrorSink.of(ctx)),
+        statements=forward_copy(
+            shape,
+            guard=ctx.versions,
+            errors=RowErrorSink.of(ctx),
+            state_schema=ctx.state_schema,
+        ),
         lock="SHARE ROW EXCLUSIVE",
         hold="milliseconds, after in-flight writes finish",
     )

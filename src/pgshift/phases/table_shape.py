@@ -54,6 +54,14 @@ class TableShape:
     forward_trigger: str
     reverse_trigger: str
 
+    @property
+    def copies_key(self) -> bool:
+        """Whether the new table's key is the live key copied as it is (the usual case): a
+        copy is then found by the live row's own key."""
+        return self.new_key == self.key and all(
+            self.forward.get(c) == sql.Identifier(c).as_string() for c in self.key
+        )
+
     def probes(self) -> list[tuple[str, Query]]:
         """Both copies over no row, for plan-time checks of the mappings."""
         return [

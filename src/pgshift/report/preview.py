@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgshift.compile import CompiledPlan
+from pgshift.phases.backfill import CopyStep
 from pgshift.phases.base import (
     BLOCKS_READS,
     BLOCKS_WRITES,
@@ -38,15 +39,22 @@ def step_sql(step: Step) -> list[str]:
             q.strip().rstrip(";") + ";" for q in step.queries
         ]
     if isinstance(step, BackfillStep):
-        return [
+        lower = step.key_value(["<last key of the previous batch>"] * len(step.key))
+        upper = step.key_value(["<last key of this batch>"] * len(step.key))
+        lines = [
             "-- each batch, in one transaction with its checkpoint:",
             step.bounds.as_string() + ";",
-            step.batch(
-                step.key_value(["<last key of the previous batch>"] * len(step.key)),
-                step.key_value(["<last key of this batch>"] * len(step.key)),
-            ).as_string()
-            + ";",
+            step.batch(lower, upper).as_string() + ";",
         ]
+        fence = step.fence if isinstance(step, CopyStep) else None
+        if fence is not None:
+            lines += [
+                "-- then the delete fence (lock_timeout in ms):",
+                fence.close.as_string().replace("%s", "<lock_timeout>") + ";",
+                "-- only when rows were deleted meanwhile:",
+                fence.sweep(step.condition(lower, upper)).as_string() + ";",
+            ]
+        return lines
     if isinstance(step, DataCheckStep):
         return [
             "-- each batch, read only (a failing batch is bisected to its failing rows):",

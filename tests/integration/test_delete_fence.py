@@ -1,0 +1,232 @@
+"""The table copy's delete fence (phases/delete_fence.py), at the exact moments of the race.
+
+A test-only trigger on the new table holds the one batch in the middle of its INSERT (its
+snapshot taken, half its rows copied, uncommitted) while other sessions delete rows, change
+keys and insert; then the batch goes on. The copy's batches lock no live row, so none of
+these writes waits for the batch, and none may leave a row the live table no longer has."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.integration.helpers import cli, write_plan
+
+ROWS = 3_000
+HELD_AT = 1_500  # the batch's INSERT waits at this key
+GATE = 774_411  # the advisory lock the test holds to keep the batch waiting
+
+PLAN = """\
+version: 1
+name: fence
+table: public.t
+new_table:
+  name: public.t2
+  create: |
+    CREATE TABLE public.t2 (id bigint PRIMARY KEY, v bigint);
+settings:
+  lock_timeout: {lock_timeout}
+phases: [expand, dual_write, {{backfill: {{batch_size: 10000}}}}, verify]
+"""
+
+
+def _plan(tmp_path: Path, lock_timeout: str = "5s") -> str:
+    return write_plan(tmp_path, PLAN.format(lock_timeout=lock_timeout))
+
+
+def _table(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, v int)")
+    conn.execute(f"INSERT INTO t SELECT g, g FROM generate_series(1, {ROWS}) g")
+
+
+def _hold_the_batch_at_one_key(conn: psycopg.Connection[Any]) -> None:
+    """The new table's insert of HELD_AT waits for GATE (held by the test)."""
+    conn.execute(
+        f"""
+        CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          PERFORM pg_advisory_lock({GATE});
+          PERFORM pg_advisory_unlock({GATE});
+          RETURN NEW;
+        END $$;
+        CREATE TRIGGER gate BEFORE INSERT ON t2 FOR EACH ROW
+          WHEN (NEW.id = {HELD_AT}) EXECUTE FUNCTION gate();
+        """
+    )
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _waiting_advisory(conn: psycopg.Connection[Any], objid: int) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s",
+        (objid,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+@contextmanager
+def _apply_in_background(dsn: str, plan: str) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "pgshift.cli", "--dsn", dsn, "--log-format", "json"),
+            *("apply", plan, "--until", "backfill"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def _writer(dsn: str) -> psycopg.Connection[Any]:
+    """An application session that would fail rather than wait for the batch."""
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute("SET statement_timeout = '5s'")
+    return conn
+
+
+def _same_rows(conn: psycopg.Connection[Any]) -> None:
+    live = conn.execute("SELECT id, v FROM t ORDER BY id").fetchall()
+    copy = conn.execute("SELECT id, v FROM t2 ORDER BY id").fetchall()
+    assert len(copy) == len(live)
+    assert copy == live
+
+
+def test_rows_deleted_while_a_batch_copies_them_leave_no_ghost(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    _table(conn)
+    plan = _plan(tmp_path)
+    assert cli(dsn, "apply", plan, "--until", "dual_write").exit_code == 0
+    _hold_the_batch_at_one_key(conn)
+    conn.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    with _apply_in_background(dsn, plan) as process, _writer(dsn) as app, _writer(dsn) as late:
+        _wait_for(lambda: _waiting_advisory(conn, GATE))
+        # committed while the batch holds its copies uncommitted: one it has copied, one it
+        # is about to copy, a key change, and a new row; none waits for the batch
+        app.execute("DELETE FROM t WHERE id = 100")
+        app.execute(f"DELETE FROM t WHERE id = {HELD_AT + 1_000}")
+        app.execute(f"UPDATE t SET id = {ROWS + 500} WHERE id = {HELD_AT + 1_100}")
+        app.execute(f"INSERT INTO t VALUES ({ROWS + 600}, 7)")
+        # and one still running when the batch comes to its fence
+        late.execute("BEGIN")
+        late.execute(f"DELETE FROM t WHERE id = {HELD_AT + 1_200}")
+        conn.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+        # the batch's fence waits for the running delete: nothing is committed meanwhile
+        time.sleep(0.5)
+        assert process.poll() is None
+        assert conn.execute("SELECT count(*) FROM t2").fetchone() == (2,)  # the triggers'
+        late.execute("COMMIT")
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+    # the batch's fence had the lock once the running delete committed, and swept the four
+    # rows its snapshot held and the live table no longer has
+    swept = [json.loads(line) for line in err.splitlines() if "swept deleted rows" in line]
+    assert [line["rows"] for line in swept] == [4]
+    _same_rows(conn)
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (ROWS - 2,)
+
+
+def test_a_writer_waiting_on_the_batch_while_it_deletes_is_not_deadlocked(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """A transaction deletes a row (taking the fence's shared lock), then inserts a key the
+    held batch has copied but not committed, so it waits for the batch; the batch's fence
+    cannot be had while that transaction runs. The batch gives up at lock_timeout, rolls back
+    and runs again: the writer goes on without an error, and the copy ends equal."""
+    _table(conn)
+    plan = _plan(tmp_path, "300ms")
+    assert cli(dsn, "apply", plan, "--until", "dual_write").exit_code == 0
+    _hold_the_batch_at_one_key(conn)
+    conn.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    errors: list[BaseException] = []
+    with _apply_in_background(dsn, plan) as process, _writer(dsn) as app, _writer(dsn) as tx:
+        _wait_for(lambda: _waiting_advisory(conn, GATE))
+        app.execute("DELETE FROM t WHERE id = 100")  # its copy is the batch's, uncommitted
+        tx.execute("BEGIN")
+        tx.execute("DELETE FROM t WHERE id = 2900")
+
+        def insert_the_deleted_key() -> None:
+            try:
+                tx.execute("INSERT INTO t VALUES (100, -1)")  # waits for the batch's copy
+                tx.execute("COMMIT")
+            except BaseException as error:
+                errors.append(error)
+
+        writer = threading.Thread(target=insert_the_deleted_key)
+        writer.start()
+        _wait_for(
+            lambda: bool(
+                conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE 'INSERT INTO t VALUES (100%%'"
+                ).fetchone()
+                == (1,)
+            )
+        )
+        conn.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+        writer.join(timeout=60)
+        assert not writer.is_alive()
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+    assert errors == []
+    _same_rows(conn)
+    assert conn.execute("SELECT v FROM t2 WHERE id = 100").fetchone() == (-1,)
+
+
+def test_a_copy_trigger_without_the_fence_makes_the_batches_lock_their_rows(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """A migration begun by a pgshift without the fence keeps its copy trigger: the backfill
+    then reads the rows it copies FOR KEY SHARE, so a delete of a row it holds waits for it."""
+    _table(conn)
+    plan = _plan(tmp_path)
+    assert cli(dsn, "apply", plan, "--until", "dual_write").exit_code == 0
+    # the copy trigger as that pgshift installed it: no call to the fence
+    function = conn.execute(
+        "SELECT p.oid::regprocedure::text, p.prosrc FROM pg_proc p"
+        " WHERE p.proname = 'copy_fence' AND p.prorettype = 'trigger'::regtype"
+    ).fetchone()
+    assert function is not None and "copy_delete_fence" in function[1]
+    older = "\n".join(line for line in function[1].splitlines() if "copy_delete_fence" not in line)
+    conn.execute(
+        psycopg.sql.SQL(
+            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}"
+        ).format(psycopg.sql.SQL(function[0].removesuffix("()")), psycopg.sql.Literal(older))
+    )
+    _hold_the_batch_at_one_key(conn)
+    conn.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    with _apply_in_background(dsn, plan) as process, _writer(dsn) as app:
+        _wait_for(lambda: _waiting_advisory(conn, GATE))
+        app.execute("SET statement_timeout = '300ms'")
+        # the batch holds row 100 FOR KEY SHARE: its delete waits, here until the timeout
+        try:
+            app.execute("DELETE FROM t WHERE id = 100")
+            raise AssertionError("the delete did not wait for the batch")
+        except psycopg.errors.QueryCanceled:
+            pass
+        conn.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        assert "predates the delete fence" in err
+    _same_rows(conn)
