@@ -14,7 +14,8 @@ starts from a fresh, vacuumed, checkpointed table; set-up is never timed:
 - **INSERT ... SELECT**, `accounts` only: the same statement into the table exactly as `create`
   defines it, its secondary indexes in place (the bar until 2026-12);
 - the breakdown, load then index with pgshift's per-row work added one piece at a time:
-  **+ FOR KEY SHARE** (the row locks the batches take against the delete race), and
+  **+ FOR KEY SHARE** (the row locks the batches took against the delete race before the
+  delete fence), and
   **+ ON CONFLICT** (also `ON CONFLICT (key) DO NOTHING`, each batch's form before 2026-12,
   now only a batch's second attempt after a unique violation);
 - **pgshift wN**, one arm per `--workers` count (default 1 and 2; the plan's

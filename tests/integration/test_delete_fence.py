@@ -230,3 +230,43 @@ def test_a_copy_trigger_without_the_fence_makes_the_batches_lock_their_rows(
         assert process.returncode == 0, err
         assert "predates the delete fence" in err
     _same_rows(conn)
+
+
+def _copy_step(dsn: str, plan: str) -> dict[str, Any]:
+    result = cli(dsn, "plan", plan, "--json")
+    assert result.exit_code == 0, result.output
+    phases = json.loads(result.stdout)["phases"]
+    step: dict[str, Any] = next(p for p in phases if p["kind"] == "backfill")["steps"][0]
+    return step
+
+
+def test_copies_the_fence_cannot_serve_lock_their_rows(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """The fenced copy reads without row locks; a computed new key (the sweep could not find
+    the live row) and versions mode (the new version deletes through the copy-back trigger)
+    read FOR KEY SHARE, and their copy trigger does not call the fence."""
+    _table(conn)
+    fenced = _copy_step(dsn, _plan(tmp_path))
+    assert fenced["lock"] == "ACCESS SHARE"
+    assert "FOR KEY SHARE" not in fenced["sql"][2] and "copy_batch_fence" in fenced["sql"][4]
+    computed = PLAN.format(lock_timeout="1s").replace(
+        "    CREATE TABLE public.t2 (id bigint PRIMARY KEY, v bigint);\n",
+        "    CREATE TABLE public.t2 (id bigint PRIMARY KEY, v bigint);\n  columns:\n"
+        "    id: id + 1000000\n  reverse:\n    id: id - 1000000\n",
+    )
+    versions = PLAN.format(lock_timeout="1s").replace(
+        "table: public.t\n", "table: public.t\napplication: {mode: versions}\n"
+    )
+    for text in (computed, versions):
+        plan = write_plan(tmp_path, text, "other.yaml")
+        step = _copy_step(dsn, plan)
+        assert step["lock"] == "ROW SHARE"
+        assert "FOR KEY SHARE" in step["sql"][2] and len(step["sql"]) == 3
+        assert cli(dsn, "apply", plan, "--until", "dual_write").exit_code == 0
+        body = conn.execute(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'copy_fence'"
+            " AND prorettype = 'trigger'::regtype"
+        ).fetchone()
+        assert body is not None and "copy_delete_fence" not in body[0]
+        assert cli(dsn, "rollback", plan).exit_code == 0

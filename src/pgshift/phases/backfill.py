@@ -70,7 +70,7 @@ def _copy_step(ctx: CompileContext) -> CopyStep:
     index of the new table fails the fast form, then the safe one, and stops the backfill
     instead of being skipped."""
     shape: TableShape = ctx.shape
-    fence = delete_fence(shape, ctx.state_schema)
+    fence = delete_fence(shape, ctx.state_schema, versions=ctx.versions)
     locked = _copy_forms(ctx, lock=True)
     if fence is None:
         return locked

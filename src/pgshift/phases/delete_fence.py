@@ -35,7 +35,9 @@ the batch has just inserted) cannot deadlock with it. Deletes wait only for a ba
 moments: the sweep, if any, and its commit.
 
 The sweep finds the live row by the new table's key, so the fence serves the copies whose new
-key is the live key as it is (`TableShape.copies_key`); other copies still lock their rows.
+key is the live key as it is (`TableShape.copies_key`). In versions mode the new version's
+deletes reach the live table through the copy-back trigger, not through the copy trigger that
+calls the fence. Those copies still lock their rows.
 A copy trigger installed by a pgshift without the fence (a migration begun before it) does not
 take the shared lock, so its backfill locks its rows too (`DeleteFence.installed`).
 """
@@ -64,9 +66,16 @@ def trigger_call(state_schema: str) -> str:
     return f"PERFORM {function}(TG_RELID);\n"
 
 
-def delete_fence(shape: TableShape, state_schema: str) -> DeleteFence | None:
-    """The fence of a copy into `shape.new`, or None when its key is not the live key."""
-    if not shape.copies_key:
+def fenced(shape: TableShape, *, versions: bool) -> bool:
+    """Whether the copy into `shape.new` has a delete fence: its key is the live key, and no
+    new version deletes from the live table through the copy-back trigger (versions mode),
+    which the fence does not see."""
+    return shape.copies_key and not versions
+
+
+def delete_fence(shape: TableShape, state_schema: str, *, versions: bool) -> DeleteFence | None:
+    """The fence of a copy into `shape.new`, or None when it has none (see `fenced`)."""
+    if not fenced(shape, versions=versions):
         return None
     live = sql.Literal(shape.old.qualified.as_string())
     copy, row = sql.Identifier("pgshift_copy"), sql.Identifier("pgshift_live")

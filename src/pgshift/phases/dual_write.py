@@ -25,7 +25,7 @@ from pgshift.db import Query, derived_name
 from pgshift.phases.base import CompileContext, Phase, SqlStep, Step
 from pgshift.phases.columns_shape import ColumnsShape, ShadowColumn
 from pgshift.phases.data_check import data_check_step
-from pgshift.phases.delete_fence import trigger_call
+from pgshift.phases.delete_fence import fenced, trigger_call
 from pgshift.phases.table_shape import TableShape
 
 BACKFILL_SETTING = "pgshift.backfill"
@@ -417,7 +417,7 @@ def forward_copy(
     shape: TableShape, guard: bool = False, *, errors: RowErrorSink, state_schema: str
 ) -> tuple[Query, ...]:
     """Live table -> new table, before cutover; it calls the delete fence of the state schema
-    when the copy keeps the live key (phases/delete_fence.py)."""
+    when the copy has one (phases/delete_fence.py; `guard` is versions mode)."""
     body = copy_body(
         shape.new.qualified,
         shape.forward,
@@ -428,7 +428,7 @@ def forward_copy(
         direction="up",
         source_key=shape.key,
         taken=_columns(shape),
-        fence=trigger_call(state_schema) if shape.copies_key else "",
+        fence=trigger_call(state_schema) if fenced(shape, versions=guard) else "",
     )
     return copy_trigger(
         shape.forward_function, body, shape.forward_trigger, shape.old.qualified, guard
