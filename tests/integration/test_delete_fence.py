@@ -8,6 +8,7 @@ these writes waits for the batch, and none may leave a row the live table no lon
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from pgshift.engine.state import COPY_FENCE_CLASS
 from tests.integration.helpers import cli, write_plan
 
 ROWS = 3_000
@@ -80,7 +82,9 @@ def _waiting_advisory(conn: psycopg.Connection[Any], objid: int) -> bool:
 
 
 @contextmanager
-def _apply_in_background(dsn: str, plan: str) -> Iterator[subprocess.Popen[str]]:
+def _apply_in_background(
+    dsn: str, plan: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "pgshift.cli", "--dsn", dsn, "--log-format", "json"),
@@ -89,6 +93,7 @@ def _apply_in_background(dsn: str, plan: str) -> Iterator[subprocess.Popen[str]]
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **(env or {})},
     )
     try:
         yield process
@@ -112,6 +117,21 @@ def _same_rows(conn: psycopg.Connection[Any]) -> None:
     assert copy == live
 
 
+def _fence_waiting(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND classid = %s",
+        (COPY_FENCE_CLASS,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _swept(err: str) -> list[int]:
+    """The rows each delete fence of a run swept (the runs that swept any)."""
+    lines = [json.loads(line) for line in err.splitlines() if "swept deleted rows" in line]
+    return [line["rows"] for line in lines]
+
+
 def test_rows_deleted_while_a_batch_copies_them_leave_no_ghost(
     dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
@@ -128,21 +148,19 @@ def test_rows_deleted_while_a_batch_copies_them_leave_no_ghost(
         app.execute(f"DELETE FROM t WHERE id = {HELD_AT + 1_000}")
         app.execute(f"UPDATE t SET id = {ROWS + 500} WHERE id = {HELD_AT + 1_100}")
         app.execute(f"INSERT INTO t VALUES ({ROWS + 600}, 7)")
-        # and one still running when the batch comes to its fence
+        # and one still running when the batch commits
         late.execute("BEGIN")
         late.execute(f"DELETE FROM t WHERE id = {HELD_AT + 1_200}")
         conn.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
-        # the batch's fence waits for the running delete: nothing is committed meanwhile
-        time.sleep(0.5)
+        # the batch commits, every row of its snapshot copied; its fence waits for the delete
+        _wait_for(lambda: _fence_waiting(conn))
+        assert conn.execute("SELECT count(*) FROM t2").fetchone() == (ROWS + 2,)
         assert process.poll() is None
-        assert conn.execute("SELECT count(*) FROM t2").fetchone() == (2,)  # the triggers'
         late.execute("COMMIT")
         _out, err = process.communicate(timeout=60)
         assert process.returncode == 0, err
-    # the batch's fence had the lock once the running delete committed, and swept the four
-    # rows its snapshot held and the live table no longer has
-    swept = [json.loads(line) for line in err.splitlines() if "swept deleted rows" in line]
-    assert [line["rows"] for line in swept] == [4]
+    # the fence swept the four rows the batch's snapshot held and the live table no longer has
+    assert _swept(err) == [4]
     _same_rows(conn)
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (ROWS - 2,)
 
@@ -151,11 +169,10 @@ def test_a_writer_waiting_on_the_batch_while_it_deletes_is_not_deadlocked(
     dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     """A transaction deletes a row (taking the fence's shared lock), then inserts a key the
-    held batch has copied but not committed, so it waits for the batch; the batch's fence
-    cannot be had while that transaction runs. The batch gives up at lock_timeout, rolls back
-    and runs again: the writer goes on without an error, and the copy ends equal."""
+    held batch has copied but not committed, so it waits for the batch. The batch commits
+    without waiting for the fence; the writer goes on, and the fence waits for it."""
     _table(conn)
-    plan = _plan(tmp_path, "300ms")
+    plan = _plan(tmp_path)
     assert cli(dsn, "apply", plan, "--until", "dual_write").exit_code == 0
     _hold_the_batch_at_one_key(conn)
     conn.execute("SELECT pg_advisory_lock(%s)", (GATE,))
@@ -190,8 +207,35 @@ def test_a_writer_waiting_on_the_batch_while_it_deletes_is_not_deadlocked(
         _out, err = process.communicate(timeout=60)
         assert process.returncode == 0, err
     assert errors == []
+    assert _swept(err) == [1]  # 2900; 100 is the writer's row again
+    assert "lock not granted" not in err
     _same_rows(conn)
     assert conn.execute("SELECT v FROM t2 WHERE id = 100").fetchone() == (-1,)
+
+
+def test_a_crash_between_a_batch_and_its_fence_is_swept_on_resume(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    _table(conn)
+    plan = _plan(tmp_path)
+    assert cli(dsn, "apply", plan, "--until", "dual_write").exit_code == 0
+    _hold_the_batch_at_one_key(conn)
+    conn.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    env = {"PGSHIFT_FAILPOINT": "backfill:batch:1"}  # killed once its first batch committed
+    with _apply_in_background(dsn, plan, env) as process, _writer(dsn) as app:
+        _wait_for(lambda: _waiting_advisory(conn, GATE))
+        app.execute("DELETE FROM t WHERE id = 100")
+        app.execute(f"DELETE FROM t WHERE id = {HELD_AT + 1_000}")
+        conn.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+        process.communicate(timeout=60)
+        assert process.returncode == -9
+    # the batch committed its copies of both deleted rows, and no fence ran
+    assert conn.execute("SELECT count(*) FROM t2 WHERE id IN (100, 2500)").fetchone() == (2,)
+    with _apply_in_background(dsn, plan) as again:
+        _out, err = again.communicate(timeout=60)
+        assert again.returncode == 0, err
+    assert _swept(err) == [2]
+    _same_rows(conn)
 
 
 def test_a_copy_trigger_without_the_fence_makes_the_batches_lock_their_rows(

@@ -111,6 +111,7 @@ class BackfillOutcome:
     slowest_batch_seconds: float
     conflict_retries: int = 0  # table copy: batches run again with ON CONFLICT
     workers: int = 1  # key ranges walked at once
+    swept: int = 0  # table copy: copies of rows deleted meanwhile, removed by the delete fence
 
 
 @dataclass
@@ -139,6 +140,7 @@ class _Run:
     batches: int = 0
     slowest: float = 0.0
     conflicts: int = 0
+    swept: int = 0  # a table copy's rows deleted by its delete fence (phases/delete_fence.py)
 
     def policy(self) -> BatchPolicy:
         """Wait for the throttle; then the batch policy in force (`migrate set` changes, read by
@@ -202,9 +204,23 @@ def _walk(
     recent: deque[tuple[int, float]] = deque(maxlen=RECENT_BATCHES - 1)
     # a table copy's batches run without ON CONFLICT first, and again with it on a conflict
     on_conflict = step.on_conflict if isinstance(step, CopyStep) else None
+    # a table copy's delete fence runs after each batch (phases/delete_fence.py); `seen` is the
+    # deletes counter as this walk's last fence read it
     fence = step.fence if isinstance(step, CopyStep) else None
-    # the deletes counter as this walk's last fence saw it (phases/delete_fence.py)
-    seen = _fence_opened(run, conn, fence) if fence is not None else 0
+    seen: int | None = None
+    if fence is not None:
+        unswept = key_range.unswept
+        ended = key_range.finished and hi is None  # the last batch ran to the open end
+        seen = _close_fence(
+            run,
+            conn,
+            fence,
+            None,  # a batch committed before a crash: swept whatever the counter says
+            (unswept[0], None if ended else key_range.last) if unswept is not None else None,
+        )
+        if key_range.finished:
+            _walked(run, conn, range_index)
+            return size
     while not run.stop.is_set():
         policy = run.policy()
         size = policy.size or size
@@ -217,9 +233,8 @@ def _walk(
             size: int = size,
             last: list[str] | None = last,
             number: int = number,
-            seen: int = seen,
             safe: bool = False,
-        ) -> tuple[list[str] | None, int, bool, int]:
+        ) -> tuple[list[str] | None, int, bool]:
             with conn.transaction():
                 # a batch is bounded by batch_time, not by the server's statement_timeout
                 set_timeouts(conn, run.settings.lock_timeout, timedelta(0), local=True)
@@ -246,20 +261,9 @@ def _walk(
                 failpoint(f"{run.phase_name}:batch:{number}:in-transaction")
                 # the same, naming the step: one of several tables' backfills
                 failpoint(f"{run.phase_name}:{run.steps_done}:batch:{number}:in-transaction")
-                if fence is not None:
-                    closed = _fence_value(conn, fence, run.settings)
-                    if closed != seen:
-                        # rows deleted meanwhile: the batch's own ghosts go before it commits
-                        swept = max(conn.execute(fence.sweep(condition)).rowcount, 0)
-                        count -= swept
-                        if swept:
-                            log.info(
-                                "backfill swept deleted rows",
-                                migration=run.migration,
-                                rows=swept,
-                            )
-                    seen = closed
                 reached = upper if upper is not None else last
+                # with a fence, the batch's range stays unswept until its fence has run
+                unswept = {"unswept": last} if fence is not None else {}
                 if range_index is None:
                     run.store.checkpoint(
                         conn,
@@ -270,26 +274,27 @@ def _walk(
                             "size": size,
                             "finished": finished,
                             "step": run.steps_done,
+                            **unswept,
                         },
                         count,
-                        run.steps_done + 1 if finished else None,
+                        run.steps_done + 1 if finished and fence is None else None,
                     )
                 else:
                     run.store.checkpoint(
                         conn,
                         run.migration,
                         run.phase_idx,
-                        {**key_range.entry(), "last": reached, "finished": finished},
+                        {**key_range.entry(), "last": reached, "finished": finished, **unswept},
                         count,
                         None,
                         range_index=range_index,
                         size=size,
                     )
-            return upper, count, finished, seen
+            return upper, count, finished
 
         conflicted = False
         try:
-            upper, count, finished, seen = with_lock_retries(
+            upper, count, finished = with_lock_retries(
                 one_batch,
                 attempts=run.settings.lock_retries,
                 what=f"{run.phase_name} batch",
@@ -301,7 +306,7 @@ def _walk(
             # a copy the trigger committed meanwhile: the same range again, whole, in the form
             # that lets such copies win (see phases/backfill.py's CopyStep)
             conflicted = True
-            upper, count, finished, seen = with_lock_retries(
+            upper, count, finished = with_lock_retries(
                 lambda: one_batch(safe=True),
                 attempts=run.settings.lock_retries,
                 what=f"{run.phase_name} batch",
@@ -310,8 +315,12 @@ def _walk(
         seconds = time.monotonic() - t0
         done = run.batch_done(count, seconds, size, conflicted)
         failpoint(f"{run.phase_name}:batch:{done}")
+        if fence is not None:
+            seen = _close_fence(run, conn, fence, seen, (last, upper))
         size = policy.next_size(size, count, seconds, recent)
         if finished:
+            if fence is not None:
+                _walked(run, conn, range_index)
             return size
         last = upper
         recent.append((count, seconds))
@@ -321,29 +330,54 @@ def _walk(
     return size
 
 
-def _fence_value(conn: psycopg.Connection[Any], fence: DeleteFence, settings: Settings) -> int:
-    """Close the delete fence in the current transaction: its lock, tried until lock_timeout
-    (then lock_not_available, retried like any lock wait); the deletes counter."""
-    timeout = max(int(settings.lock_timeout.total_seconds() * 1000), 1)
-    row = conn.execute(fence.close, (timeout,)).fetchone()
-    return int(row[0]) if row else 0
+def _close_fence(
+    run: _Run,
+    conn: psycopg.Connection[Any],
+    fence: DeleteFence,
+    seen: int | None,
+    swept: tuple[list[str] | None, list[str] | None] | None,
+) -> int:
+    """The delete fence, in a transaction of its own: its lock (waited for under
+    lock_timeout, retried like any lock wait), the deletes counter; when the counter is not
+    `seen`, the sweep of the key range `swept` (lower, upper], either end open (None). Returns
+    the counter. Why this is enough: phases/delete_fence.py."""
+    step = run.step
 
-
-def _fence_opened(run: _Run, conn: psycopg.Connection[Any], fence: DeleteFence) -> int:
-    """The deletes counter before a walk's first batch, read under the fence's lock in a
-    transaction of its own: every deleter still running then counts after it."""
-
-    def read() -> int:
+    def close() -> int:
         with conn.transaction():
             set_timeouts(conn, run.settings.lock_timeout, timedelta(0), local=True)
-            return _fence_value(conn, fence, run.settings)
+            conn.execute("SET LOCAL synchronous_commit = off")  # a lost sweep is run again
+            for name, value in step.session_settings:
+                conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+            row = conn.execute(fence.close).fetchone()
+            counter = int(row[0]) if row else 0
+            if swept is not None and counter != seen:
+                lower, upper = swept
+                condition = step.condition(
+                    step.key_value(lower) if lower is not None else None,
+                    step.key_value(upper) if upper is not None else None,
+                )
+                gone = max(conn.execute(fence.sweep(condition)).rowcount, 0)
+                if gone:
+                    log.info("backfill swept deleted rows", migration=run.migration, rows=gone)
+                    with run.lock:
+                        run.swept += gone
+            return counter
 
     return with_lock_retries(
-        read,
+        close,
         attempts=run.settings.lock_retries,
         what=f"{run.phase_name} delete fence",
         lock_timeout=run.settings.lock_timeout,
     )
+
+
+def _walked(run: _Run, conn: psycopg.Connection[Any], range_index: int | None) -> None:
+    """A fenced walk has ended: the whole key's walk marks its step done now that its last
+    fence has run (a walk of one key range leaves that to run_backfill)."""
+    if range_index is None:
+        with conn.transaction():
+            run.store.step_done(conn, run.migration, run.phase_idx, run.steps_done + 1)
 
 
 def _unfenced_if_older(conn: psycopg.Connection[Any], step: BackfillStep) -> BackfillStep:
@@ -420,8 +454,14 @@ def run_backfill(
                 ranges = None  # too small to split
         if ranges is None:
             # one walk over the whole key, its checkpoint the walk's own (as it always was)
-            whole = KeyRange(lo=None, hi=None, last=saved.get("last"), finished=False)
-            if not saved.get("finished"):
+            whole = KeyRange(
+                lo=None,
+                hi=None,
+                last=saved.get("last"),
+                finished=bool(saved.get("finished")),
+                unswept=(saved["unswept"],) if "unswept" in saved else None,
+            )
+            if not whole.finished or whole.unswept is not None:
                 _walk(run, conn, whole, size, None)
         else:
             used = _walk_ranges(run, conn, ranges, size, workers, connect)
@@ -436,6 +476,7 @@ def run_backfill(
         slowest_batch_seconds=run.slowest,
         conflict_retries=run.conflicts,
         workers=used,
+        swept=run.swept,
     )
 
 
@@ -450,7 +491,7 @@ def _walk_ranges(
     """Walk the unfinished `ranges` with up to `workers` threads, each on a connection of its
     own (the main one stays the throttle's); how many walked. The first failure stops the
     others after their current batch and is raised."""
-    todo = deque((i, r) for i, r in enumerate(ranges) if not r.finished)
+    todo = deque((i, r) for i, r in enumerate(ranges) if not r.finished or r.unswept is not None)
     if not todo:
         return 0
     with ExitStack() as stack:

@@ -437,6 +437,7 @@ class Executor:
                         seconds=round(outcome.seconds, 2),
                         slowest_batch_ms=round(outcome.slowest_batch_seconds * 1000),
                         workers=outcome.workers,
+                        rows_swept=outcome.swept,
                     )
                 elif isinstance(step, DataCheckStep):
                     run_data_check(

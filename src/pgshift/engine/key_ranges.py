@@ -32,10 +32,16 @@ class KeyRange:
     hi: list[str] | None
     last: list[str] | None = None
     finished: bool = False
+    # a table copy's last batch whose delete fence may not have run: (its lower key, None
+    # from the start), to (last] (phases/delete_fence.py)
+    unswept: tuple[list[str] | None] | None = None
 
     def entry(self) -> dict[str, Any]:
         """The range as kept in the phase's checkpoint."""
-        return {"lo": self.lo, "hi": self.hi, "last": self.last, "finished": self.finished}
+        entry = {"lo": self.lo, "hi": self.hi, "last": self.last, "finished": self.finished}
+        if self.unswept is not None:
+            entry["unswept"] = self.unswept[0]
+        return entry
 
     @classmethod
     def of(cls, entry: dict[str, Any]) -> KeyRange:
@@ -44,6 +50,7 @@ class KeyRange:
             hi=entry.get("hi"),
             last=entry.get("last"),
             finished=bool(entry.get("finished")),
+            unswept=(entry["unswept"],) if "unswept" in entry else None,
         )
 
 

@@ -97,10 +97,9 @@ _UPGRADES: dict[int, str] = {
     """,
     # The delete fence of a table copy (phases/delete_fence.py): a copy trigger calls
     # copy_delete_fence before it deletes a copy (the application's role, hence SECURITY
-    # DEFINER: a shared lock on the table's key and one step of the counter); each batch calls
-    # copy_batch_fence before it commits (the lock exclusively, never queued: tried, with
-    # sleeps, until `timeout_ms`, then lock_not_available like any lock wait). 1885827946 is
-    # COPY_FENCE_CLASS.
+    # DEFINER: a shared lock on the table's key and one step of the counter); after each
+    # batch, copy_batch_fence takes the lock exclusively (under the caller's lock_timeout) and
+    # reads the counter. 1885827946 is COPY_FENCE_CLASS.
     4: """
     CREATE SEQUENCE IF NOT EXISTS {s}.copy_deletes;
     CREATE OR REPLACE FUNCTION {s}.copy_delete_fence(relid oid)
@@ -110,27 +109,12 @@ _UPGRADES: dict[int, str] = {
     $f$;
     REVOKE ALL ON FUNCTION {s}.copy_delete_fence(oid) FROM PUBLIC;
     GRANT EXECUTE ON FUNCTION {s}.copy_delete_fence(oid) TO PUBLIC;
-    CREATE OR REPLACE FUNCTION {s}.copy_batch_fence(relid oid, timeout_ms int)
-    RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
-    DECLARE
-        deadline timestamptz := clock_timestamp() + timeout_ms * interval '1 millisecond';
-        pause float8 := 0.001;
-    BEGIN
-        LOOP
-            IF pg_try_advisory_xact_lock(1885827946, relid::int4) THEN
-                RETURN (SELECT CASE WHEN is_called THEN last_value ELSE 0 END
-                          FROM {s}.copy_deletes);
-            END IF;
-            IF clock_timestamp() >= deadline THEN
-                RAISE EXCEPTION 'deletes of % still running after % ms', relid::regclass,
-                    timeout_ms USING ERRCODE = 'lock_not_available';
-            END IF;
-            PERFORM pg_sleep(pause);
-            pause := least(pause * 2, 0.05);
-        END LOOP;
-    END
+    CREATE OR REPLACE FUNCTION {s}.copy_batch_fence(relid oid)
+    RETURNS bigint LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $f$
+        SELECT pg_advisory_xact_lock(1885827946, relid::int4);
+        SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {s}.copy_deletes;
     $f$;
-    REVOKE ALL ON FUNCTION {s}.copy_batch_fence(oid, int) FROM PUBLIC;
+    REVOKE ALL ON FUNCTION {s}.copy_batch_fence(oid) FROM PUBLIC;
     """,
 }
 

@@ -8,31 +8,40 @@ batch commits, its copy of the deleted row stays, a ghost. Locking every copied 
 SHARE`) closes the race, but costs a WAL record and a dirtied page per row: about 30% of the
 copy's time.
 
-The fence closes it at the end of each batch instead, for all its rows at once:
+The fence closes it once each batch has committed, for all its rows at once:
 
 - the copy trigger, before it deletes a copy (DELETE, key-changing UPDATE), calls the state
   schema's `copy_delete_fence(table)`: a shared transaction-level advisory lock on the live
   table, then one step of the counter `copy_deletes`;
-- each batch, after its INSERT and before it commits, calls `copy_batch_fence(table)`: the same
-  lock exclusively, then the counter. When the counter moved since this worker's previous
-  fence, the batch deletes, from its own key range of the new table, every row whose key the
-  live table no longer has (the sweep), in a statement whose snapshot follows the lock.
+- after each batch commits, a transaction of its own (the fence) calls
+  `copy_batch_fence(table)`: the same lock exclusively, then the counter. When the counter
+  moved since this walk's previous fence, it deletes, from the batch's key range of the new
+  table, every row whose key the live table no longer has (the sweep), in a statement whose
+  snapshot follows the lock.
 
 Why no ghost is left. Take a deleter D whose delete the batch's snapshot did not see and whose
 copy trigger did not see the batch's copy, so it ran before the batch committed. D took the
-shared lock before that, and holds it until it ends. If D took it before the batch's fence
-lock, the fence lock waited for D to end, so D's counter step is counted and the sweep sees D's
-delete committed: the ghost is swept. D cannot take it after the fence lock, which the batch
-holds until it commits. And D's counter step came after the worker's previous fence: that one
-held the lock exclusively, so a deleter still running then took its lock (and stepped the
-counter) after it. When the counter has not moved, no such D exists and the sweep is skipped:
-the common case costs one function call per batch.
+shared lock before that, so before the fence's lock, and holds it until it ends: the fence's
+lock waited for D to end, and the sweep sees D's delete committed. D's counter step came after
+the walk's previous fence (which ended before the batch's snapshot): that fence held the lock
+exclusively, so a deleter still running then took its lock, and stepped the counter, after it.
+When the counter has not moved, no such D exists and the sweep is skipped: a table nobody
+deletes from pays one short transaction per batch.
 
-The fence lock is never queued: it is tried, with short sleeps, until lock_timeout, and a batch
-that cannot get it rolls back and is retried like any lock wait. So a deleter never queues
-behind a batch, and a deleter that itself waits on the batch (its copy trigger inserting a key
-the batch has just inserted) cannot deadlock with it. Deletes wait only for a batch's last
-moments: the sweep, if any, and its commit.
+Between the batch's commit and its fence the ghosts are committed, but nothing reads the new
+table before the backfill has ended. A crash in between leaves the fence to do: the batch's
+checkpoint names its key range as unswept, and a resumed walk sweeps that range first, whatever
+the counter says (after a server crash its value may go back).
+
+The fence waits for its lock holding nothing else, and the batch it closes has committed, so
+a writer waiting on the batch's rows is never in a cycle with it (a writer asking for the shared
+lock while the fence waits is queued behind it, an order PostgreSQL changes when it would
+deadlock). Once it has the lock, its sweep can wait for a writer inserting a swept key again;
+if that writer then asks for the shared lock, each waits for the other, and the fence's
+lock_timeout (below deadlock_timeout) ends the fence's wait first, unless its sweep had run for
+longer than their difference before it met the row: the fence rolls back and is retried.
+Writers wait for the fence only when they delete, and only while it runs (its sweep, if any,
+and its commit). The batches themselves lock no row of the live table.
 
 The sweep finds the live row by the new table's key, so the fence serves the copies whose new
 key is the live key as it is (`TableShape.copies_key`). In versions mode the new version's
@@ -56,7 +65,7 @@ from pgshift.phases.table_shape import TableShape
 @dataclass(frozen=True)
 class DeleteFence:
     installed: Query  # true when the live table's copy trigger calls the fence
-    close: Query  # parameter: timeout in ms -> the deletes counter, under the exclusive lock
+    close: Query  # the deletes counter, read under the exclusive lock
     sweep: Callable[[Query], Query]  # the batch's key condition -> DELETE of its ghosts
 
 
@@ -103,7 +112,7 @@ def delete_fence(shape: TableShape, state_schema: str, *, versions: bool) -> Del
             "SELECT coalesce((SELECT p.prosrc LIKE '%copy_delete_fence%' FROM pg_proc p"
             " WHERE p.oid = to_regprocedure({})), false)"
         ).format(sql.Literal(shape.forward_function.as_string() + "()")),
-        close=sql.SQL("SELECT {}({}::regclass, %s)").format(
+        close=sql.SQL("SELECT {}({}::regclass)").format(
             sql.Identifier(state_schema, "copy_batch_fence"), live
         ),
         sweep=sweep,

@@ -49,8 +49,8 @@ def step_sql(step: Step) -> list[str]:
         fence = step.fence if isinstance(step, CopyStep) else None
         if fence is not None:
             lines += [
-                "-- then the delete fence (lock_timeout in ms):",
-                fence.close.as_string().replace("%s", "<lock_timeout>") + ";",
+                "-- then the delete fence, in a transaction of its own:",
+                fence.close.as_string() + ";",
                 "-- only when rows were deleted meanwhile:",
                 fence.sweep(step.condition(lower, upper)).as_string() + ";",
             ]
