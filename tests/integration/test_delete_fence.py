@@ -213,6 +213,50 @@ def test_a_writer_waiting_on_the_batch_while_it_deletes_is_not_deadlocked(
     assert conn.execute("SELECT v FROM t2 WHERE id = 100").fetchone() == (-1,)
 
 
+def test_a_key_inserted_again_while_the_sweep_runs_keeps_its_copy(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """A row deleted during the batch is inserted again by a transaction still open when the
+    sweep comes: the sweep waits for that writer's copy and, once it has committed, sees the
+    live row again and keeps the copy."""
+    _table(conn)
+    plan = _plan(tmp_path)
+    assert cli(dsn, "apply", plan, "--until", "dual_write").exit_code == 0
+    _hold_the_batch_at_one_key(conn)
+    conn.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    with (
+        _apply_in_background(dsn, plan) as process,
+        _writer(dsn) as app,
+        _writer(dsn) as late,
+        _writer(dsn) as again,
+    ):
+        _wait_for(lambda: _waiting_advisory(conn, GATE))
+        app.execute("DELETE FROM t WHERE id = 100")
+        late.execute("BEGIN")
+        late.execute("DELETE FROM t WHERE id = 2700")
+        conn.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+        _wait_for(lambda: _fence_waiting(conn))  # the batch committed its copy of 100
+        again.execute("BEGIN")
+        again.execute("INSERT INTO t VALUES (100, -5)")  # its trigger updates that copy
+        late.execute("COMMIT")
+        # the sweep finds 100 without a live row (the insert is not committed) and waits
+        _wait_for(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE 'SELECT \"pgshift_copy\".tableoid%%'"
+                ).fetchone()
+                == (1,)
+            )
+        )
+        again.execute("COMMIT")
+        _out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+    assert _swept(err) == [1]  # 2700 only
+    _same_rows(conn)
+    assert conn.execute("SELECT v FROM t2 WHERE id = 100").fetchone() == (-5,)
+
+
 def test_a_crash_between_a_batch_and_its_fence_is_swept_on_resume(
     dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:

@@ -337,39 +337,53 @@ def _close_fence(
     seen: int | None,
     swept: tuple[list[str] | None, list[str] | None] | None,
 ) -> int:
-    """The delete fence, in a transaction of its own: its lock (waited for under
-    lock_timeout, retried like any lock wait), the deletes counter; when the counter is not
-    `seen`, the sweep of the key range `swept` (lower, upper], either end open (None). Returns
-    the counter. Why this is enough: phases/delete_fence.py."""
+    """The delete fence: its lock, in a transaction of its own (waited for under
+    lock_timeout, retried like any lock wait), and the deletes counter; then, when the counter
+    is not `seen`, the sweep of the key range `swept` (lower, upper], either end open (None),
+    in a transaction after it. Returns the counter. Why this is enough:
+    phases/delete_fence.py."""
     step = run.step
 
     def close() -> int:
         with conn.transaction():
             set_timeouts(conn, run.settings.lock_timeout, timedelta(0), local=True)
+            row = conn.execute(fence.close).fetchone()
+            return int(row[0]) if row else 0
+
+    def sweep(lower: list[str] | None, upper: list[str] | None) -> int:
+        with conn.transaction():
+            set_timeouts(conn, run.settings.lock_timeout, timedelta(0), local=True)
             conn.execute("SET LOCAL synchronous_commit = off")  # a lost sweep is run again
             for name, value in step.session_settings:
                 conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-            row = conn.execute(fence.close).fetchone()
-            counter = int(row[0]) if row else 0
-            if swept is not None and counter != seen:
-                lower, upper = swept
-                condition = step.condition(
-                    step.key_value(lower) if lower is not None else None,
-                    step.key_value(upper) if upper is not None else None,
-                )
-                gone = max(conn.execute(fence.sweep(condition)).rowcount, 0)
-                if gone:
-                    log.info("backfill swept deleted rows", migration=run.migration, rows=gone)
-                    with run.lock:
-                        run.swept += gone
-            return counter
+            condition = step.condition(
+                step.key_value(lower) if lower is not None else None,
+                step.key_value(upper) if upper is not None else None,
+            )
+            found = conn.execute(fence.ghosts(condition)).fetchall()
+            if not found:
+                return 0
+            oids, tids = [r[0] for r in found], [str(r[1]) for r in found]
+            return max(conn.execute(fence.sweep, (oids, tids)).rowcount, 0)
 
-    return with_lock_retries(
+    counter = with_lock_retries(
         close,
         attempts=run.settings.lock_retries,
         what=f"{run.phase_name} delete fence",
         lock_timeout=run.settings.lock_timeout,
     )
+    if swept is not None and counter != seen:
+        gone = with_lock_retries(
+            lambda: sweep(*swept),
+            attempts=run.settings.lock_retries,
+            what=f"{run.phase_name} sweep",
+            lock_timeout=run.settings.lock_timeout,
+        )
+        if gone:
+            log.info("backfill swept deleted rows", migration=run.migration, rows=gone)
+            with run.lock:
+                run.swept += gone
+    return counter
 
 
 def _walked(run: _Run, conn: psycopg.Connection[Any], range_index: int | None) -> None:

@@ -14,15 +14,25 @@ The fence closes it once each batch has committed, for all its rows at once:
   schema's `copy_delete_fence(table)`: a shared transaction-level advisory lock on the live
   table, then one step of the counter `copy_deletes`;
 - after each batch commits, a transaction of its own (the fence) calls
-  `copy_batch_fence(table)`: the same lock exclusively, then the counter. When the counter
-  moved since this walk's previous fence, it deletes, from the batch's key range of the new
-  table, every row whose key the live table no longer has (the sweep), in a statement whose
-  snapshot follows the lock.
+  `copy_batch_fence(table)`: the same lock exclusively, then the counter, and commits, so the
+  lock is held for an instant. When the counter moved since this walk's previous fence, the
+  sweep, a transaction after it, deletes from the batch's key range of the new table every row
+  whose key the live table no longer has.
+
+The sweep takes two statements: the first locks the candidates (copies whose live row its
+snapshot does not show) FOR UPDATE, waiting for a writer that holds one; the second, with a
+snapshot taken after those waits, deletes the locked candidates that still have no live row.
+In one statement a copy that a writer inserting the key again had just updated would be
+re-checked against the old snapshot of the live table after that writer committed, and
+deleted; a writer that reaches a locked candidate later waits for the sweep, and its copy
+trigger then inserts the copy again.
 
 Why no ghost is left. Take a deleter D whose delete the batch's snapshot did not see and whose
 copy trigger did not see the batch's copy, so it ran before the batch committed. D took the
 shared lock before that, so before the fence's lock, and holds it until it ends: the fence's
-lock waited for D to end, and the sweep sees D's delete committed. D's counter step came after
+lock waited for D to end, and the sweep, after it, sees D's delete committed. A deleter that
+takes the shared lock after the fence's lock needs no sweep: the batch had committed, and its
+copy trigger deletes the batch's copy itself. D's counter step came after
 the walk's previous fence (which ended before the batch's snapshot): that fence held the lock
 exclusively, so a deleter still running then took its lock, and stepped the counter, after it.
 When the counter has not moved, no such D exists and the sweep is skipped: a table nobody
@@ -33,15 +43,14 @@ table before the backfill has ended. A crash in between leaves the fence to do: 
 checkpoint names its key range as unswept, and a resumed walk sweeps that range first, whatever
 the counter says (after a server crash its value may go back).
 
-The fence waits for its lock holding nothing else, and the batch it closes has committed, so
-a writer waiting on the batch's rows is never in a cycle with it (a writer asking for the shared
-lock while the fence waits is queued behind it, an order PostgreSQL changes when it would
-deadlock). Once it has the lock, its sweep can wait for a writer inserting a swept key again;
-if that writer then asks for the shared lock, each waits for the other, and the fence's
-lock_timeout (below deadlock_timeout) ends the fence's wait first, unless its sweep had run for
-longer than their difference before it met the row: the fence rolls back and is retried.
-Writers wait for the fence only when they delete, and only while it runs (its sweep, if any,
-and its commit). The batches themselves lock no row of the live table.
+The fence waits for its lock holding nothing else and holds it for an instant, and the batch
+it closes has committed: a writer waiting on the batch's rows is never in a cycle with it (a
+writer asking for the shared lock while the fence waits is queued behind it, an order
+PostgreSQL changes when it would deadlock), and deleters wait for the fence only while earlier
+deleters finish. The sweep holds no fence lock; it can wait for a writer holding a candidate,
+under lock_timeout, below deadlock_timeout, so that of two waiting for each other the sweep,
+which started waiting within its statement's run, gives up first and is retried. The batches
+themselves lock no row of the live table.
 
 The sweep finds the live row by the new table's key, so the fence serves the copies whose new
 key is the live key as it is (`TableShape.copies_key`). In versions mode the new version's
@@ -66,7 +75,11 @@ from pgshift.phases.table_shape import TableShape
 class DeleteFence:
     installed: Query  # true when the live table's copy trigger calls the fence
     close: Query  # the deletes counter, read under the exclusive lock
-    sweep: Callable[[Query], Query]  # the batch's key condition -> DELETE of its ghosts
+    # the batch's key condition -> (tableoid, ctid) of the copies whose live row is gone,
+    # locked FOR UPDATE (waiting for a writer that has one, re-checked after it)
+    ghosts: Callable[[Query], Query]
+    # parameters: tableoids, ctids -> DELETE of those still without a live row
+    sweep: Query
 
 
 def trigger_call(state_schema: str) -> str:
@@ -93,19 +106,16 @@ def delete_fence(shape: TableShape, state_schema: str, *, versions: bool) -> Del
         for c in shape.new_key
     )
 
-    def sweep(condition: Query) -> Query:
+    gone = sql.SQL("NOT EXISTS (SELECT FROM {old} AS {row} WHERE {match})").format(
+        old=shape.old.qualified, row=row, match=match
+    )
+
+    def ghosts(condition: Query) -> Query:
         # the condition's bare key columns are the new table's: the only table in scope
         return sql.SQL(
-            "DELETE FROM {new} AS {copy} WHERE {condition}"
-            " AND NOT EXISTS (SELECT FROM {old} AS {row} WHERE {match})"
-        ).format(
-            new=shape.new.qualified,
-            copy=copy,
-            condition=condition,
-            old=shape.old.qualified,
-            row=row,
-            match=match,
-        )
+            "SELECT {copy}.tableoid, {copy}.ctid FROM {new} AS {copy} WHERE {condition}"
+            " AND {gone} FOR UPDATE OF {copy}"
+        ).format(new=shape.new.qualified, copy=copy, condition=condition, gone=gone)
 
     return DeleteFence(
         installed=sql.SQL(
@@ -115,5 +125,10 @@ def delete_fence(shape: TableShape, state_schema: str, *, versions: bool) -> Del
         close=sql.SQL("SELECT {}({}::regclass)").format(
             sql.Identifier(state_schema, "copy_batch_fence"), live
         ),
-        sweep=sweep,
+        ghosts=ghosts,
+        # a statement of its own, so its snapshot sees a writer that held a ghost commit
+        sweep=sql.SQL(
+            "DELETE FROM {new} AS {copy} WHERE ({copy}.tableoid, {copy}.ctid) IN"
+            " (SELECT * FROM unnest(%s::oid[], %s::tid[])) AND {gone}"
+        ).format(new=shape.new.qualified, copy=copy, gone=gone),
     )

@@ -51,8 +51,9 @@ def step_sql(step: Step) -> list[str]:
             lines += [
                 "-- then the delete fence, in a transaction of its own:",
                 fence.close.as_string() + ";",
-                "-- only when rows were deleted meanwhile:",
-                fence.sweep(step.condition(lower, upper)).as_string() + ";",
+                "-- only when rows were deleted meanwhile, in a transaction after it:",
+                fence.ghosts(step.condition(lower, upper)).as_string() + ";",
+                fence.sweep.as_string().replace("%s", "<those found>") + ";",
             ]
         return lines
     if isinstance(step, DataCheckStep):
