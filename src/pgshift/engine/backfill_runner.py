@@ -8,8 +8,9 @@ compounding, and the size grows back only once the slow spell has left the windo
 A table copy's batch (CopyStep) runs first without ON CONFLICT; when it meets a copy the
 trigger wrote meanwhile (a unique violation), its transaction, checkpoint included, rolls back
 and the same range runs again with ON CONFLICT DO NOTHING. Why that is safe: phases/backfill.py.
-Before it commits, each copy batch closes the delete fence and, when rows were deleted since
-this walk's previous fence, sweeps their copies from its key range (phases/delete_fence.py).
+Once a copy batch has committed, the delete fence runs and, when rows were deleted since this
+walk's previous fence, sweeps their copies from the batch's key range (phases/delete_fence.py).
+While deletes keep the sweeps costly, the batches lock the rows they copy for a while instead.
 
 With `workers` above 1 the key is split up front into key ranges (engine/key_ranges.py), kept
 in the phase's checkpoint, each with its own last key; that many threads, each on a connection
@@ -30,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -53,6 +55,10 @@ AUTO_MIN = 10
 AUTO_MAX = 500_000
 # Batches whose rows per second size the next one: the slowest of them counts.
 RECENT_BATCHES = 5
+# A table copy's batches lock their rows for LOCKED_BATCHES batches once the delete fence's
+# sweep has taken more than SWEEP_SHARE of the batch's time twice in a row.
+SWEEP_SHARE = 0.25
+LOCKED_BATCHES = 20
 
 
 @dataclass(frozen=True)
@@ -208,10 +214,17 @@ def _walk(
     # deletes counter as this walk's last fence read it
     fence = step.fence if isinstance(step, CopyStep) else None
     seen: int | None = None
+    safe_first = False  # a copy's batches start in the safe form (after a conflict)
+    # While deletes keep the fence sweeping, a copy's batches lock the rows they copy instead,
+    # for LOCKED_BATCHES batches (the locked form needs no sweep); `sweeping` counts the
+    # batches in a row whose sweep took more than SWEEP_SHARE of the batch's time.
+    can_lock = isinstance(step, CopyStep) and step.unfenced is not None
+    locked_for = 0
+    sweeping = 0
     if fence is not None:
         unswept = key_range.unswept
         ended = key_range.finished and hi is None  # the last batch ran to the open end
-        seen = _close_fence(
+        seen, _ = _close_fence(
             run,
             conn,
             fence,
@@ -234,6 +247,7 @@ def _walk(
             last: list[str] | None = last,
             number: int = number,
             safe: bool = False,
+            locked: bool = False,
         ) -> tuple[list[str] | None, int, bool]:
             with conn.transaction():
                 # a batch is bounded by batch_time, not by the server's statement_timeout
@@ -255,7 +269,10 @@ def _walk(
                     step.key_value(last) if last is not None else None,
                     step.key_value(upper) if upper is not None else None,
                 )
-                form = on_conflict if safe and on_conflict is not None else step.statement
+                forms = step.unfenced if locked and isinstance(step, CopyStep) else step
+                assert forms is not None
+                safe_form = forms.on_conflict if isinstance(forms, CopyStep) else None
+                form = safe_form if safe and safe_form is not None else forms.statement
                 cur = conn.execute(form(condition))
                 count = max(cur.rowcount, 0)
                 failpoint(f"{run.phase_name}:batch:{number}:in-transaction")
@@ -263,7 +280,7 @@ def _walk(
                 failpoint(f"{run.phase_name}:{run.steps_done}:batch:{number}:in-transaction")
                 reached = upper if upper is not None else last
                 # with a fence, the batch's range stays unswept until its fence has run
-                unswept = {"unswept": last} if fence is not None else {}
+                unswept = {"unswept": last} if fence is not None and not locked else {}
                 if range_index is None:
                     run.store.checkpoint(
                         conn,
@@ -295,7 +312,7 @@ def _walk(
         conflicted = False
         try:
             upper, count, finished = with_lock_retries(
-                one_batch,
+                partial(one_batch, safe=safe_first, locked=locked_for > 0),
                 attempts=run.settings.lock_retries,
                 what=f"{run.phase_name} batch",
                 lock_timeout=run.settings.lock_timeout,
@@ -307,16 +324,32 @@ def _walk(
             # that lets such copies win (see phases/backfill.py's CopyStep)
             conflicted = True
             upper, count, finished = with_lock_retries(
-                lambda: one_batch(safe=True),
+                partial(one_batch, safe=True, locked=locked_for > 0),
                 attempts=run.settings.lock_retries,
                 what=f"{run.phase_name} batch",
                 lock_timeout=run.settings.lock_timeout,
             )
+        # While the application keeps writing rows ahead of the copy, the next batches start in
+        # the safe form, until one of them skips nothing (it inserted every row of its range):
+        # each conflict would otherwise cost a batch run twice.
+        safe_first = on_conflict is not None and (conflicted or (safe_first and count < size))
         seconds = time.monotonic() - t0
         done = run.batch_done(count, seconds, size, conflicted)
         failpoint(f"{run.phase_name}:batch:{done}")
-        if fence is not None:
-            seen = _close_fence(run, conn, fence, seen, (last, upper))
+        if fence is not None and locked_for > 0:
+            locked_for -= 1
+            if locked_for == 0:  # the next batch is fenced again: the counter before it
+                seen, _ = _close_fence(run, conn, fence, seen, None)
+        elif fence is not None:
+            seen, sweep_seconds = _close_fence(run, conn, fence, seen, (last, upper))
+            sweeping = sweeping + 1 if sweep_seconds > SWEEP_SHARE * seconds else 0
+            if sweeping >= 2 and can_lock:
+                log.info(
+                    "deletes keep the delete fence sweeping: the next batches lock their rows",
+                    migration=run.migration,
+                    batches=LOCKED_BATCHES,
+                )
+                locked_for, sweeping = LOCKED_BATCHES, 0
         size = policy.next_size(size, count, seconds, recent)
         if finished:
             if fence is not None:
@@ -336,12 +369,12 @@ def _close_fence(
     fence: DeleteFence,
     seen: int | None,
     swept: tuple[list[str] | None, list[str] | None] | None,
-) -> int:
+) -> tuple[int, float]:
     """The delete fence: its lock, in a transaction of its own (waited for under
     lock_timeout, retried like any lock wait), and the deletes counter; then, when the counter
     is not `seen`, the sweep of the key range `swept` (lower, upper], either end open (None),
-    in a transaction after it. Returns the counter. Why this is enough:
-    phases/delete_fence.py."""
+    in a transaction after it. Returns the counter and the sweep's seconds. Why this is
+    enough: phases/delete_fence.py."""
     step = run.step
 
     def close() -> int:
@@ -372,6 +405,7 @@ def _close_fence(
         what=f"{run.phase_name} delete fence",
         lock_timeout=run.settings.lock_timeout,
     )
+    began = time.monotonic()
     if swept is not None and counter != seen:
         gone = with_lock_retries(
             lambda: sweep(*swept),
@@ -383,7 +417,7 @@ def _close_fence(
             log.info("backfill swept deleted rows", migration=run.migration, rows=gone)
             with run.lock:
                 run.swept += gone
-    return counter
+    return counter, time.monotonic() - began
 
 
 def _walked(run: _Run, conn: psycopg.Connection[Any], range_index: int | None) -> None:
