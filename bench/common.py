@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -69,3 +70,17 @@ def worker_counts(text: str) -> list[int]:
     if not counts or any(not 1 <= n <= 32 for n in counts) or len(set(counts)) != len(counts):
         raise argparse.ArgumentTypeError(f"distinct worker counts from 1 to 32: {text!r}")
     return counts
+
+
+def narrow_table(conn: psycopg.Connection[Any], rows: int, *schemas: str) -> None:
+    """A fresh, vacuumed, checkpointed `t (id bigint primary key, v int, pad text)` of `rows`
+    rows, the state schema and `schemas` dropped (a previous arm's migration)."""
+    for schema in ("pgshift", *schemas):
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    conn.execute("DROP TABLE IF EXISTS t")
+    conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, v int, pad text)")
+    conn.execute(
+        "INSERT INTO t SELECT i, i %% 1000, md5(i::text) FROM generate_series(1, %s) i", (rows,)
+    )
+    conn.execute("VACUUM ANALYZE t")
+    conn.execute("CHECKPOINT")

@@ -32,24 +32,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from common import scratch_database, server, server_arguments  # bench/ is on sys.path
+from common import (  # bench/ is on sys.path
+    narrow_table,
+    scratch_database,
+    server,
+    server_arguments,
+)
+from table_copy import NARROW_PLAN
 
 from pgshift.engine.executor import Executor
 from pgshift.engine.progress import Reporter
 from pgshift.engine.state import StateStore
 from pgshift.log import configure
 from pgshift.plan.load import load_plan_text
-
-PLAN = """\
-version: 1
-name: deletes_copy
-table: public.t
-new_table:
-  name: public.t2
-  create: |
-    CREATE TABLE public.t2 (id bigint PRIMARY KEY, v int, pad text);
-phases: [expand, dual_write, backfill]
-"""
 
 
 class Outcome(Reporter):
@@ -131,25 +126,12 @@ class Clients:
         return len(done) / (self.ended - self.started), done[-1] * 1e3, p99 * 1e3, self.failed
 
 
-def fresh(conn: psycopg.Connection[Any], rows: int) -> None:
-    for schema in ("pgshift", "pgshift_deletes_copy"):
-        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    conn.execute("DROP TABLE IF EXISTS t2")
-    conn.execute("DROP TABLE IF EXISTS t")
-    conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, v int, pad text)")
-    conn.execute(
-        "INSERT INTO t SELECT i, i %% 1000, md5(i::text) FROM generate_series(1, %s) i", (rows,)
-    )
-    conn.execute("VACUUM ANALYZE t")
-    conn.execute("CHECKPOINT")
-
-
 def without_fence(conn: psycopg.Connection[Any]) -> None:
     """The copy trigger as a pgshift without the fence installed it: the backfill then locks
     the rows it copies."""
     row = conn.execute(
         "SELECT p.oid::regprocedure::text, p.prosrc FROM pg_proc p"
-        " WHERE p.proname = 'copy_deletes_copy' AND p.prorettype = 'trigger'::regtype"
+        " WHERE p.proname = 'copy_narrow_copy' AND p.prorettype = 'trigger'::regtype"
     ).fetchone()
     assert row is not None and "copy_delete_fence" in row[1]
     body = "\n".join(line for line in row[1].splitlines() if "copy_delete_fence" not in line)
@@ -163,8 +145,9 @@ def without_fence(conn: psycopg.Connection[Any]) -> None:
 def copy(
     conn: psycopg.Connection[Any], dsn: str, rows: int, arm: str, clients: int, mix: str
 ) -> dict[str, float]:
-    fresh(conn, rows)
-    loaded = load_plan_text(PLAN)
+    narrow_table(conn, rows, "pgshift_narrow_copy")
+    conn.execute("DROP TABLE IF EXISTS t2")
+    loaded = load_plan_text(NARROW_PLAN)
     Executor(dsn, loaded, StateStore()).apply(until="dual_write")
     if arm == "row locks":
         without_fence(conn)

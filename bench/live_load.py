@@ -39,7 +39,12 @@ from typing import Any
 
 import psycopg
 import structlog
-from common import scratch_database, server, server_arguments  # bench/ is on sys.path
+from common import (  # bench/ is on sys.path
+    narrow_table,
+    scratch_database,
+    server,
+    server_arguments,
+)
 
 from pgshift.engine import throttle
 from pgshift.engine.executor import Executor
@@ -77,15 +82,7 @@ def pgbench_binary() -> str:
 
 
 def fresh_table(conn: psycopg.Connection[Any], rows: int) -> None:
-    conn.execute("DROP SCHEMA IF EXISTS pgshift CASCADE")
-    conn.execute("DROP SCHEMA IF EXISTS pgshift_live_load CASCADE")
-    conn.execute("DROP TABLE IF EXISTS t")
-    conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, v int, pad text)")
-    conn.execute(
-        "INSERT INTO t SELECT i, i %% 1000, md5(i::text) FROM generate_series(1, %s) i", (rows,)
-    )
-    conn.execute("VACUUM ANALYZE t")
-    conn.execute("CHECKPOINT")
+    narrow_table(conn, rows, "pgshift_live_load")
 
 
 class Sleeps:

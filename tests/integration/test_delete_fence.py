@@ -66,6 +66,17 @@ def _hold_the_batch_at_one_key(conn: psycopg.Connection[Any]) -> None:
     )
 
 
+def _held_copy(dsn: str, conn: psycopg.Connection[Any], tmp_path: Path) -> str:
+    """The table, its migration up to dual_write, and the gate that holds the backfill's
+    batch at HELD_AT (taken by `conn`); the plan's path."""
+    _table(conn)
+    plan = _plan(tmp_path)
+    assert cli(dsn, "apply", plan, "--until", "dual_write").exit_code == 0
+    _hold_the_batch_at_one_key(conn)
+    conn.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    return plan
+
+
 def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -135,11 +146,7 @@ def _swept(err: str) -> list[int]:
 def test_rows_deleted_while_a_batch_copies_them_leave_no_ghost(
     dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
-    _table(conn)
-    plan = _plan(tmp_path)
-    assert cli(dsn, "apply", plan, "--until", "dual_write").exit_code == 0
-    _hold_the_batch_at_one_key(conn)
-    conn.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    plan = _held_copy(dsn, conn, tmp_path)
     with _apply_in_background(dsn, plan) as process, _writer(dsn) as app, _writer(dsn) as late:
         _wait_for(lambda: _waiting_advisory(conn, GATE))
         # committed while the batch holds its copies uncommitted: one it has copied, one it
@@ -171,11 +178,7 @@ def test_a_writer_waiting_on_the_batch_while_it_deletes_is_not_deadlocked(
     """A transaction deletes a row (taking the fence's shared lock), then inserts a key the
     held batch has copied but not committed, so it waits for the batch. The batch commits
     without waiting for the fence; the writer goes on, and the fence waits for it."""
-    _table(conn)
-    plan = _plan(tmp_path)
-    assert cli(dsn, "apply", plan, "--until", "dual_write").exit_code == 0
-    _hold_the_batch_at_one_key(conn)
-    conn.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    plan = _held_copy(dsn, conn, tmp_path)
     errors: list[BaseException] = []
     with _apply_in_background(dsn, plan) as process, _writer(dsn) as app, _writer(dsn) as tx:
         _wait_for(lambda: _waiting_advisory(conn, GATE))
@@ -219,11 +222,7 @@ def test_a_key_inserted_again_while_the_sweep_runs_keeps_its_copy(
     """A row deleted during the batch is inserted again by a transaction still open when the
     sweep comes: the sweep waits for that writer's copy and, once it has committed, sees the
     live row again and keeps the copy."""
-    _table(conn)
-    plan = _plan(tmp_path)
-    assert cli(dsn, "apply", plan, "--until", "dual_write").exit_code == 0
-    _hold_the_batch_at_one_key(conn)
-    conn.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    plan = _held_copy(dsn, conn, tmp_path)
     with (
         _apply_in_background(dsn, plan) as process,
         _writer(dsn) as app,
@@ -260,11 +259,7 @@ def test_a_key_inserted_again_while_the_sweep_runs_keeps_its_copy(
 def test_a_crash_between_a_batch_and_its_fence_is_swept_on_resume(
     dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
-    _table(conn)
-    plan = _plan(tmp_path)
-    assert cli(dsn, "apply", plan, "--until", "dual_write").exit_code == 0
-    _hold_the_batch_at_one_key(conn)
-    conn.execute("SELECT pg_advisory_lock(%s)", (GATE,))
+    plan = _held_copy(dsn, conn, tmp_path)
     env = {"PGSHIFT_FAILPOINT": "backfill:batch:1"}  # killed once its first batch committed
     with _apply_in_background(dsn, plan, env) as process, _writer(dsn) as app:
         _wait_for(lambda: _waiting_advisory(conn, GATE))
