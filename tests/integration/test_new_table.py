@@ -120,17 +120,22 @@ def test_bigint_key_keeps_the_sequence_continuous(dsn: str, conn: psycopg.Connec
 MIX = {"insert": 3, "update": 3, "delete": 4, "key_update": 3}
 
 
-@pytest.mark.parametrize("plan_name", ["accounts_bigint_key.yaml", "partition_accounts.yaml"])
-def test_heavy_deletes_and_key_changes_leave_no_ghost(
-    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path, plan_name: str
-) -> None:
+def _small_batches(conn: psycopg.Connection[Any], tmp_path: Path, plan_name: str) -> str:
+    """accounts and orders, and the bundled plan with batches of 100 rows 5 ms apart."""
     accounts_with_orders(conn)
     text = (
         (PLANS / plan_name)
         .read_text()
         .replace("  - backfill\n", "  - {backfill: {batch_size: 100, batch_pause: 5ms}}\n")
     )
-    plan = write_plan(tmp_path, text)
+    return write_plan(tmp_path, text)
+
+
+@pytest.mark.parametrize("plan_name", ["accounts_bigint_key.yaml", "partition_accounts.yaml"])
+def test_heavy_deletes_and_key_changes_leave_no_ghost(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path, plan_name: str
+) -> None:
+    plan = _small_batches(conn, tmp_path, plan_name)
     traffic = Traffic(dsn, connections=4, rate=60, mix=MIX, seed=11)
     with traffic:
         result = cli(dsn, "apply", plan, "--until", "verify")  # verify fails on any ghost
@@ -417,13 +422,7 @@ def test_while_deletes_keep_the_fence_sweeping_the_batches_lock_their_rows(
 
     monkeypatch.setattr(backfill_runner, "SWEEP_SHARE", -1.0)
     monkeypatch.setattr(backfill_runner, "LOCKED_BATCHES", 2)
-    accounts_with_orders(conn)
-    text = (
-        (PLANS / "accounts_bigint_key.yaml")
-        .read_text()
-        .replace("  - backfill\n", "  - {backfill: {batch_size: 100, batch_pause: 5ms}}\n")
-    )
-    plan = write_plan(tmp_path, text)
+    plan = _small_batches(conn, tmp_path, "accounts_bigint_key.yaml")
     traffic = Traffic(dsn, connections=3, rate=60, mix=MIX, seed=17)
     with traffic:
         result = cli(dsn, "apply", plan, "--until", "verify")  # verify fails on any ghost
