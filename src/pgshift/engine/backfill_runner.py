@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -214,11 +214,9 @@ def _walk(
     # deletes counter as this walk's last fence read it
     fence = step.fence if isinstance(step, CopyStep) else None
     seen: int | None = None
-    safe_first = False  # a copy's batches start in the safe form (after a conflict)
     # While deletes keep the fence sweeping, a copy's batches lock the rows they copy instead,
     # for LOCKED_BATCHES batches (the locked form needs no sweep); `sweeping` counts the
     # batches in a row whose sweep took more than SWEEP_SHARE of the batch's time.
-    can_lock = isinstance(step, CopyStep) and step.unfenced is not None
     locked_for = 0
     sweeping = 0
     if fence is not None:
@@ -269,6 +267,7 @@ def _walk(
                     step.key_value(last) if last is not None else None,
                     step.key_value(upper) if upper is not None else None,
                 )
+                # a fenced step always has its locked forms (phases/backfill.py's _copy_step)
                 forms = step.unfenced if locked and isinstance(step, CopyStep) else step
                 assert forms is not None
                 safe_form = forms.on_conflict if isinstance(forms, CopyStep) else None
@@ -280,7 +279,8 @@ def _walk(
                 failpoint(f"{run.phase_name}:{run.steps_done}:batch:{number}:in-transaction")
                 reached = upper if upper is not None else last
                 # with a fence, the batch's range stays unswept until its fence has run
-                unswept = {"unswept": last} if fence is not None and not locked else {}
+                pending = (last,) if fence is not None and not locked else None
+                unswept = {"unswept": last} if pending is not None else {}
                 if range_index is None:
                     run.store.checkpoint(
                         conn,
@@ -301,7 +301,9 @@ def _walk(
                         conn,
                         run.migration,
                         run.phase_idx,
-                        {**key_range.entry(), "last": reached, "finished": finished, **unswept},
+                        replace(
+                            key_range, last=reached, finished=finished, unswept=pending
+                        ).entry(),
                         count,
                         None,
                         range_index=range_index,
@@ -312,7 +314,7 @@ def _walk(
         conflicted = False
         try:
             upper, count, finished = with_lock_retries(
-                partial(one_batch, safe=safe_first, locked=locked_for > 0),
+                partial(one_batch, locked=locked_for > 0),
                 attempts=run.settings.lock_retries,
                 what=f"{run.phase_name} batch",
                 lock_timeout=run.settings.lock_timeout,
@@ -329,10 +331,6 @@ def _walk(
                 what=f"{run.phase_name} batch",
                 lock_timeout=run.settings.lock_timeout,
             )
-        # While the application keeps writing rows ahead of the copy, the next batches start in
-        # the safe form, until one of them skips nothing (it inserted every row of its range):
-        # each conflict would otherwise cost a batch run twice.
-        safe_first = on_conflict is not None and (conflicted or (safe_first and count < size))
         seconds = time.monotonic() - t0
         done = run.batch_done(count, seconds, size, conflicted)
         failpoint(f"{run.phase_name}:batch:{done}")
@@ -343,7 +341,7 @@ def _walk(
         elif fence is not None:
             seen, sweep_seconds = _close_fence(run, conn, fence, seen, (last, upper))
             sweeping = sweeping + 1 if sweep_seconds > SWEEP_SHARE * seconds else 0
-            if sweeping >= 2 and can_lock:
+            if sweeping >= 2:
                 log.info(
                     "deletes keep the delete fence sweeping: the next batches lock their rows",
                     migration=run.migration,

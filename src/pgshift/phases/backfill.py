@@ -39,9 +39,10 @@ from pgshift.plan.check import deferred_indexes
 class CopyStep(BackfillStep):
     """A table copy's batches: `statement` is the fast form, without ON CONFLICT; a batch it
     fails on with a unique violation runs again, whole, as `on_conflict` (the runner). With a
-    `fence` the forms read the live rows without locking them and each batch closes the fence
-    before it commits (phases/delete_fence.py); `unfenced` is the step with row locks instead,
-    for a copy trigger installed without the fence."""
+    `fence` the forms read the live rows without locking them and the fence runs after each
+    batch has committed (phases/delete_fence.py); `unfenced` is the step with row locks
+    instead, for a copy trigger installed without the fence and for the batches run while
+    deletes keep the fence's sweeps costly."""
 
     on_conflict: Callable[[Query], Query] | None = None
     fence: DeleteFence | None = None
@@ -80,7 +81,7 @@ def _copy_step(ctx: CompileContext) -> CopyStep:
         unfenced=locked,
         lock="ACCESS SHARE",
         hold="one batch (batch_time); the copied rows stay updatable and deletable (deletes"
-        " wait only for a batch's commit)",
+        " wait only while the delete fence after a batch runs)",
     )
 
 
